@@ -1,0 +1,13 @@
+"""ds-robot: a robotics control stack for learning and running UR5 grasping."""
+
+__version__ = "0.1.0"
+
+
+def _register_envs() -> None:
+    from gymnasium.envs.registration import register, registry
+
+    if "ds_robot/UR5Grasp-v0" not in registry:
+        register(id="ds_robot/UR5Grasp-v0", entry_point="ds_robot.envs.grasp_env:UR5GraspEnv")
+
+
+_register_envs()

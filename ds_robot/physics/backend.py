@@ -1,0 +1,68 @@
+"""The physics-backend interface.
+
+A backend owns a world (MuJoCo, a physics-shifted MuJoCo, PyBullet, or a robot behind ROS 2):
+it sets up an episode, applies joint torques and a gripper command for a while, and reports
+what the robot's sensors read. It knows nothing of rewards or success (that is the task's
+job) and nothing of policies (the controller's).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ds_robot.sim.objects import ObjectSpec
+
+
+@dataclass(frozen=True)
+class EpisodeSetup:
+    """Everything that defines an episode's initial state."""
+
+    obj: ObjectSpec
+    object_x_m: float
+    object_y_m: float
+    object_yaw_rad: float
+    arm_qpos_rad: np.ndarray
+    gripper_opening_m: float
+
+
+@dataclass
+class RobotState:
+    """One sensor snapshot. Poses are in the robot base frame (table top at z = 0)."""
+
+    time_s: float
+    q_rad: np.ndarray  # (6,) arm joint positions
+    qd_rad_s: np.ndarray  # (6,) arm joint velocities
+    tau_measured_nm: np.ndarray  # (6,) output-side joint torques, as joint-torque sensors report
+    tau_applied_nm: np.ndarray  # (6,) motor torques actually applied (after saturation)
+    gripper_opening_m: float
+    gripper_speed_m_s: float
+    tcp_pos_m: np.ndarray  # (3,)
+    tcp_rot: np.ndarray  # (3, 3), columns are the TCP axes; z is the approach direction
+    object_pos_m: np.ndarray  # (3,)
+    object_quat: np.ndarray  # (4,) w, x, y, z
+    step_work_j: float  # sum_j |tau_j * qd_j| dt integrated over the last step (DESIGN §6)
+
+
+class PhysicsBackend(ABC):
+    """Interchangeable world for the grasp task."""
+
+    variant: str
+    joint_torque_limit_nm: np.ndarray
+    max_gripper_opening_m: float
+
+    @abstractmethod
+    def reset(self, setup: EpisodeSetup) -> RobotState:
+        """Put the world in the episode's initial state and return the first reading."""
+
+    @abstractmethod
+    def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
+        """Apply the torques (held constant) and the gripper command for ``duration_s``.
+
+        ``gripper_command`` is in [-1, 1]: -1 fully open, +1 closed (force-limited).
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""

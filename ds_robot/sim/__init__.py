@@ -1,0 +1,1 @@
+"""Scenes (arena + arm + gripper + object) and object sets."""
