@@ -69,7 +69,7 @@ class MuJoCoBackend(PhysicsBackend):
         d.ctrl[self._grip_act] = finger
         o = self._obj_qpos
         d.qpos[o : o + 3] = (setup.object_x_m, setup.object_y_m, setup.obj.resting_height_m)
-        d.qpos[o + 3 : o + 7] = scene.object_quat(setup.obj, setup.object_yaw_rad)
+        d.qpos[o + 3 : o + 7] = scene.object_quat(setup.object_yaw_rad)
         mujoco.mj_forward(m, d)
         return self._read(0.0)
 

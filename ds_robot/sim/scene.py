@@ -56,23 +56,21 @@ def _attach_robot(spec: mujoco.MjSpec, variant: str) -> None:
     spec.attach(gripper, site=spec.site(ARM_PREFIX + "flange"), prefix=GRIPPER_PREFIX)
 
 
-def object_quat(obj: ObjectSpec, yaw_rad: float) -> np.ndarray:
-    """Orientation of a resting object with the given yaw (capsules lie on their side)."""
-    yaw = np.array([math.cos(yaw_rad / 2), 0.0, 0.0, math.sin(yaw_rad / 2)])
-    if obj.shape != "capsule":
-        return yaw
-    lie = np.array([math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0])  # capsule axis z -> x
-    out = np.zeros(4)
-    mujoco.mju_mulQuat(out, yaw, lie)
-    return out
+def object_quat(yaw_rad: float) -> np.ndarray:
+    """Orientation (w, x, y, z) of a resting object turned by ``yaw_rad`` about the vertical."""
+    return np.array([math.cos(yaw_rad / 2), 0.0, 0.0, math.sin(yaw_rad / 2)])
 
 
 def _add_object(spec: mujoco.MjSpec, obj: ObjectSpec) -> None:
     body = spec.worldbody.add_body(name=OBJECT_BODY, pos=[0.5, 0.0, obj.resting_height_m])
     body.add_freejoint(name="object_joint")
     size = list(obj.size_m) + [0.0] * (3 - len(obj.size_m))
+    # The body frame's z stays vertical for every shape; a capsule's geom is turned to lie
+    # along the body's x axis, so ObjectSpec.half_extents_m holds in the body frame.
+    lying = [math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0] if obj.shape == "capsule" else [1, 0, 0, 0]
     body.add_geom(
         name="object_geom",
+        quat=lying,
         type=SHAPES[obj.shape],
         size=size,
         mass=obj.mass_kg,

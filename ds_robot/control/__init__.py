@@ -1,0 +1,1 @@
+"""Controllers: they see observations and return actions."""

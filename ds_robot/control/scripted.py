@@ -1,0 +1,205 @@
+"""Scripted, model-based grasp controller in joint torques: the baseline every learned
+controller is compared with.
+
+Each control step: a Cartesian TCP target from the current phase (minimum-jerk between
+waypoints) -> joint target by damped-least-squares inverse kinematics on the controller's
+own MuJoCo model (``RobotModel``) -> computed torque:
+``tau = M(q) (Kp (q* - q) + Kd (qd* - qd)) + c(q, qd) + g(q)``.
+
+Phases: pre-grasp (above the object, jaws across its narrower side) -> descend -> close ->
+lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and retries
+with the object's new pose, up to ``max_attempts`` times.
+
+It sees only the observation (``OBS_SLICES``) plus what it knows of the scene: the table
+height and its own arm model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ds_robot.control.robot_model import RobotModel
+from ds_robot.envs.grasp_task import OBS_SLICES
+from ds_robot.model.params import default_description
+
+S = OBS_SLICES
+
+
+@dataclass(frozen=True)
+class ScriptedConfig:
+    pregrasp_height_m: float = 0.12
+    lift_height_m: float = 0.12
+    table_height_m: float = 0.0
+    pad_clearance_m: float = 0.006  # lowest pad edge above the table
+    approach_s: float = 1.4
+    descend_s: float = 0.9
+    settle_s: float = 0.15
+    close_s: float = 0.5
+    lift_s: float = 1.0
+    retreat_s: float = 0.6
+    natural_frequency_rad_s: float = 25.0
+    damping_ratio: float = 1.0
+    missed_opening_m: float = 0.004  # jaws closer than this after closing: nothing was grasped
+    max_attempts: int = 3
+
+
+def min_jerk(s: float) -> float:
+    s = min(max(s, 0.0), 1.0)
+    return s**3 * (10 - 15 * s + 6 * s**2)
+
+
+def interpolate_rotation(start: np.ndarray, end: np.ndarray, s: float) -> np.ndarray:
+    """Rotation a fraction ``s`` of the way from ``start`` to ``end`` (about a fixed axis)."""
+    from ds_robot.control.robot_model import rotation_error
+
+    axis_angle = rotation_error(end, start) * s
+    angle = float(np.linalg.norm(axis_angle))
+    if angle < 1e-12:
+        return start.copy()
+    k = axis_angle / angle
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    rot = np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * kx @ kx
+    return rot @ start
+
+
+@dataclass
+class Segment:
+    """Minimum-jerk motion of the TCP from one pose to another."""
+
+    start_s: float
+    duration_s: float
+    pos_from: np.ndarray
+    pos_to: np.ndarray
+    rot_from: np.ndarray
+    rot_to: np.ndarray
+
+    def at(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        s = min_jerk((t - self.start_s) / self.duration_s) if self.duration_s > 0 else 1.0
+        return self.pos_from + s * (self.pos_to - self.pos_from), interpolate_rotation(self.rot_from, self.rot_to, s)
+
+    def done(self, t: float) -> bool:
+        return t >= self.start_s + self.duration_s
+
+
+class ScriptedGraspController:
+    name = "scripted"
+
+    def __init__(
+        self,
+        control_dt_s: float = 0.01,
+        variant: str = "ur5e",
+        config: ScriptedConfig | None = None,
+    ):
+        desc = default_description()
+        self.config = config or ScriptedConfig()
+        self.control_dt_s = control_dt_s
+        self.robot = RobotModel(variant)
+        self.torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
+        self.max_opening_m = desc.gripper.max_opening_m
+        self.pad_half_height_m = desc.gripper.finger_pad_half_size_m[2]
+        w, z = self.config.natural_frequency_rad_s, self.config.damping_ratio
+        self.kp, self.kd = w * w, 2.0 * z * w
+        self.phase = "idle"
+
+    @classmethod
+    def for_env(cls, env, config: ScriptedConfig | None = None) -> ScriptedGraspController:
+        env = env.unwrapped
+        return cls(env.control_dt_s, env.backend.variant, config)
+
+    # -- observation decoding ---------------------------------------------------------------
+
+    def _decode(self, obs: np.ndarray) -> None:
+        self.q = obs[S["q"]].astype(float)
+        self.qd = obs[S["qd"]].astype(float) * math.pi
+        self.opening = float(obs[S["gripper"]][0]) * self.max_opening_m
+        self.robot.update(self.q, self.qd, self.opening)
+        self.tcp_pos, self.tcp_rot = self.robot.tcp_pose()
+
+    def _object_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = self.tcp_pos + self.tcp_rot @ obs[S["object_pos"]].astype(float)
+        rot_tcp = obs[S["object_rot"]].astype(float)
+        c0, c1 = rot_tcp[:3], rot_tcp[3:]
+        rot = self.tcp_rot @ np.column_stack([c0, c1, np.cross(c0, c1)])
+        return pos, rot
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _grasp_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """TCP pose for grasping: pointing down, jaws closing across the narrower side."""
+        obj_pos, obj_rot = self._object_pose(obs)
+        half = obs[S["object_size"]].astype(float)
+        closing = obj_rot[:, 0] if half[0] <= half[1] else obj_rot[:, 1]
+        closing = np.array([closing[0], closing[1], 0.0])
+        closing /= np.linalg.norm(closing)
+        if closing @ self.tcp_rot[:, 1] < 0:  # the jaws are symmetric: turn the wrist the short way
+            closing = -closing
+        down = np.array([0.0, 0.0, -1.0])
+        rot = np.column_stack([np.cross(closing, down), closing, down])
+        lowest_tcp_z = self.config.table_height_m + self.pad_half_height_m + self.config.pad_clearance_m
+        pos = np.array([obj_pos[0], obj_pos[1], max(obj_pos[2], lowest_tcp_z)])
+        return pos, rot
+
+    def _plan_attempt(self, obs: np.ndarray, t: float) -> None:
+        cfg = self.config
+        self.grasp_pos, self.grasp_rot = self._grasp_pose(obs)
+        above = self.grasp_pos + np.array([0.0, 0.0, cfg.pregrasp_height_m])
+        self.segments = {
+            "approach": Segment(t, cfg.approach_s, self.ref_pos, above, self.ref_rot, self.grasp_rot),
+            "descend": Segment(t + cfg.approach_s, cfg.descend_s, above, self.grasp_pos, self.grasp_rot,
+                               self.grasp_rot),
+        }
+        self.phase = "approach"
+        self.attempt += 1
+
+    def reset(self, obs: np.ndarray) -> None:
+        self._decode(obs)
+        self.t = 0.0
+        self.attempt = 0
+        self.q_des = self.q.copy()
+        self.ref_pos, self.ref_rot = self.tcp_pos, self.tcp_rot
+        self.gripper_command = -1.0
+        self._plan_attempt(obs, 0.0)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _advance(self, obs: np.ndarray) -> None:
+        cfg, t = self.config, self.t
+        if self.phase == "approach" and self.segments["approach"].done(t):
+            self.phase = "descend"
+        elif self.phase == "descend" and self.segments["descend"].done(t + cfg.settle_s):
+            self.phase, self.phase_start = "close", t
+            self.gripper_command = 1.0
+        elif self.phase == "close" and t - self.phase_start >= cfg.close_s:
+            if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
+                self.phase, self.phase_start = "retreat", t
+                self.gripper_command = -1.0
+                above = self.grasp_pos + np.array([0.0, 0.0, cfg.pregrasp_height_m])
+                self.segments["retreat"] = Segment(t, cfg.retreat_s, self.ref_pos, above, self.ref_rot, self.ref_rot)
+            else:
+                self.phase = "lift"
+                top = self.grasp_pos + np.array([0.0, 0.0, cfg.lift_height_m])
+                self.segments["lift"] = Segment(t, cfg.lift_s, self.ref_pos, top, self.ref_rot, self.grasp_rot)
+        elif self.phase == "retreat" and self.segments["retreat"].done(t):
+            self._plan_attempt(obs, t)
+        elif self.phase == "lift" and self.segments["lift"].done(t):
+            self.phase = "hold"
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self._decode(obs)
+        self._advance(obs)
+        segment = self.segments.get(self.phase)
+        if segment is not None:
+            self.ref_pos, self.ref_rot = segment.at(self.t)
+        q_des, _ = self.robot.inverse_kinematics(self.ref_pos, self.ref_rot, self.q_des, iterations=4)
+        qd_des = (q_des - self.q_des) / self.control_dt_s
+        self.q_des = q_des
+        acc = self.kp * (q_des - self.q) + self.kd * (qd_des - self.qd)
+        torque = self.robot.mass_matrix() @ acc + self.robot.bias_torque()
+        self.t += self.control_dt_s
+        action = np.empty(7, dtype=np.float32)
+        action[:6] = np.clip(torque / self.torque_limit_nm, -1.0, 1.0)
+        action[6] = self.gripper_command
+        return action
