@@ -118,7 +118,7 @@ class UR5GraspEnv(gym.Env):
         obs = self.task.observation(self.state)
         if self.sensors.active:
             obs = self.sensors(obs, self.np_random)
-        return obs, outcome.reward, terminated, truncated, self._info(self.task.lifted(self.state))
+        return obs, outcome.reward, terminated, truncated, self._info(outcome.lifted)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -154,10 +154,10 @@ class UR5GraspEnv(gym.Env):
                 f"action has shape {action.shape}, expected ({ACTION_SIZE},): "
                 "6 normalised joint torques and a gripper command"
             )
-        if not np.all(np.isfinite(action)):
-            bad = [i for i in range(ACTION_SIZE) if not np.isfinite(action[i])]
+        if not np.isfinite(action).all():
+            bad = np.flatnonzero(~np.isfinite(action)).tolist()
             raise ActionError(f"action contains NaN/Inf at index {bad}; refusing to send it to the arm")
-        return np.clip(action, -1.0, 1.0)
+        return action.clip(-1.0, 1.0)
 
     def _info(self, lifted: bool) -> dict:
         return {

@@ -80,6 +80,7 @@ class GraspTaskConfig:
 class StepOutcome:
     reward: float
     success: bool
+    lifted: bool
     dropped: bool
 
 
@@ -93,11 +94,13 @@ class GraspTask:
     def __init__(self, config: GraspTaskConfig, joint_torque_limit_nm: np.ndarray, max_gripper_opening_m: float):
         self.config = config
         self.joint_torque_limit_nm = np.asarray(joint_torque_limit_nm, dtype=float)
+        self._inv_torque_limit = 1.0 / self.joint_torque_limit_nm
         self.max_gripper_opening_m = max_gripper_opening_m
         self.setup: EpisodeSetup | None = None
 
     def reset(self, setup: EpisodeSetup, state: RobotState) -> None:
         self.setup = setup
+        self._half_extents = setup.obj.half_extents_m
         self.resting_height_m = float(state.object_pos_m[2])
         self.goal_m = np.array([setup.object_x_m, setup.object_y_m, self.resting_height_m + self.config.goal_height_m])
         self.energy_j = 0.0
@@ -106,19 +109,18 @@ class GraspTask:
         self.success = False
 
     def observation(self, state: RobotState) -> np.ndarray:
-        rot_tcp = state.tcp_rot
-        obj_rot = rot_tcp.T @ quat_to_mat(state.object_quat)
-        return np.concatenate([
-            state.q_rad,
-            state.qd_rad_s / math.pi,
-            state.tau_measured_nm / self.joint_torque_limit_nm,
-            [state.gripper_opening_m / self.max_gripper_opening_m, state.gripper_speed_m_s * 10.0],
-            rot_tcp.T @ (state.object_pos_m - state.tcp_pos_m),
-            obj_rot[:, 0],
-            obj_rot[:, 1],
-            self.setup.obj.half_extents_m,
-            self.goal_m - state.object_pos_m,
-        ]).astype(np.float32)
+        s = OBS_SLICES
+        obs = np.empty(OBS_SIZE, dtype=np.float32)
+        tcp_rot_t = state.tcp_rot.T
+        obs[s["q"]] = state.q_rad
+        obs[s["qd"]] = state.qd_rad_s * (1.0 / math.pi)
+        obs[s["tau"]] = state.tau_measured_nm * self._inv_torque_limit
+        obs[s["gripper"]] = (state.gripper_opening_m / self.max_gripper_opening_m, state.gripper_speed_m_s * 10.0)
+        obs[s["object_pos"]] = tcp_rot_t @ (state.object_pos_m - state.tcp_pos_m)
+        obs[s["object_rot"]] = (tcp_rot_t @ quat_to_mat(state.object_quat))[:, :2].T.reshape(-1)
+        obs[s["object_size"]] = self._half_extents
+        obs[s["goal"]] = self.goal_m - state.object_pos_m
+        return obs
 
     def lifted(self, state: RobotState) -> bool:
         return bool(state.object_pos_m[2] - self.resting_height_m >= self.config.lift_threshold_m)
@@ -135,14 +137,14 @@ class GraspTask:
         if lifted and not self.success and state.time_s - self.lift_started_s >= cfg.hold_s - 1e-9:
             self.success = True
             self.time_to_lift_s = self.lift_started_s
-        reach = 1.0 - math.tanh(10.0 * float(np.linalg.norm(state.object_pos_m - state.tcp_pos_m)))
-        height_gain = state.object_pos_m[2] - self.resting_height_m
+        reach = 1.0 - math.tanh(10.0 * math.dist(state.object_pos_m, state.tcp_pos_m))
+        height_gain = float(state.object_pos_m[2]) - self.resting_height_m
         reward = (
             0.2 * reach
-            + float(np.clip(height_gain / cfg.goal_height_m, 0.0, 1.0))
+            + min(max(height_gain / cfg.goal_height_m, 0.0), 1.0)
             + (1.0 if lifted else 0.0)
             - cfg.energy_weight_per_j * state.step_work_j
             + (cfg.success_bonus if self.success else 0.0)
         )
         dropped = bool(state.object_pos_m[2] < cfg.drop_height_m)
-        return StepOutcome(reward=float(reward), success=self.success, dropped=dropped)
+        return StepOutcome(reward=float(reward), success=self.success, lifted=lifted, dropped=dropped)

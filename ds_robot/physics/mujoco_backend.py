@@ -46,8 +46,9 @@ class MuJoCoBackend(PhysicsBackend):
         self.model, self.data = self._cache[obj]
         m = self.model
         self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.ARM_JOINTS])
-        self._arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.ARM_JOINTS])
-        assert np.array_equal(self._arm_dof, np.arange(N_ARM)), "arm dofs must come first"
+        arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.ARM_JOINTS])
+        if not (np.array_equal(arm_dof, np.arange(N_ARM)) and np.array_equal(self._arm_qpos, np.arange(N_ARM))):
+            raise RuntimeError("scene layout changed: the arm's joints must be the first six dofs")
         self._finger_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
         self._finger_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
         self._arm_act = np.array([m.actuator(a).id for a in scene.ARM_ACTUATORS])
@@ -56,6 +57,7 @@ class MuJoCoBackend(PhysicsBackend):
         self._obj_body = m.body(scene.OBJECT_BODY).id
         self._obj_qpos = m.jnt_qposadr[m.body_jntadr[self._obj_body]]
         self._armature = m.dof_armature[:N_ARM].copy()
+        self._friction_arm_dofs = np.flatnonzero(m.dof_frictionloss[:N_ARM] > 0)
 
     # -- interface ---------------------------------------------------------------------
 
@@ -77,35 +79,40 @@ class MuJoCoBackend(PhysicsBackend):
         m, d = self.model, self.data
         d.ctrl[self._arm_act] = arm_torque_nm  # MuJoCo clamps to the actuators' ctrlrange
         d.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper_command) / 2.0
-        n_steps = max(1, round(duration_s / m.opt.timestep))
-        work = 0.0
-        for _ in range(n_steps):
-            mujoco.mj_step(m, d)
-            work += float(np.abs(d.qfrc_actuator[:N_ARM] * d.qvel[:N_ARM]).sum())
-        return self._read(work * m.opt.timestep)
+        n_steps = max(1, round(duration_s / self.physics_dt_s))
+        q_before = d.qpos[:N_ARM].copy()
+        mujoco.mj_step(m, d, n_steps)
+        # The motor torques are held over the step, so each joint's work is exactly tau_j * dq_j;
+        # |tau_j * dq_j| equals the integral of |tau_j * qd_j| dt unless the joint reverses
+        # within the step (then it is a slight underestimate).
+        work = float(np.abs(d.qfrc_actuator[:N_ARM] * (d.qpos[:N_ARM] - q_before)).sum())
+        return self._read(work)
 
     def _read(self, work_j: float) -> RobotState:
-        m, d = self.model, self.data
+        d = self.data
         tau_applied = d.qfrc_actuator[:N_ARM].copy()
-        # Friction-loss forces live in the constraint solver's rows of type FRICTION_DOF.
-        friction = np.zeros(m.nv)
-        rows = d.efc_type == mujoco.mjtConstraint.mjCNSTR_FRICTION_DOF
-        np.add.at(friction, d.efc_id[rows], d.efc_force[rows])
         # Output-side torque: motor torque minus what the joint itself absorbs (viscous damping,
         # friction loss, rotor inertia); this is what reaches the links, loads included.
-        tau_measured = tau_applied + d.qfrc_passive[:N_ARM] + friction[:N_ARM] - self._armature * d.qacc[:N_ARM]
+        tau_measured = tau_applied + d.qfrc_passive[:N_ARM] - self._armature * d.qacc[:N_ARM]
+        # Friction-loss forces: the solver's FRICTION_DOF rows follow the ne equality rows, one per
+        # dof with friction loss, in dof order (the arm's dofs come first).
+        start = d.ne
+        tau_measured[self._friction_arm_dofs] += d.efc_force[start : start + len(self._friction_arm_dofs)]
         o = self._obj_qpos
+        qpos, qvel = d.qpos.copy(), d.qvel.copy()  # one copy each; the fields below are views of it
+        left, right = self._finger_qpos
+        left_dof, right_dof = self._finger_dof
         return RobotState(
-            time_s=float(d.time),
-            q_rad=d.qpos[self._arm_qpos].copy(),
-            qd_rad_s=d.qvel[self._arm_dof].copy(),
+            time_s=d.time,
+            q_rad=qpos[:N_ARM],
+            qd_rad_s=qvel[:N_ARM],
             tau_measured_nm=tau_measured,
             tau_applied_nm=tau_applied,
-            gripper_opening_m=float(d.qpos[self._finger_qpos].sum()),
-            gripper_speed_m_s=float(d.qvel[self._finger_dof].sum()),
+            gripper_opening_m=float(qpos[left] + qpos[right]),
+            gripper_speed_m_s=float(qvel[left_dof] + qvel[right_dof]),
             tcp_pos_m=d.site_xpos[self._tcp].copy(),
             tcp_rot=d.site_xmat[self._tcp].reshape(3, 3).copy(),
-            object_pos_m=d.qpos[o : o + 3].copy(),
-            object_quat=d.qpos[o + 3 : o + 7].copy(),
+            object_pos_m=qpos[o : o + 3],
+            object_quat=qpos[o + 3 : o + 7],
             step_work_j=work_j,
         )

@@ -1,0 +1,1 @@
+"""The ``ds-robot`` command line."""

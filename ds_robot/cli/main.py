@@ -1,0 +1,183 @@
+"""``ds-robot``: evaluate, render and benchmark the grasp stack.
+
+Errors a user can fix (missing or malformed files, impossible parameters) are printed as one
+sentence with exit status 2, not as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ds_robot.errors import ConfigError, DsRobotError
+
+CONTROLLERS = ("scripted",)
+
+
+def make_controller(name: str, env):
+    if name == "scripted":
+        from ds_robot.control.scripted import ScriptedGraspController
+
+        return ScriptedGraspController.for_env(env)
+    raise ConfigError(f"unknown controller '{name}': choose one of {', '.join(CONTROLLERS)}")
+
+
+def make_env(args, **kwargs):
+    from ds_robot.envs.grasp_env import UR5GraspEnv
+
+    return UR5GraspEnv(objects=args.objects, robot=args.robot, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_env_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controller", choices=CONTROLLERS, default="scripted", help="controller to run (default: scripted)")
+    p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
+    p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from it (default: 0)")
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args) -> int:
+    from ds_robot.bench.report import ci_text, format_table, write_json
+    from ds_robot.evaluate import per_object, plot_evaluation, run_episodes, summarise
+
+    env = make_env(args)
+    controller = make_controller(args.controller, env)
+    results = run_episodes(env, controller, args.episodes, args.seed, progress=not args.quiet)
+    overall = summarise(args.controller, results)
+    objects = per_object(results)
+    headers = ["object", "episodes", "success rate [95% CI]", "time to lift s [95% CI]", "energy J [95% CI]"]
+    rows = [
+        [
+            row["name"],
+            row["episodes"],
+            ci_text(row["success_rate"], row["success_rate_ci95"], digits=3),
+            ci_text(row["time_to_lift_s"], row["time_to_lift_s_ci95"]),
+            ci_text(row["energy_j"], row["energy_j_ci95"], digits=1),
+        ]
+        for row in [*objects.values(), {**overall, "name": f"ALL ({args.controller})"}]
+    ]
+    print(f"\ngrasp evaluation: controller={args.controller} robot={args.robot} object set={env.object_set.name} "
+          f"seed={args.seed}")
+    print(format_table(headers, rows))
+    print(f"controller step: {overall['control_step_us']:.0f} us mean")
+    config = {
+        "controller": args.controller,
+        "robot": args.robot,
+        "objects": str(env.object_set.source),
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "control_dt_s": env.control_dt_s,
+        "physics_dt_s": env.backend.physics_dt_s,
+        "episode_s": env.episode_s,
+    }
+    if args.json:
+        write_json(args.json, "eval_grasp", config, [{**overall, "per_object": objects}])
+        print(f"wrote {args.json}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        title = f"{args.controller} on {env.object_set.name} ({args.episodes} episodes, seed {args.seed})"
+        plot_evaluation(args.plot, title, overall, objects, results)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- render
+
+
+def cmd_render(args) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from ds_robot.render import render_episode
+
+    suffix = args.out.suffix.lower()
+    if suffix not in (".mp4", ".gif", ".png"):
+        raise ConfigError(f"--out {args.out}: the file must end in .mp4, .gif or .png")
+    env = make_env(args, render_mode="rgb_array", render_size=(args.height, args.width), camera=args.camera)
+    controller = make_controller(args.controller, env)
+    info = render_episode(env, controller, args.out, seed=args.seed, fps=args.fps)
+    print(f"wrote {args.out} ({info['frames']} frames; object {info['object']}, success={info['success']})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    if args.name == "sim":
+        from ds_robot.bench.sim import run_sim_benchmark
+
+        return run_sim_benchmark(quick=args.quick, json_path=args.json, repeats=args.repeats, robot=args.robot)
+    raise ConfigError(f"unknown benchmark '{args.name}'")
+
+
+def cmd_model(args) -> int:
+    from ds_robot.model import generate
+
+    return generate.main(["--check"] if args.check else [])
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ds-robot", description="UR5 grasping: evaluate, render, benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="evaluate a controller over many seeded episodes")
+    p.add_argument("task", choices=("grasp",))
+    _add_env_args(p)
+    p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: 100)")
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG with per-object success, lift times, energy")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("render", help="render one episode headless (MUJOCO_GL=egl) to .mp4, .gif or .png")
+    p.add_argument("task", choices=("grasp",))
+    _add_env_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output file: .mp4, .gif or .png (last frame)")
+    p.add_argument("--camera", default="front", help="camera name in the scene (default: front)")
+    p.add_argument("--fps", type=positive_int, default=25, help="video frame rate (default: 25)")
+    p.add_argument("--width", type=positive_int, default=640)
+    p.add_argument("--height", type=positive_int, default=480)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("bench", help="run a benchmark; prints a table, optionally writes JSON")
+    p.add_argument("name", choices=("sim",))
+    p.add_argument("--quick", action="store_true", help="small budget (smoke checks, tests)")
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
+    p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")
+    p.add_argument("action", choices=("generate",))
+    p.add_argument("--check", action="store_true", help="only check that the committed files are current")
+    p.set_defaults(func=cmd_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DsRobotError as exc:
+        print(f"ds-robot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ds-robot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
