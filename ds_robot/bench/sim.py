@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import mujoco
 import numpy as np
@@ -24,12 +25,19 @@ from ds_robot.bench.report import format_table, write_json
 from ds_robot.stats import mean_ci95
 
 
-def _pin_one_core() -> str:
-    if hasattr(os, "sched_setaffinity"):
-        cpu = sorted(os.sched_getaffinity(0))[0]
-        os.sched_setaffinity(0, {cpu})
-        return f"cpu {cpu}"
-    return "not pinned"
+@contextmanager
+def one_core():
+    """Pin this process to one CPU for the duration (where the OS allows it), then restore."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield "not pinned"
+        return
+    allowed = os.sched_getaffinity(0)
+    cpu = sorted(allowed)[0]
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield f"cpu {cpu}"
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def _bare_steps_per_s(model: mujoco.MjModel, qpos: np.ndarray, ctrl: np.ndarray, steps: int) -> float:
@@ -60,11 +68,15 @@ def _env_steps_per_s(env, action: np.ndarray, steps: int, controller=None) -> fl
 
 
 def run_sim_benchmark(quick: bool = False, json_path=None, repeats: int = 5, robot: str = "ur5e") -> int:
+    with one_core() as pinned:
+        return _run(quick, json_path, repeats, robot, pinned)
+
+
+def _run(quick: bool, json_path, repeats: int, robot: str, pinned: str) -> int:
     from ds_robot.control.robot_model import RobotModel
     from ds_robot.control.scripted import ScriptedGraspController
     from ds_robot.envs.grasp_env import UR5GraspEnv
 
-    pinned = _pin_one_core()
     env = UR5GraspEnv(robot=robot)
     obs, _ = env.reset(seed=0, options={"object": "cube_small"})
     backend = env.backend

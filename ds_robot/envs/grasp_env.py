@@ -9,7 +9,7 @@ Timing: physics ``physics_dt_s`` (default 2 ms), control ``control_dt_s`` (defau
 ``terminated``: success (lifted and held) or object dropped off the table; ``truncated``:
 the episode's time limit.
 
-``info``: ``success``, ``time_to_lift_s`` (NaN until success), ``energy_j`` (episode so far),
+``info``: ``success``, ``time_to_lift_s`` (inf until success), ``energy_j`` (episode so far),
 ``object`` (its name), ``lifted``.
 """
 

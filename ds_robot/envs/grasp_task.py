@@ -105,7 +105,7 @@ class GraspTask:
         self.goal_m = np.array([setup.object_x_m, setup.object_y_m, self.resting_height_m + self.config.goal_height_m])
         self.energy_j = 0.0
         self.lift_started_s: float | None = None
-        self.time_to_lift_s = math.nan
+        self.time_to_lift_s = math.inf  # "never", until the object is lifted and held
         self.success = False
 
     def observation(self, state: RobotState) -> np.ndarray:

@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv and run the main job (scripted grasp evaluation: table, JSON, plot, video)
+#   make test   set up .venv and run lint + the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT := out
+export MUJOCO_GL ?= egl
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/ds-robot: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/ds-robot
+
+demo: setup
+	$(BIN)/ds-robot eval grasp --controller scripted --episodes 50 --seed 0 \
+		--json $(OUT)/eval_scripted.json --plot $(OUT)/eval_scripted.png
+	$(BIN)/ds-robot render grasp --controller scripted --seed 0 --out $(OUT)/grasp_scripted.mp4
+
+lint: setup
+	$(BIN)/ruff check ds_robot tests
+
+test: lint
+	$(BIN)/python -m ds_robot.model.generate --check
+	$(BIN)/python -m pytest -q -n 2 tests
+
+bench: setup
+	$(BIN)/ds-robot eval grasp --controller scripted --episodes 300 --seed 0 \
+		--json $(OUT)/eval_scripted_300.json --plot $(OUT)/eval_scripted_300.png
+	$(BIN)/ds-robot bench sim --json $(OUT)/bench_sim.json
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

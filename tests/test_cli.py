@@ -1,0 +1,86 @@
+"""The ds-robot command line, end to end."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ds_robot.cli.main import main
+from ds_robot.paths import project_root
+
+
+def test_eval_prints_table_and_writes_design_json_and_plot(tmp_path, capsys):
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "eval.png"
+    assert main(["eval", "grasp", "--episodes", "3", "--seed", "1", "--quiet", "--json", str(out_json),
+                 "--plot", str(out_png)]) == 0
+    printed = capsys.readouterr().out
+    assert "success rate" in printed and "ALL (scripted)" in printed
+    doc = json.loads(out_json.read_text())
+    assert doc["benchmark"] == "eval_grasp" and {"cpu", "cores", "python", "torch"} <= set(doc["machine"])
+    row = doc["results"][0]
+    assert row["name"] == "scripted" and row["episodes"] == 3
+    for key in ("success_rate", "success_rate_ci95", "time_to_lift_s", "energy_j"):
+        assert key in row
+    assert len(row["success_rate_ci95"]) == 2 and row["per_object"]
+    assert out_png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("suffix", [".png", ".gif"])
+def test_render_writes_an_image(tmp_path, suffix):
+    out = tmp_path / f"episode{suffix}"
+    assert main(["render", "grasp", "--seed", "2", "--out", str(out), "--width", "160", "--height", "120",
+                 "--fps", "5"]) == 0
+    assert out.stat().st_size > 1000
+
+
+def test_bench_sim_quick_writes_json(tmp_path):
+    out = tmp_path / "sim.json"
+    assert main(["bench", "sim", "--quick", "--repeats", "1", "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"mujoco_bare", "ur5grasp_env", "ur5grasp_env_scripted"}
+    assert rows["mujoco_bare"]["physics_steps_per_s"] > 1000
+    assert rows["ur5grasp_env"]["overhead_ratio"] > 1.0
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "ds_robot.cli.main", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_malformed_object_set_gives_one_plain_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nplacement: {x_range_m: [0.4, 0.6], y_range_m: [0, 0], yaw_range_rad: [0, 0]}\n"
+                   "objects:\n  - {name: brick, shape: box, size_m: [0.02, 0.02], mass_kg: 0.1, friction: 0.8}\n")
+    result = run_cli("eval", "grasp", "--episodes", "1", "--objects", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(bad) in result.stderr and "brick" in result.stderr and "size_m" in result.stderr
+
+
+def test_missing_model_file_gives_one_plain_error(tmp_path):
+    root = project_root()
+    shutil.copytree(root / "models", tmp_path / "models")
+    shutil.copytree(root / "sim", tmp_path / "sim")
+    (tmp_path / "models" / "ur5" / "gripper.xml").unlink()
+    import os
+
+    result = run_cli("eval", "grasp", "--episodes", "1", "--quiet", env={**os.environ, "DS_ROBOT_ROOT": str(tmp_path)})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "gripper model not found" in result.stderr and str(Path(tmp_path)) in result.stderr
+
+
+def test_bad_arguments_are_refused_by_the_parser():
+    result = run_cli("eval", "grasp", "--episodes", "0")
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
+    result = run_cli("render", "grasp", "--out", "x.avi")
+    assert result.returncode == 2 and ".mp4, .gif or .png" in result.stderr
+
+
+def test_help_everywhere():
+    for args in ([], ["eval"], ["render"], ["bench"], ["model"]):
+        result = run_cli(*args, "--help")
+        assert result.returncode == 0 and "usage: ds-robot" in result.stdout

@@ -1,0 +1,78 @@
+"""Object sets load, and malformed ones are refused naming the file, the entry and the field."""
+
+import textwrap
+
+import pytest
+
+from ds_robot.errors import ConfigError
+from ds_robot.sim.objects import default_object_set_path, load_object_set
+from ds_robot.sim.scene import build_scene
+
+GOOD_ENTRY = "{name: cube, shape: box, size_m: [0.02, 0.02, 0.02], mass_kg: 0.1, friction: 0.8}"
+PLACEMENT = "placement: {x_range_m: [0.4, 0.6], y_range_m: [-0.1, 0.1], yaw_range_rad: [-1, 1]}"
+
+
+def write(tmp_path, body: str):
+    path = tmp_path / "set.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_default_set_has_at_least_eight_objects_in_the_specified_ranges():
+    objects = load_object_set(default_object_set_path()).objects
+    assert len(objects) >= 8
+    assert {o.shape for o in objects} == {"box", "cylinder", "sphere", "capsule"}
+    for o in objects:
+        assert 0.05 <= o.mass_kg <= 0.5
+        assert all(0.02 <= h <= 0.04 + 1e-9 for h in o.size_m), o.name
+        model = build_scene("ur5e", o)
+        assert model.body("object").mass[0] == pytest.approx(o.mass_kg)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "problem"),
+    [
+        ("{name: a, shape: cube, size_m: [0.02, 0.02, 0.02], mass_kg: 0.1, friction: 0.8}", "shape", "not one of"),
+        ("{name: a, shape: box, size_m: [0.02, 0.02], mass_kg: 0.1, friction: 0.8}", "size_m", "list of 3"),
+        ("{name: a, shape: sphere, size_m: [0.02], mass_kg: -1, friction: 0.8}", "mass_kg", "outside"),
+        ("{name: a, shape: sphere, size_m: [0.02], mass_kg: .nan, friction: 0.8}", "mass_kg", "finite"),
+        ("{name: a, shape: sphere, size_m: [0.02], mass_kg: 0.1}", "friction", "missing"),
+        ("{name: a, shape: capsule, size_m: [0.02, x], mass_kg: 0.1, friction: 0.8}", "size_m", "finite numbers"),
+    ],
+)
+def test_malformed_entry_error_names_file_entry_and_field(tmp_path, entry, field, problem):
+    path = write(tmp_path, f"name: t\n{PLACEMENT}\nobjects:\n  - {GOOD_ENTRY}\n  - {entry}\n")
+    with pytest.raises(ConfigError) as err:
+        load_object_set(path)
+    message = str(err.value)
+    assert str(path) in message and "objects[1] (a)" in message and f"'{field}'" in message and problem in message
+
+
+def test_bad_placement_and_structure(tmp_path):
+    bad_range = write(tmp_path, f"name: t\nplacement: {{x_range_m: [0.6, 0.4], y_range_m: [0, 0], "
+                                f"yaw_range_rad: [0, 0]}}\nobjects:\n  - {GOOD_ENTRY}\n")
+    with pytest.raises(ConfigError, match="x_range_m.*lower bound"):
+        load_object_set(bad_range)
+    no_placement = write(tmp_path, f"name: t\nobjects:\n  - {GOOD_ENTRY}\n")
+    with pytest.raises(ConfigError, match="placement"):
+        load_object_set(no_placement)
+    duplicate = write(tmp_path, f"name: t\n{PLACEMENT}\nobjects:\n  - {GOOD_ENTRY}\n  - {GOOD_ENTRY}\n")
+    with pytest.raises(ConfigError, match="duplicate names cube"):
+        load_object_set(duplicate)
+    empty = write(tmp_path, "name: t\nobjects: []\n")
+    with pytest.raises(ConfigError, match="non-empty list"):
+        load_object_set(empty)
+    not_yaml = write(tmp_path, "objects: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_object_set(not_yaml)
+    with pytest.raises(ConfigError, match="object set not found"):
+        load_object_set(tmp_path / "missing.yaml")
+
+
+def test_per_object_placement_overrides_the_default(tmp_path):
+    path = write(tmp_path, f"name: t\n{PLACEMENT}\nobjects:\n  - {GOOD_ENTRY}\n"
+                           "  - {name: far, shape: sphere, size_m: [0.03], mass_kg: 0.1, friction: 0.5,"
+                           " placement: {x_range_m: [0.7, 0.7], y_range_m: [0.2, 0.2], yaw_range_rad: [0, 0]}}\n")
+    objects = load_object_set(path).objects
+    assert objects[0].placement.x_range_m == (0.4, 0.6)
+    assert objects[1].placement.x_range_m == (0.7, 0.7)
