@@ -123,7 +123,7 @@ def _run(quick: bool, json_path, repeats: int, robot: str, pinned: str) -> int:
             row["env_steps_per_s_ci95"] = [c / substeps for c in rate_ci]
         results.append(row)
         rows.append([name, f"{rate:,.0f} ± {(rate_ci[1] - rate_ci[0]) / 2:,.0f}",
-                     f"{row.get('env_steps_per_s', float('nan')):,.0f}", f"{rate * physics_dt:.1f}", f"{ratio:.2f}"])
+                     row.get("env_steps_per_s", float("nan")), f"{rate * physics_dt:.1f}", f"{ratio:.2f}"])
     print(f"\nbench sim: robot={robot} physics dt={physics_dt * 1e3:g} ms, control dt={env.control_dt_s * 1e3:g} ms "
           f"({substeps} substeps), {repeats} repeats, one core ({pinned})")
     print(format_table(["variant", "physics steps/s (95% CI)", "env steps/s", "sim s per s", "overhead x"], rows))
