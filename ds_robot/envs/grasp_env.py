@@ -146,7 +146,7 @@ class UR5GraspEnv(gym.Env):
 
     def _check_action(self, action) -> np.ndarray:
         try:
-            action = np.asarray(action, dtype=np.float64)
+            action = np.array(action, dtype=np.float64)  # a copy: the caller's array is never modified
         except (TypeError, ValueError) as exc:
             raise ActionError(f"action must be numeric, got {type(action).__name__}") from exc
         if action.shape != (ACTION_SIZE,):
@@ -154,10 +154,11 @@ class UR5GraspEnv(gym.Env):
                 f"action has shape {action.shape}, expected ({ACTION_SIZE},): "
                 "6 normalised joint torques and a gripper command"
             )
-        if not np.isfinite(action).all():
-            bad = np.flatnonzero(~np.isfinite(action)).tolist()
+        finite = np.isfinite(action)
+        if not finite.all():
+            bad = np.flatnonzero(~finite).tolist()
             raise ActionError(f"action contains NaN/Inf at index {bad}; refusing to send it to the arm")
-        return action.clip(-1.0, 1.0)
+        return np.minimum(np.maximum(action, -1.0, out=action), 1.0, out=action)
 
     def _info(self, lifted: bool) -> dict:
         return {

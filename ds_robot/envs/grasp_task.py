@@ -84,17 +84,13 @@ class StepOutcome:
     dropped: bool
 
 
-def quat_to_mat(quat: np.ndarray) -> np.ndarray:
-    out = np.zeros(9)
-    mujoco.mju_quat2Mat(out, quat)
-    return out.reshape(3, 3)
-
-
 class GraspTask:
     def __init__(self, config: GraspTaskConfig, joint_torque_limit_nm: np.ndarray, max_gripper_opening_m: float):
         self.config = config
         self.joint_torque_limit_nm = np.asarray(joint_torque_limit_nm, dtype=float)
         self._inv_torque_limit = 1.0 / self.joint_torque_limit_nm
+        self._scratch = np.empty((3, 3))
+        self._object_mat = np.empty(9)
         self.max_gripper_opening_m = max_gripper_opening_m
         self.setup: EpisodeSetup | None = None
 
@@ -111,13 +107,17 @@ class GraspTask:
     def observation(self, state: RobotState) -> np.ndarray:
         s = OBS_SLICES
         obs = np.empty(OBS_SIZE, dtype=np.float32)
-        tcp_rot_t = state.tcp_rot.T
         obs[s["q"]] = state.q_rad
         obs[s["qd"]] = state.qd_rad_s * (1.0 / math.pi)
         obs[s["tau"]] = state.tau_measured_nm * self._inv_torque_limit
         obs[s["gripper"]] = (state.gripper_opening_m / self.max_gripper_opening_m, state.gripper_speed_m_s * 10.0)
-        obs[s["object_pos"]] = tcp_rot_t @ (state.object_pos_m - state.tcp_pos_m)
-        obs[s["object_rot"]] = (tcp_rot_t @ quat_to_mat(state.object_quat))[:, :2].T.reshape(-1)
+        # Rows: object offset, object x axis, object y axis (world); times R_tcp gives each in the
+        # TCP frame, in the order object_pos, object_rot[:3], object_rot[3:].
+        rows = self._scratch
+        np.subtract(state.object_pos_m, state.tcp_pos_m, out=rows[0])
+        mujoco.mju_quat2Mat(self._object_mat, state.object_quat)
+        rows[1:] = self._object_mat.reshape(3, 3).T[:2]
+        obs[s["object_pos"].start : s["object_rot"].stop] = (rows @ state.tcp_rot).ravel()
         obs[s["object_size"]] = self._half_extents
         obs[s["goal"]] = self.goal_m - state.object_pos_m
         return obs
@@ -129,7 +129,9 @@ class GraspTask:
         """Book-keep one control step (energy, lift, success) and return its reward."""
         cfg = self.config
         self.energy_j += state.step_work_j
-        lifted = self.lifted(state)
+        object_z = float(state.object_pos_m[2])
+        height_gain = object_z - self.resting_height_m
+        lifted = height_gain >= cfg.lift_threshold_m
         if not lifted:
             self.lift_started_s = None
         elif self.lift_started_s is None:
@@ -137,8 +139,7 @@ class GraspTask:
         if lifted and not self.success and state.time_s - self.lift_started_s >= cfg.hold_s - 1e-9:
             self.success = True
             self.time_to_lift_s = self.lift_started_s
-        reach = 1.0 - math.tanh(10.0 * math.dist(state.object_pos_m, state.tcp_pos_m))
-        height_gain = float(state.object_pos_m[2]) - self.resting_height_m
+        reach = 1.0 - math.tanh(10.0 * math.dist(state.object_pos_m.tolist(), state.tcp_pos_m.tolist()))
         reward = (
             0.2 * reach
             + min(max(height_gain / cfg.goal_height_m, 0.0), 1.0)
@@ -146,5 +147,4 @@ class GraspTask:
             - cfg.energy_weight_per_j * state.step_work_j
             + (cfg.success_bonus if self.success else 0.0)
         )
-        dropped = bool(state.object_pos_m[2] < cfg.drop_height_m)
-        return StepOutcome(reward=float(reward), success=self.success, lifted=lifted, dropped=dropped)
+        return StepOutcome(reward=reward, success=self.success, lifted=lifted, dropped=object_z < cfg.drop_height_m)

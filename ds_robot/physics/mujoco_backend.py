@@ -56,8 +56,19 @@ class MuJoCoBackend(PhysicsBackend):
         self._tcp = m.site(scene.TCP_SITE).id
         self._obj_body = m.body(scene.OBJECT_BODY).id
         self._obj_qpos = m.jnt_qposadr[m.body_jntadr[self._obj_body]]
-        self._armature = m.dof_armature[:N_ARM].copy()
-        self._friction_arm_dofs = np.flatnonzero(m.dof_frictionloss[:N_ARM] > 0)
+        d = self.data
+        # Views into MjData's fixed-size buffers stay valid across steps; taking them once keeps
+        # attribute lookups off the per-step path.
+        self._qpos, self._qvel = d.qpos, d.qvel
+        self._arm_ctrl = d.ctrl[: N_ARM]
+        self._arm_qfrc_actuator = d.qfrc_actuator[:N_ARM]
+        self._arm_qfrc_passive = d.qfrc_passive[:N_ARM]
+        self._arm_qacc = d.qacc[:N_ARM]
+        self._arm_armature = m.dof_armature[:N_ARM]
+        self._arm_frictionloss = m.dof_frictionloss[:N_ARM]
+        self._tcp_xpos, self._tcp_xmat = d.site_xpos[self._tcp], d.site_xmat[self._tcp]
+        if not np.array_equal(self._arm_act, np.arange(N_ARM)):
+            raise RuntimeError("scene layout changed: the arm's motors must be the first six actuators")
 
     # -- interface ---------------------------------------------------------------------
 
@@ -76,30 +87,35 @@ class MuJoCoBackend(PhysicsBackend):
         return self._read(0.0)
 
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
-        m, d = self.model, self.data
-        d.ctrl[self._arm_act] = arm_torque_nm  # MuJoCo clamps to the actuators' ctrlrange
-        d.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper_command) / 2.0
+        self._arm_ctrl[:] = arm_torque_nm  # MuJoCo clamps to the actuators' ctrlrange
+        self.data.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper_command) / 2.0
         n_steps = max(1, round(duration_s / self.physics_dt_s))
-        q_before = d.qpos[:N_ARM].copy()
-        mujoco.mj_step(m, d, n_steps)
+        q_before = self._qpos[:N_ARM].copy()
+        mujoco.mj_step(self.model, self.data, n_steps)
         # The motor torques are held over the step, so each joint's work is exactly tau_j * dq_j;
         # |tau_j * dq_j| equals the integral of |tau_j * qd_j| dt unless the joint reverses
         # within the step (then it is a slight underestimate).
-        work = float(np.abs(d.qfrc_actuator[:N_ARM] * (d.qpos[:N_ARM] - q_before)).sum())
-        return self._read(work)
+        q_before -= self._qpos[:N_ARM]
+        q_before *= self._arm_qfrc_actuator
+        return self._read(float(np.abs(q_before).sum()))
 
     def _read(self, work_j: float) -> RobotState:
         d = self.data
-        tau_applied = d.qfrc_actuator[:N_ARM].copy()
+        tau_applied = self._arm_qfrc_actuator.copy()
         # Output-side torque: motor torque minus what the joint itself absorbs (viscous damping,
         # friction loss, rotor inertia); this is what reaches the links, loads included.
-        tau_measured = tau_applied + d.qfrc_passive[:N_ARM] - self._armature * d.qacc[:N_ARM]
-        # Friction-loss forces: the solver's FRICTION_DOF rows follow the ne equality rows, one per
-        # dof with friction loss, in dof order (the arm's dofs come first).
-        start = d.ne
-        tau_measured[self._friction_arm_dofs] += d.efc_force[start : start + len(self._friction_arm_dofs)]
+        tau_measured = tau_applied + self._arm_qfrc_passive
+        tau_measured -= self._arm_armature * self._arm_qacc
+        # Friction loss: the solver's FRICTION_DOF rows follow the ne equality rows, one per dof
+        # with friction loss, in dof order; the arm's dofs come first. Read the model's current
+        # friction so a corrected model is reported correctly.
+        n_rows = np.count_nonzero(self._arm_frictionloss)  # friction loss is never negative
+        if n_rows == N_ARM:
+            tau_measured += d.efc_force[d.ne : d.ne + N_ARM]
+        elif n_rows:
+            tau_measured[self._arm_frictionloss > 0] += d.efc_force[d.ne : d.ne + n_rows]
+        qpos, qvel = self._qpos.copy(), self._qvel.copy()  # one copy each; the fields below are views
         o = self._obj_qpos
-        qpos, qvel = d.qpos.copy(), d.qvel.copy()  # one copy each; the fields below are views of it
         left, right = self._finger_qpos
         left_dof, right_dof = self._finger_dof
         return RobotState(
@@ -110,8 +126,8 @@ class MuJoCoBackend(PhysicsBackend):
             tau_applied_nm=tau_applied,
             gripper_opening_m=float(qpos[left] + qpos[right]),
             gripper_speed_m_s=float(qvel[left_dof] + qvel[right_dof]),
-            tcp_pos_m=d.site_xpos[self._tcp].copy(),
-            tcp_rot=d.site_xmat[self._tcp].reshape(3, 3).copy(),
+            tcp_pos_m=self._tcp_xpos.copy(),
+            tcp_rot=self._tcp_xmat.reshape(3, 3).copy(),
             object_pos_m=qpos[o : o + 3],
             object_quat=qpos[o + 3 : o + 7],
             step_work_j=work_j,
