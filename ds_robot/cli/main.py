@@ -37,11 +37,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _add_env_args(p: argparse.ArgumentParser) -> None:
+def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
     p.add_argument("--controller", choices=CONTROLLERS, default="scripted", help="controller to run (default: scripted)")
     p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; episode seeds derive from it (default: 0)")
+    if many_seeds:
+        p.add_argument("--seed", type=int, nargs="+", default=[0],
+                       help="base seed(s); each runs --episodes episodes whose seeds derive from it (default: 0)")
+    else:
+        p.add_argument("--seed", type=int, default=0, help="episode seed (default: 0)")
 
 
 # ----------------------------------------------------------------------------- eval
@@ -53,10 +57,12 @@ def cmd_eval(args) -> int:
 
     env = make_env(args)
     controller = make_controller(args.controller, env)
-    results = run_episodes(env, controller, args.episodes, args.seed, progress=not args.quiet)
+    by_seed = {seed: run_episodes(env, controller, args.episodes, seed, progress=not args.quiet) for seed in args.seed}
+    results = [r for seed_results in by_seed.values() for r in seed_results]
     overall = summarise(args.controller, results)
     objects = per_object(results)
-    headers = ["object", "episodes", "success rate [95% CI]", "time to lift s [95% CI]", "energy J [95% CI]"]
+    seeds = {seed: summarise(f"seed {seed}", rs) for seed, rs in by_seed.items()} if len(by_seed) > 1 else {}
+    headers = ["object / seed", "episodes", "success rate [95% CI]", "time to lift s [95% CI]", "energy J [95% CI]"]
     rows = [
         [
             row["name"],
@@ -65,28 +71,30 @@ def cmd_eval(args) -> int:
             ci_text(row["time_to_lift_s"], row["time_to_lift_s_ci95"]),
             ci_text(row["energy_j"], row["energy_j_ci95"], digits=1),
         ]
-        for row in [*objects.values(), {**overall, "name": f"ALL ({args.controller})"}]
+        for row in [*objects.values(), *seeds.values(), {**overall, "name": f"ALL ({args.controller})"}]
     ]
+    seed_text = " ".join(str(s) for s in args.seed)
     print(f"\ngrasp evaluation: controller={args.controller} robot={args.robot} object set={env.object_set.name} "
-          f"seed={args.seed}")
+          f"seeds={seed_text}")
     print(format_table(headers, rows))
     print(f"controller step: {overall['control_step_us']:.0f} us mean")
     config = {
         "controller": args.controller,
         "robot": args.robot,
         "objects": str(env.object_set.source),
-        "episodes": args.episodes,
-        "seed": args.seed,
+        "episodes_per_seed": args.episodes,
+        "seeds": args.seed,
         "control_dt_s": env.control_dt_s,
         "physics_dt_s": env.backend.physics_dt_s,
         "episode_s": env.episode_s,
     }
     if args.json:
-        write_json(args.json, "eval_grasp", config, [{**overall, "per_object": objects}])
+        write_json(args.json, "eval_grasp", config,
+                   [{**overall, "per_object": objects, "per_seed": list(seeds.values())}])
         print(f"wrote {args.json}")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        title = f"{args.controller} on {env.object_set.name} ({args.episodes} episodes, seed {args.seed})"
+        title = f"{args.controller} on {env.object_set.name} ({len(results)} episodes, seeds {seed_text})"
         plot_evaluation(args.plot, title, overall, objects, results)
         print(f"wrote {args.plot}")
     return 0
@@ -135,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a controller over many seeded episodes")
     p.add_argument("task", choices=("grasp",))
-    _add_env_args(p)
+    _add_env_args(p, many_seeds=True)
     p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: 100)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG with per-object success, lift times, energy")
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("render", help="render one episode headless (MUJOCO_GL=egl) to .mp4, .gif or .png")
     p.add_argument("task", choices=("grasp",))
-    _add_env_args(p)
+    _add_env_args(p, many_seeds=False)
     p.add_argument("--out", type=Path, required=True, help="output file: .mp4, .gif or .png (last frame)")
     p.add_argument("--camera", default="front", help="camera name in the scene (default: front)")
     p.add_argument("--fps", type=positive_int, default=25, help="video frame rate (default: 25)")
