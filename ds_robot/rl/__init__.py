@@ -1,0 +1,1 @@
+"""RL building blocks that work with any Gymnasium environment."""

@@ -1,0 +1,94 @@
+"""Pieces every algorithm shares: vector envs, evaluation, seeding, the run directory."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ds_robot.errors import ConfigError
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def make_env(env_id: str, **kwargs) -> gym.Env:
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as exc:
+        raise ConfigError(f"cannot make environment '{env_id}': {exc}") from exc
+
+
+def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=()) -> gym.vector.VectorEnv:
+    """Synchronous vector env; an episode's last observation is in ``info["final_obs"]`` and the
+    returned observation is already the next episode's first (same-step autoreset)."""
+
+    def factory():
+        env = make_env(env_id)
+        for wrap in wrappers:
+            env = wrap(env)
+        return env
+
+    envs = gym.vector.SyncVectorEnv([factory] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    envs.reset(seed=seed)
+    return envs
+
+
+def evaluate(act, env_id: str, episodes: int, seed: int, max_steps: int = 100_000) -> np.ndarray:
+    """Returns of ``episodes`` episodes run in parallel; ``act(obs_batch) -> action_batch``."""
+    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id)] * episodes,
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    obs, _ = envs.reset(seed=seed)
+    returns = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    for _ in range(max_steps):
+        obs, reward, terminated, truncated, _ = envs.step(act(obs))
+        returns += reward * running
+        running &= ~(terminated | truncated)
+        if not running.any():
+            break
+    envs.close()
+    return returns
+
+
+@dataclass
+class RunDir:
+    """``out/`` holds ``checkpoint.pt`` (latest), ``final.pt`` and ``tb/`` (TensorBoard)."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    def writer(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.tensorboard))
+
+
+def discrete_actions(space: gym.Space) -> int:
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ConfigError(f"this algorithm needs a discrete action space, the env has {space}")
+    return int(space.n)
+
+
+def flat_obs_dim(space: gym.Space) -> int:
+    if not isinstance(space, gym.spaces.Box):
+        raise ConfigError(f"this algorithm needs a Box observation space, the env has {space}")
+    return int(np.prod(space.shape))
