@@ -14,6 +14,8 @@ from pathlib import Path
 from ds_robot.errors import ConfigError, DsRobotError
 
 CONTROLLERS = ("scripted",)
+ALGOS = ("a2c", "ppo", "sac")
+BENCHMARKS = ("sim", "cartpole", "per")
 
 
 def make_controller(name: str, env):
@@ -52,6 +54,8 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
 
 
 def cmd_eval(args) -> int:
+    if args.task != "grasp":
+        return cmd_eval_policy(args)
     from ds_robot.bench.report import ci_text, format_table, write_json
     from ds_robot.evaluate import per_object, plot_evaluation, run_episodes, summarise
 
@@ -100,6 +104,45 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_eval_policy(args) -> int:
+    from ds_robot.bench.report import ci_text, format_table, write_json
+    from ds_robot.rl.train import evaluate_checkpoint
+
+    if args.checkpoint is None:
+        raise ConfigError(f"ds-robot eval {args.task} needs --checkpoint PATH (a file written by ds-robot train)")
+    row = evaluate_checkpoint(args.checkpoint, args.episodes, args.seed[0], env_id=args.env, algo=args.task)
+    print(format_table(["policy", "env", "trained steps", "episodes", "return [95% CI]", "min", "max"],
+                       [[row["name"], row["env"], f"{row['trained_steps']:,}", row["episodes"],
+                         ci_text(row["return_mean"], row["return_mean_ci95"], digits=1), row["return_min"],
+                         row["return_max"]]]))
+    if args.json:
+        write_json(args.json, f"eval_{args.task}", {"checkpoint": str(args.checkpoint), "seed": args.seed[0]}, [row])
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from ds_robot.rl.train import train
+
+    torch.set_num_threads(args.threads)
+    overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp}
+    if args.ent_coef is not None:
+        overrides["ent_coef"] = args.ent_coef if args.ent_coef == "halving" else float(args.ent_coef)
+    if args.replay is not None:
+        overrides["replay"] = args.replay
+    if args.algo == "sac":
+        overrides["ent_coef"] = None
+    _, result = train(args.algo, args.out, args.resume, progress=not args.quiet, **overrides)
+    print(f"trained {args.algo} on {args.env}: {result.steps:,} steps in {result.seconds:.1f} s; "
+          f"checkpoint {args.out / 'checkpoint.pt'}, TensorBoard logs {args.out / 'tb'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- render
 
 
@@ -125,6 +168,14 @@ def cmd_bench(args) -> int:
         from ds_robot.bench.sim import run_sim_benchmark
 
         return run_sim_benchmark(quick=args.quick, json_path=args.json, repeats=args.repeats, robot=args.robot)
+    if args.name == "cartpole":
+        from ds_robot.bench.cartpole import run_cartpole_benchmark
+
+        return run_cartpole_benchmark(quick=args.quick, json_path=args.json, seeds=args.seeds, plot_path=args.plot)
+    if args.name == "per":
+        from ds_robot.bench.per import run_per_benchmark
+
+        return run_per_benchmark(quick=args.quick, json_path=args.json, repeats=args.repeats)
     raise ConfigError(f"unknown benchmark '{args.name}'")
 
 
@@ -138,12 +189,16 @@ def cmd_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ds-robot", description="UR5 grasping: evaluate, render, benchmark.")
+    parser = argparse.ArgumentParser(prog="ds-robot",
+                                     description="UR5 grasping and RL building blocks: train, evaluate, render, benchmark.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("eval", help="evaluate a controller over many seeded episodes")
-    p.add_argument("task", choices=("grasp",))
+    p = sub.add_parser("eval", help="evaluate the grasp controller, or a trained a2c/ppo/sac checkpoint")
+    p.add_argument("task", choices=("grasp", *ALGOS),
+                   help="grasp: a grasp controller; a2c|ppo|sac: a checkpoint of that algorithm (--checkpoint)")
     _add_env_args(p, many_seeds=True)
+    p.add_argument("--checkpoint", type=Path, default=None, help="a2c|ppo|sac: the checkpoint to evaluate")
+    p.add_argument("--env", default=None, help="a2c|ppo|sac: environment id (default: the checkpoint's)")
     p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: 100)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG with per-object success, lift times, energy")
@@ -161,12 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("bench", help="run a benchmark; prints a table, optionally writes JSON")
-    p.add_argument("name", choices=("sim",))
+    p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--quick", action="store_true", help="small budget (smoke checks, tests)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
-    p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e")
+    p.add_argument("--seeds", type=positive_int, default=5, help="cartpole: seeds per variant (default: 5)")
+    p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
+    p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train an RL agent on any Gymnasium environment")
+    p.add_argument("algo", choices=ALGOS)
+    p.add_argument("--env", required=True, help="Gymnasium environment id, e.g. CartPole-v1")
+    p.add_argument("--steps", type=positive_int, default=None, help="total environment steps (default: per algo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast + dynamic loss scaling")
+    p.add_argument("--ent-coef", default=None, help="a2c/ppo: entropy coefficient, a number or 'halving'")
+    p.add_argument("--replay", choices=("uniform", "per", "per_novelty"), default=None, help="sac: replay buffer")
+    p.add_argument("--out", type=Path, required=True, help="run directory: checkpoints and TensorBoard logs")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")
     p.add_argument("action", choices=("generate",))

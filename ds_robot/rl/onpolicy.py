@@ -1,0 +1,253 @@
+"""What A2C and PPO share: rollout collection on a vector env, returns/advantages, the
+training loop (progress bar, TensorBoard, diagnostics, checkpoints, resume). Each algorithm
+supplies its optimiser and its ``update``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ds_robot.errors import ConfigError
+from ds_robot.rl import schedules
+from ds_robot.rl.amp import DynamicLossScaler
+from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
+from ds_robot.rl.common import RunDir, flat_obs_dim, make_vector_env, seed_everything
+from ds_robot.rl.diagnostics import Diagnostics
+from ds_robot.rl.policies import make_policy, to_env_action
+
+torch.distributions.Distribution.set_default_validate_args(False)
+
+
+@dataclass(frozen=True)
+class OnPolicyConfig:
+    env_id: str = "CartPole-v1"
+    total_steps: int = 200_000
+    n_envs: int = 8
+    n_steps: int = 5
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    learning_rate: float = 7e-4
+    lr_decay: bool = True  # lr = lr0 (1 - t/T)
+    ent_coef: float | str = 0.01  # a number, or "halving"
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    amp: bool = False
+    seed: int = 0
+    policy: str = "seed"
+    checkpoint_every_steps: int = 50_000
+
+    def __post_init__(self):
+        checks = {
+            "total_steps": self.total_steps >= 1,
+            "n_envs": self.n_envs >= 1,
+            "n_steps": self.n_steps >= 1,
+            "gamma": 0.0 <= self.gamma <= 1.0,
+            "gae_lambda": 0.0 <= self.gae_lambda <= 1.0,
+            "learning_rate": self.learning_rate > 0,
+            "max_grad_norm": self.max_grad_norm > 0,
+            "checkpoint_every_steps": self.checkpoint_every_steps >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"{type(self).__name__}: impossible value for "
+                              + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
+        schedules.entropy_schedule(self.ent_coef)
+
+
+@dataclass
+class Rollout:
+    obs: np.ndarray  # (n_steps, n_envs, obs_dim)
+    actions: np.ndarray  # (n_steps, n_envs[, action_dim])
+    log_probs: np.ndarray
+    rewards: np.ndarray
+    dones: np.ndarray
+    values: np.ndarray
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def returns_and_advantages(rollout: Rollout, last_value: np.ndarray, gamma: float, lam: float):
+    """GAE(gamma, lambda) (Schulman et al. 2016); lambda = 1 gives n-step bootstrapped returns."""
+    advantages = np.zeros_like(rollout.rewards)
+    gae = np.zeros_like(last_value)
+    next_value = last_value
+    for t in reversed(range(len(rollout.rewards))):
+        not_done = 1.0 - rollout.dones[t]
+        delta = rollout.rewards[t] + gamma * next_value * not_done - rollout.values[t]
+        gae = delta + gamma * lam * not_done * gae
+        advantages[t] = gae
+        next_value = rollout.values[t]
+    return advantages + rollout.values, advantages
+
+
+class OnPolicyAlgorithm(ABC):
+    algo = "onpolicy"
+
+    def __init__(self, config: OnPolicyConfig, out: str | Path | None = None, wrappers=()):
+        self.config = config
+        self.rng = seed_everything(config.seed)
+        self.envs = make_vector_env(config.env_id, config.n_envs, config.seed, wrappers)
+        self.action_space = self.envs.single_action_space
+        self.obs_dim = flat_obs_dim(self.envs.single_observation_space)
+        self.policy = make_policy(config.policy, self.obs_dim, self.action_space)
+        self.discrete = self.policy.discrete
+        self.action_shape = () if self.discrete else self.action_space.shape
+        self.optimizer = self.make_optimizer()
+        self.scaler = DynamicLossScaler(enabled=config.amp)
+        self.lr_at = (schedules.linear_decay(config.learning_rate, config.total_steps) if config.lr_decay
+                      else schedules.constant(config.learning_rate))
+        self.beta_at = schedules.entropy_schedule(config.ent_coef)
+        self.run = RunDir(Path(out)) if out is not None else None
+        self.writer = self.run.writer() if self.run is not None else None
+        self.diagnostics = Diagnostics(self.writer)
+        self.steps = 0
+        self.updates = 0
+        self.obs, _ = self.envs.reset(seed=config.seed)
+
+    @abstractmethod
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The algorithm's optimiser over ``self.policy``'s parameters."""
+
+    @abstractmethod
+    def update(self, rollout: Rollout, last_value: np.ndarray) -> dict:
+        """Learn from one rollout; returns statistics (must include ``entropy``)."""
+
+    # -- acting -------------------------------------------------------------------------------
+
+    def act(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        with torch.no_grad():
+            dist, _ = self.policy.dist_and_value(torch.as_tensor(obs, dtype=torch.float32))
+            action = self.policy.greedy(dist) if deterministic else dist.sample()
+        return to_env_action(action.numpy(), self.action_space)
+
+    def collect(self) -> tuple[Rollout, np.ndarray]:
+        cfg = self.config
+        n, e = cfg.n_steps, cfg.n_envs
+        ro = Rollout(
+            obs=np.zeros((n, e, self.obs_dim), np.float32),
+            actions=np.zeros((n, e, *self.action_shape), np.int64 if self.discrete else np.float32),
+            log_probs=np.zeros((n, e), np.float32),
+            rewards=np.zeros((n, e), np.float32),
+            dones=np.zeros((n, e), np.float32),
+            values=np.zeros((n, e), np.float32),
+        )
+        for t in range(n):
+            with torch.no_grad():
+                dist, value = self.policy.dist_and_value(torch.as_tensor(self.obs, dtype=torch.float32))
+                action = dist.sample()
+                log_prob = self.policy.log_prob(dist, action)
+            action_np = action.numpy()
+            next_obs, reward, terminated, truncated, info = self.envs.step(to_env_action(action_np, self.action_space))
+            reward = reward.astype(np.float32)
+            cut = truncated & ~terminated
+            if cut.any():  # time limit, not failure: bootstrap from the true last state
+                final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float32)
+                with torch.no_grad():
+                    reward[cut] += cfg.gamma * self.policy.dist_and_value(torch.as_tensor(final))[1].numpy()
+            ro.obs[t], ro.actions[t], ro.log_probs[t] = self.obs.reshape(e, -1), action_np, log_prob.numpy()
+            ro.rewards[t], ro.dones[t], ro.values[t] = reward, terminated | truncated, value.numpy()
+            self.obs = next_obs
+        with torch.no_grad():
+            last_value = self.policy.dist_and_value(torch.as_tensor(self.obs, dtype=torch.float32))[1].numpy()
+        self.steps += n * e
+        return ro, last_value
+
+    def _start_update(self) -> float:
+        """Apply the schedules for this update; returns the entropy coefficient."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.steps)
+        return self.beta_at(self.steps)
+
+    def _after_update(self, rollout: Rollout, advantages: np.ndarray, stats: dict) -> None:
+        self.updates += 1
+        self.diagnostics.policy_entropy(stats["entropy"], self.steps, self.updates, discrete=self.discrete)
+        self.diagnostics.td_errors(advantages, self.steps, self.updates)
+        if self.updates % 50 == 1:
+            self.diagnostics.feature_variance(rollout.obs.reshape(-1, self.obs_dim), self.steps, self.updates)
+
+    # -- training loop ------------------------------------------------------------------------
+
+    def train(self, callback: Callable[[OnPolicyAlgorithm, dict], bool] | None = None,
+              progress: bool = True) -> TrainResult:
+        """Train up to ``total_steps``; ``callback(agent, stats)`` returning True stops early."""
+        cfg = self.config
+        start = time.perf_counter()
+        result = TrainResult(steps=self.steps, seconds=0.0)
+        bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"{self.algo} {cfg.env_id}", unit="step",
+                   disable=not progress, smoothing=0.05)
+        next_checkpoint = self.steps + cfg.checkpoint_every_steps
+        log_every = max(1, 2000 // (cfg.n_steps * cfg.n_envs))
+        while self.steps < cfg.total_steps:
+            rollout, last_value = self.collect()
+            stats = self.update(rollout, last_value)
+            bar.update(cfg.n_steps * cfg.n_envs)
+            if self.updates % log_every == 0:
+                bar.set_postfix(entropy=f"{stats['entropy']:.3f}", lr=f"{stats['lr']:.2g}",
+                                scale=f"{stats['loss_scale']:.0f}")
+                if self.writer is not None:
+                    for key, value in stats.items():
+                        self.writer.add_scalar(f"train/{key}", value, self.steps)
+            result.history.append({"steps": self.steps, "entropy": stats["entropy"]})
+            if self.run is not None and self.steps >= next_checkpoint:
+                self.save(self.run.checkpoint)
+                next_checkpoint += cfg.checkpoint_every_steps
+            if callback is not None and callback(self, stats):
+                result.stopped_early = True
+                break
+        bar.close()
+        result.steps, result.seconds = self.steps, time.perf_counter() - start
+        if self.run is not None:
+            self.save(self.run.checkpoint)
+            self.save(self.run.final)
+        return result
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def identity(self) -> dict:
+        """What a checkpoint must match to be loaded into this agent."""
+        space = self.action_space
+        return {"algo": self.algo, "env_id": self.config.env_id, "obs_dim": self.obs_dim,
+                "policy": self.config.policy,
+                "action_space": f"Discrete({space.n})" if isinstance(space, gym.spaces.Discrete) else str(space.shape)}
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, {
+            **self.identity(),
+            "config": asdict(self.config),
+            "steps": self.steps,
+            "updates": self.updates,
+            "model": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def load(self, path: str | Path, weights_only: bool = False) -> None:
+        """Restore a checkpoint (everything needed to resume, or only the weights)."""
+        payload = load_checkpoint(path, self.identity())
+        self.policy.load_state_dict(payload["model"])
+        if not weights_only:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.scaler.load_state_dict(payload["scaler"])
+            torch.set_rng_state(payload["torch_rng"])
+            self.steps, self.updates = int(payload["steps"]), int(payload["updates"])
+
+    def close(self) -> None:
+        self.envs.close()
+        if self.writer is not None:
+            self.writer.close()
