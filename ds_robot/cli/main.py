@@ -15,7 +15,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 
 CONTROLLERS = ("scripted",)
 ALGOS = ("a2c", "ppo", "sac")
-BENCHMARKS = ("sim", "cartpole", "per")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid")
 
 
 def make_controller(name: str, env):
@@ -172,6 +172,12 @@ def cmd_bench(args) -> int:
         from ds_robot.bench.cartpole import run_cartpole_benchmark
 
         return run_cartpole_benchmark(quick=args.quick, json_path=args.json, seeds=args.seeds, plot_path=args.plot)
+    if args.name == "humanoid":
+        from ds_robot.bench.humanoid import run_humanoid_benchmark
+
+        return run_humanoid_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
+                                      seeds=args.seeds if args.seeds != 5 else 3, steps=args.steps,
+                                      workers=args.workers)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 
@@ -220,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small budget (smoke checks, tests)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
-    p.add_argument("--seeds", type=positive_int, default=5, help="cartpole: seeds per variant (default: 5)")
+    p.add_argument("--seeds", type=positive_int, default=5,
+                   help="cartpole/humanoid: seeds per variant (default: 5 for cartpole, 3 for humanoid)")
+    p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
+    p.add_argument("--workers", type=positive_int, default=2, help="humanoid: runs in parallel (default: 2)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
     p.set_defaults(func=cmd_bench)

@@ -180,9 +180,10 @@ class ReplayBuffer:
         if not ((done == 0) | (done == 1)).all():
             raise ReplayError("done must be 0/1 or bool for every transition")
         hashed = self._hash_batch(obs)
-        if n > self.capacity:  # only the newest `capacity` transitions survive in the ring
+        if n > self.capacity:  # only the newest `capacity` transitions survive, where one-by-one adds put them
             keep = slice(n - self.capacity, n)
             obs, action, reward, next_obs, done = obs[keep], action[keep], reward[keep], next_obs[keep], done[keep]
+            self._pos = (self._pos + n - self.capacity) % self.capacity
             n = self.capacity
         start = self._pos
         first = min(n, self.capacity - start)  # contiguous part before the ring wraps
@@ -313,6 +314,8 @@ class SumTree:
         self.height = max(depth - 12, min(depth, 8))
         self._top0 = self._leaf0 >> self.height
         self._tree = np.zeros(2 * self._leaf0, np.float64)
+        # Node i's children (2i, 2i+1) as one complex128: real part left, imaginary part right.
+        self._sibling_pairs = self._tree.view(np.complex128)
 
     @property
     def total(self) -> float:
@@ -371,8 +374,8 @@ class SumTree:
         tree[node] = priorities
         for _ in range(self.height):
             node >>= 1
-            child = node << 1
-            tree[node] = tree[child] + tree[child + 1]
+            children = self._sibling_pairs[node]  # one gather fetches both children
+            tree[node] = children.real + children.imag
 
     def set(self, index: int, priority: float) -> None:
         """One leaf, walked up with scalar arithmetic (cheaper than the batched path for one item)."""
@@ -542,9 +545,17 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         if obs.shape[obs.ndim - len(self.obs_shape):] != self.obs_shape:
             raise ReplayError(f"obs has shape {obs.shape}; expected (..., {', '.join(map(str, self.obs_shape))})")
         slots = self._hash_batch(obs.reshape(-1, *self.obs_shape))
-        return self._counts[slots].min(axis=1)
+        return self._visit_counts(slots)
 
     # -------------------------------------------------------------------------------- add, counting
+
+    def _visit_counts(self, slots: np.ndarray) -> np.ndarray:
+        """Count-min estimate for each row of ``slots`` (n, count_hashes): the minimum over its counters."""
+        counters = self._counts[slots]
+        counts = counters[:, 0].copy()
+        for row in range(1, self.count_hashes):  # a column loop: .min(axis=1) is slow on a short axis
+            np.minimum(counts, counters[:, row], out=counts)
+        return counts
 
     def _cell_hashes(self, scaled: np.ndarray, cells: np.ndarray) -> np.ndarray:
         """Raw 64-bit hashes, shape (..., count_hashes), of observations divided by the cell size.
@@ -617,7 +628,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         # DESIGN §5: P(i) = |delta_i|^alpha + eta * N(s_i), with Schaul et al.'s epsilon.
         priorities = (np.abs(td_errors) + self.epsilon) ** self.alpha
         if self._novelty:
-            priorities += self.eta / self._counts[self._slots[indices]].min(axis=1)
+            priorities += self.eta / self._visit_counts(self._slots[indices])
         highest = float(priorities.max())  # NaN/Inf in td_errors (or overflow) make this non-finite
         if not math.isfinite(highest):
             raise ReplayError("td_errors contain NaN or Inf (or overflow |delta|^alpha): check the loss for "
