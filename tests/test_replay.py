@@ -23,6 +23,7 @@ def check_tree(tree: SumTree, expected: np.ndarray) -> None:
     """Leaves equal ``expected``, every maintained parent is exactly the sum of its children, and
     the total is the sum of the leaves."""
     raw, leaf0, top0 = tree._tree, tree._leaf0, tree._top0
+    expected = np.asarray(expected)
     np.testing.assert_array_equal(tree.priorities, expected)
     assert not raw[leaf0 + tree.capacity:].any()
     parents = np.arange(top0, leaf0)
@@ -154,7 +155,8 @@ def test_uniform_sample_shapes_dtypes_and_unit_weights():
     ("next_obs", np.array([0, 0, 0, 0, -math.inf]), "next_obs contains NaN or Inf"),
     ("action", np.array([math.inf, 0]), "action contains NaN or Inf"),
     ("reward", math.nan, "reward is nan"),
-    ("reward", np.zeros(2), "must be scalars"),
+    ("reward", np.zeros(2), "reward must be a scalar"),
+    ("done", np.zeros(1), "done must be a scalar"),
     ("done", 0.5, "done must be 0/1"),
 ])
 def test_add_rejects_wrong_shapes_and_non_finite_values(field, value, message):

@@ -15,7 +15,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 
 CONTROLLERS = ("scripted",)
 ALGOS = ("a2c", "ppo", "sac")
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp")
 
 
 def make_controller(name: str, env):
@@ -178,6 +178,10 @@ def cmd_bench(args) -> int:
         return run_humanoid_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                       seeds=args.seeds if args.seeds != 5 else 3, steps=args.steps,
                                       workers=args.workers)
+    if args.name == "amp":
+        from ds_robot.bench.amp import run_amp_benchmark
+
+        return run_amp_benchmark(quick=args.quick, json_path=args.json, seeds=args.seeds)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 

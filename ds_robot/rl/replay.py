@@ -25,16 +25,21 @@ import json
 import math
 import os
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ds_robot.errors import DsRobotError
 
 FORMAT_VERSION = 1
 _CELL_LIMIT = 2.0**62  # cell coordinates are clipped to +-2^62 so they fit an int64
+
+
+_Buffer = TypeVar("_Buffer", bound="ReplayBuffer")
 
 
 class ReplayError(DsRobotError, ValueError):
@@ -66,22 +71,19 @@ def _shape(value: int | tuple[int, ...] | list[int], name: str) -> tuple[int, ..
     return tuple(int(d) for d in shape)
 
 
-def _require_finite(name: str, x: np.ndarray, zeros: np.ndarray | None = None) -> None:
-    """Raise ``ReplayError`` if float array ``x`` holds NaN or Inf.
+_SCALAR_TYPES = (float, int, np.floating, np.integer, np.bool_)
 
-    With ``zeros`` (a zero vector of ``x.size``, same dtype) the test is one BLAS dot product: ``x . 0``
-    is NaN exactly when ``x`` holds a NaN or an Inf (NaN * 0 = Inf * 0 = NaN), and that is several
-    times cheaper than ``isfinite(x).all()`` for one transition.
-    """
-    if x.dtype.kind != "f":
-        return
-    if zeros is not None:
-        if not math.isnan(x.reshape(-1).dot(zeros)):
-            return
-    elif np.isfinite(x).all():
-        return
-    first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-    raise ReplayError(f"{name} contains NaN or Inf (first at index {first}); only finite values can be stored")
+
+def _scalar(name: str, value: ArrayLike) -> float:
+    if isinstance(value, _SCALAR_TYPES) or np.ndim(value) == 0:
+        return float(value)
+    raise ReplayError(f"{name} must be a scalar for one transition, got shape {np.shape(value)}")
+
+
+def _require_finite(name: str, x: np.ndarray) -> None:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise ReplayError(f"{name} contains NaN or Inf (first at index {first}); only finite values can be stored")
 
 
 class ReplayBuffer:
@@ -91,6 +93,10 @@ class ReplayBuffer:
     ``n`` (leading dimension ``n`` on every argument). ``done`` must be 0/1 (or bool): it is the
     ``terminated`` flag, not ``truncated``. Inputs are cast to the buffer's dtypes; NaN/Inf and wrong
     shapes raise ``ReplayError``. ``sample`` draws uniformly with replacement.
+
+    ``save(path)`` writes one ``.npz`` (format version, buffer class and config as a JSON header,
+    the filled part of every array, ring position and RNG state); ``load(path)`` rebuilds the buffer
+    and checks the header and every array against the config.
     """
 
     def __init__(self, capacity: int, obs_shape: int | tuple[int, ...], action_shape: int | tuple[int, ...],
@@ -111,11 +117,18 @@ class ReplayBuffer:
         self._records = np.zeros(self.capacity, record)
         self._obs, self._next_obs = self._records["obs"], self._records["next_obs"]
         self._action, self._reward, self._done = self._records["action"], self._records["reward"], self._records["done"]
+        self._record_bytes = self._records.view(np.uint8).reshape(self.capacity, record.itemsize)
+        # A single transition is staged in one spare record, checked there, then copied into the ring
+        # with one memcpy. When every field is float32 (no padding), one isfinite pass checks them all.
+        self._staged = np.zeros(1, record)
+        self._staged_bytes = self._staged.view(np.uint8)
+        self._staged_fields = tuple(self._staged[name][0] for name in ("obs", "next_obs", "action"))
+        self._staged_scalars = self._staged["reward"], self._staged["done"]
+        all_float32 = {self.obs_dtype, self.action_dtype} == {np.dtype(np.float32)}
+        self._staged_floats = self._staged.view(np.float32) if all_float32 else None
         self._pos = 0
         self._size = 0
         self._rng = np.random.default_rng(seed)
-        self._obs_zeros = np.zeros(self._obs[0].size, self.obs_dtype)
-        self._action_zeros = np.zeros(self._action[0].size, self.action_dtype)
 
     def __len__(self) -> int:
         return self._size
@@ -127,7 +140,8 @@ class ReplayBuffer:
 
     # ------------------------------------------------------------------------------------------- add
 
-    def add(self, obs, action, reward, next_obs, done) -> None:
+    def add(self, obs: ArrayLike, action: ArrayLike, reward: ArrayLike, next_obs: ArrayLike, done: ArrayLike) -> None:
+        """Store one transition, or a batch of them (every argument with the same leading dimension)."""
         obs = np.asarray(obs, self.obs_dtype)
         if obs.shape == self.obs_shape:
             self._add_one(obs, action, reward, next_obs, done)
@@ -137,35 +151,37 @@ class ReplayBuffer:
             raise ReplayError(f"obs has shape {obs.shape}; expected {self.obs_shape} for one transition "
                               f"or (n, {', '.join(map(str, self.obs_shape))}) for a batch")
 
-    def _add_one(self, obs: np.ndarray, action, reward, next_obs, done) -> None:
+    def _add_one(self, obs: np.ndarray, action: ArrayLike, reward: ArrayLike, next_obs: ArrayLike,
+                 done: ArrayLike) -> None:
         action = np.asarray(action, self.action_dtype)
         next_obs = np.asarray(next_obs, self.obs_dtype)
         if action.shape != self.action_shape:
             raise ReplayError(f"action has shape {action.shape}; expected {self.action_shape} (one transition)")
         if next_obs.shape != self.obs_shape:
             raise ReplayError(f"next_obs has shape {next_obs.shape}; expected {self.obs_shape} like obs")
-        if np.ndim(reward) or np.ndim(done):
-            raise ReplayError(f"reward and done must be scalars for one transition, got shapes "
-                              f"{np.shape(reward)} and {np.shape(done)}")
-        reward, done = float(reward), float(done)
+        reward, done = _scalar("reward", reward), _scalar("done", done)
         if not math.isfinite(reward):
             raise ReplayError(f"reward is {reward}; only finite values can be stored")
         if done not in (0.0, 1.0):
             raise ReplayError(f"done must be 0/1 or bool, got {done}")
-        _require_finite("obs", obs, self._obs_zeros)
-        _require_finite("action", action, self._action_zeros)
-        _require_finite("next_obs", next_obs, self._obs_zeros)
+        staged_obs, staged_next_obs, staged_action = self._staged_fields
+        staged_obs[...] = obs
+        staged_next_obs[...] = next_obs
+        staged_action[...] = action
+        self._staged_scalars[0][0] = reward
+        self._staged_scalars[1][0] = done
+        if self._staged_floats is None or not np.isfinite(self._staged_floats).all():
+            _require_finite("obs", obs)
+            _require_finite("action", action)
+            _require_finite("next_obs", next_obs)
         i = self._pos
-        self._obs[i] = obs
-        self._action[i] = action
-        self._reward[i] = reward
-        self._next_obs[i] = next_obs
-        self._done[i] = done
+        self._record_bytes[i] = self._staged_bytes
         self._pos = (i + 1) % self.capacity
         self._size = min(self._size + 1, self.capacity)
         self._stored_one(i, obs)
 
-    def _add_many(self, obs: np.ndarray, action, reward, next_obs, done) -> None:
+    def _add_many(self, obs: np.ndarray, action: ArrayLike, reward: ArrayLike, next_obs: ArrayLike,
+                  done: ArrayLike) -> None:
         n = len(obs)
         action = np.asarray(action, self.action_dtype)
         next_obs = np.asarray(next_obs, self.obs_dtype)
@@ -240,7 +256,7 @@ class ReplayBuffer:
         arrays = {name: a[:self._size] for name, a in self._arrays().items()}
         return {"pos": self._pos, "size": self._size, "rng": self._rng.bit_generator.state}, arrays
 
-    def _restore(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def _restore(self, scalars: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         size, pos = int(scalars["size"]), int(scalars["pos"])
         if not 0 <= size <= self.capacity or not 0 <= pos < self.capacity or (size < self.capacity and pos != size):
             raise ReplayError(f"inconsistent ring position (size {size}, pos {pos}, capacity {self.capacity})")
@@ -268,7 +284,7 @@ class ReplayBuffer:
         return path
 
     @classmethod
-    def load(cls, path: str | Path):
+    def load(cls: type[_Buffer], path: str | Path) -> _Buffer:
         """A buffer rebuilt from ``save``'s file: same config, contents, ring position and RNG state.
 
         Raises ``ReplayError`` naming the file when it is missing, not a replay file, from another
@@ -286,7 +302,7 @@ class ReplayBuffer:
                 if kind != cls.__name__:
                     raise ReplayError(f"it holds a {kind}, not a {cls.__name__}: load it with {kind}.load")
                 buffer = cls(**header["config"])
-                buffer._restore(header["state"], {name: data[name] for name in data.files if name != "header"})
+                buffer._restore(header["state"], data)  # arrays are read one at a time, as restored
         except (ReplayError, OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             raise ReplayError(f"cannot load replay file {path}: {exc}") from exc
         return buffer
@@ -316,6 +332,7 @@ class SumTree:
         self._tree = np.zeros(2 * self._leaf0, np.float64)
         # Node i's children (2i, 2i+1) as one complex128: real part left, imaginary part right.
         self._sibling_pairs = self._tree.view(np.complex128)
+        self._tree_floats = memoryview(self._tree)  # Python-float access, for the one-leaf path
 
     @property
     def total(self) -> float:
@@ -337,7 +354,7 @@ class SumTree:
         view.flags.writeable = False
         return view
 
-    def update(self, indices, priorities) -> None:
+    def update(self, indices: ArrayLike, priorities: ArrayLike) -> None:
         """Set ``priorities[k]`` at leaf ``indices[k]``; where an index repeats, its last value wins."""
         indices = np.asarray(indices)
         priorities = np.asarray(priorities, np.float64)
@@ -383,14 +400,14 @@ class SumTree:
             raise ReplayError(f"index must lie in [0, {self.capacity}), got {index}")
         if not (priority >= 0 and math.isfinite(priority)):
             raise ReplayError(f"priority must be finite and >= 0, got {priority}")
-        tree = self._tree
+        tree = self._tree_floats
         node = int(index) + self._leaf0
-        tree[node] = priority
+        tree[node] = float(priority)
         for _ in range(self.height):
             node >>= 1
             tree[node] = tree[2 * node] + tree[2 * node + 1]
 
-    def find(self, values) -> np.ndarray:
+    def find(self, values: ArrayLike) -> np.ndarray:
         """For each ``v`` in ``[0, total)``, the leaf ``i`` with ``sum(p[:i]) <= v < sum(p[:i+1])``.
 
         Values below 0 map to the first leaf with positive priority, values at or above ``total``
@@ -461,8 +478,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
       would be counted in different cells over time. Scale ``cell_size`` to the observation (e.g.
       per-component standard deviations from a few rollouts). In high dimensions (Humanoid: 348)
       almost every visited state is its own cell unless cells are coarse, so ``N`` stays near 1.
-    - the hash: cell coordinates ``c_j`` (int64, clipped to +-2^62) are combined as ``h_r = sum_j a_rj * c_j mod 2^64`` with random odd 64-bit multipliers ``a_rj``
-      (fixed seed, saved with the buffer), and the top ``count_table_bits`` bits of ``h_r`` index row ``r`` of a count-min sketch with
+    - the hash: cell coordinates ``c_j`` (int64, clipped to +-2^62) are combined as
+      ``h_r = sum_j a_rj * c_j mod 2^64`` with random odd 64-bit multipliers ``a_rj`` (fixed seed,
+      saved with the buffer); the top ``count_table_bits`` bits of ``h_r`` index row ``r`` of a
+      count-min sketch with
       ``count_hashes`` rows of ``2^count_table_bits`` int32 counters. A state's count is the minimum
       over its rows, so collisions can only over-count (novelty under-estimated), never under-count.
       With ``n`` transitions added in total, an estimate exceeds the true count by more than
@@ -516,6 +535,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             self._shift = np.uint64(64 - self.count_table_bits)
             # One flat table; row r of the sketch is counts[r * 2^bits:(r + 1) * 2^bits].
             self._counts = np.zeros(self.count_hashes << self.count_table_bits, np.int32)
+            self._count_ints = memoryview(self._counts)  # Python-int access, for one transition
             self._row_offsets = np.arange(self.count_hashes, dtype=np.uint64) << np.uint64(self.count_table_bits)
             self._slots = np.zeros((self.capacity, self.count_hashes), np.uint32)
             self._scaled = np.empty(obs_size, np.float64)  # scratch for one transition's cell
@@ -537,7 +557,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """Current priorities ``P(i)`` of the stored transitions (read-only view)."""
         return self._sum_tree.priorities[:self._size]
 
-    def visit_counts(self, obs) -> np.ndarray:
+    def visit_counts(self, obs: ArrayLike) -> np.ndarray:
         """Estimated visit counts of observations (one, or a batch), as used by the novelty term."""
         if not self._novelty:
             raise ReplayError("visit counting is off (eta = 0)")
@@ -584,7 +604,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             shift, width = 64 - self.count_table_bits, 1 << self.count_table_bits
             slots = [(h >> shift) + row * width for row, h in enumerate(hashes)]
             for slot in slots:
-                self._counts[slot] += 1
+                self._count_ints[slot] += 1
             self._slots[index] = slots
         self._sum_tree.set(index, self._max_priority)
 
@@ -606,7 +626,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self._sample_calls += 1
         return self._gather(indices, weights.astype(np.float32))
 
-    def update_priorities(self, indices, td_errors) -> None:
+    def update_priorities(self, indices: ArrayLike, td_errors: ArrayLike) -> None:
         """Set ``P(i) = (|delta_i| + epsilon)^alpha + eta / count(s_i)`` for the given transitions.
 
         ``td_errors`` are signed TD errors (only their magnitude is used); NaN/Inf, indices outside
@@ -665,7 +685,7 @@ class PrioritizedReplayBuffer(ReplayBuffer):
             arrays["multipliers"] = self._multipliers
         return scalars, arrays
 
-    def _restore(self, scalars: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def _restore(self, scalars: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
         super()._restore(scalars, arrays)
         priorities = arrays["priorities"]
         if priorities.shape != (self._size,):
@@ -675,9 +695,10 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self._sample_calls = int(scalars["sample_calls"])
         if self._novelty:
             for name, dest in (("counts", self._counts), ("multipliers", self._multipliers)):
-                if arrays[name].shape != dest.shape or arrays[name].dtype != dest.dtype:
-                    raise ReplayError(f"array '{name}' is {arrays[name].dtype}{list(arrays[name].shape)}, "
-                                      f"expected {dest.dtype}{list(dest.shape)}")
-                dest[...] = arrays[name]
+                src = arrays[name]
+                if src.shape != dest.shape or src.dtype != dest.dtype:
+                    raise ReplayError(f"array '{name}' is {src.dtype}{list(src.shape)}, expected "
+                                      f"{dest.dtype}{list(dest.shape)}")
+                dest[...] = src
             if self._size and self._slots[:self._size].max() >= len(self._counts):
                 raise ReplayError("array 'slots' points outside the count table")
