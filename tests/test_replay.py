@@ -342,8 +342,8 @@ def assert_same_batches(a, b, batches=3, size=16):
 def test_uniform_buffer_save_load_round_trip(tmp_path):
     buffer = ReplayBuffer(10, (2, 2), 3, obs_dtype=np.uint8, action_dtype=np.int64, seed=4)
     rng = np.random.default_rng(0)
-    buffer.add(rng.integers(0, 255, (13, 2, 2)), rng.integers(0, 9, (13, 3)), rng.random(13), rng.integers(0, 255, (13, 2, 2)),
-               np.zeros(13))
+    buffer.add(rng.integers(0, 255, (13, 2, 2)), rng.integers(0, 9, (13, 3)), rng.random(13),
+               rng.integers(0, 255, (13, 2, 2)), np.zeros(13))
     buffer.sample(5)
     path = buffer.save(tmp_path / "uniform.npz")
     loaded = ReplayBuffer.load(path)

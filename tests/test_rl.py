@@ -241,3 +241,29 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert "CartPole-v1" in printed and "1,000" in printed
     assert main(["eval", "ppo", "--checkpoint", str(out / "checkpoint.pt")]) == 2
     assert main(["train", "a2c", "--env", "CartPole-v1", "--steps", "1000", "--out", str(out), "--quiet"]) == 2
+
+
+def test_a_run_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "ds_robot.cli.main", "train", "a2c", "--env", "CartPole-v1", "--steps",
+               "10000000", "--checkpoint-every", "1000", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    saved = A2C(A2CConfig(total_steps=10_000_000))
+    saved.load(out / "checkpoint.pt")
+    assert saved.steps >= 1_000
+    agent, result = train("a2c", out, resume=True, progress=False, env_id="CartPole-v1",
+                          total_steps=saved.steps + 400)
+    assert agent.steps == saved.steps + 400 and agent.updates == saved.updates + 10

@@ -130,7 +130,8 @@ def cmd_train(args) -> int:
     from ds_robot.rl.train import train
 
     torch.set_num_threads(args.threads)
-    overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp}
+    overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
+                 "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
         overrides["ent_coef"] = args.ent_coef if args.ent_coef == "halving" else float(args.ent_coef)
     if args.replay is not None:
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", choices=("uniform", "per", "per_novelty"), default=None, help="sac: replay buffer")
     p.add_argument("--out", type=Path, required=True, help="run directory: checkpoints and TensorBoard logs")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None,
+                   help="env steps between checkpoints (default: 50000)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -37,6 +37,7 @@ from ds_robot.errors import DsRobotError
 
 FORMAT_VERSION = 1
 _CELL_LIMIT = 2.0**62  # cell coordinates are clipped to +-2^62 so they fit an int64
+_HASH_CHUNK = 1024  # observations hashed per step when a batch is added
 
 
 _Buffer = TypeVar("_Buffer", bound="ReplayBuffer")
@@ -481,9 +482,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     - the hash: cell coordinates ``c_j`` (int64, clipped to +-2^62) are combined as
       ``h_r = sum_j a_rj * c_j mod 2^64`` with random odd 64-bit multipliers ``a_rj`` (fixed seed,
       saved with the buffer); the top ``count_table_bits`` bits of ``h_r`` index row ``r`` of a
-      count-min sketch with
-      ``count_hashes`` rows of ``2^count_table_bits`` int32 counters. A state's count is the minimum
-      over its rows, so collisions can only over-count (novelty under-estimated), never under-count.
+      count-min sketch with ``count_hashes`` rows of ``2^count_table_bits`` int32 counters. A
+      state's count is the minimum over its rows, so collisions can only over-count (novelty under-estimated), never under-count.
       With ``n`` transitions added in total, an estimate exceeds the true count by more than
       ``e * n / 2^count_table_bits`` with probability at most ``e^-count_hashes``: with the defaults
       and one million adds, by more than 2.6 with probability <= 0.14. Counts are incremented on
@@ -592,9 +592,12 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         """Count-table slots, shape (n, count_hashes): top bits of each hash, offset to its row."""
         if not self._novelty:
             return None
-        scaled = obs.reshape(len(obs), -1) * self._inv_cell
-        hashes = self._cell_hashes(scaled, np.empty(scaled.shape, np.int64))
-        return (hashes >> self._shift) + self._row_offsets
+        slots = np.empty((len(obs), self.count_hashes), np.uint64)
+        for start in range(0, len(obs), _HASH_CHUNK):  # bounded temporaries for large batches
+            scaled = obs[start:start + _HASH_CHUNK].reshape(-1, len(self._inv_cell)) * self._inv_cell
+            hashes = self._cell_hashes(scaled, np.empty(scaled.shape, np.int64))
+            slots[start:start + _HASH_CHUNK] = (hashes >> self._shift) + self._row_offsets
+        return slots
 
     def _stored_one(self, index: int, obs: np.ndarray) -> None:
         if self._novelty:
