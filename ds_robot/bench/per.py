@@ -63,11 +63,9 @@ class _Transitions:
 
 @dataclass
 class _Subject:
-    """One buffer under test: batched fill, single add, and one sample + priority update."""
+    """One buffer under test: ``add`` (one transition or a batch) and one sample + priority update."""
 
-    buffer: object
-    add_batch: Callable
-    add_one: Callable
+    add: Callable[..., None]
     sample_update: Callable[[np.ndarray], None]
 
 
@@ -78,7 +76,7 @@ def _ds_robot(capacity: int, eta: float, seed: int) -> _Subject:
         batch = buffer.sample(BATCH_SIZE)
         buffer.update_priorities(batch.indices, td_errors)
 
-    return _Subject(buffer, buffer.add, buffer.add, sample_update)
+    return _Subject(buffer.add, sample_update)
 
 
 def _cpprb(capacity: int, seed: int) -> _Subject:
@@ -96,7 +94,7 @@ def _cpprb(capacity: int, seed: int) -> _Subject:
         batch = buffer.sample(BATCH_SIZE, beta=0.4)
         buffer.update_priorities(batch["indexes"], np.abs(td_errors))
 
-    return _Subject(buffer, add, add, sample_update)
+    return _Subject(add, sample_update)
 
 
 def _cpprb_version() -> str | None:
@@ -131,7 +129,7 @@ def _measure(make: Callable[[int], _Subject], seed: int, data: _Transitions, cap
     before = _resident_bytes()
     subject = make(seed)
     for k in range(-(-capacity // FILL_CHUNK)):
-        subject.add_batch(*data.chunk(k))
+        subject.add(*data.chunk(k))
     bytes_per_transition = (_resident_bytes() - before) / capacity
 
     td = data.td_errors
@@ -144,10 +142,10 @@ def _measure(make: Callable[[int], _Subject], seed: int, data: _Transitions, cap
 
     rows = [(data.obs[j], data.action[j], float(data.reward[j]), data.next_obs[j], float(data.done[j]))
             for j in range(min(adds, POOL_SIZE))]
-    add_one = subject.add_one
+    add = subject.add
     start = time.perf_counter()
     for i in range(adds):
-        add_one(*rows[i % len(rows)])
+        add(*rows[i % len(rows)])
     add_per_s = adds / (time.perf_counter() - start)
     del subject, rows
     gc.collect()
@@ -212,6 +210,7 @@ def run_per_benchmark(quick: bool = False, json_path=None, repeats: int = 3) -> 
                   "batch_size": BATCH_SIZE, "alpha": ALPHA, "epsilon": EPSILON, "novelty_eta": 0.2,
                   "novelty_cell_size": 1.0, "sample_update_batches": batches, "single_adds": adds,
                   "fill_chunk": FILL_CHUNK, "repeats": repeats, "quick": quick, "cpprb_version": cpprb_version,
+                  "process": "one process, single-threaded, not pinned to a core",
                   "bytes_per_transition_method": "resident-set growth from before construction to after fill, "
                                                  "divided by capacity"}
         write_json(json_path, "per", config, results)

@@ -483,7 +483,8 @@ class PrioritizedReplayBuffer(ReplayBuffer):
       ``h_r = sum_j a_rj * c_j mod 2^64`` with random odd 64-bit multipliers ``a_rj`` (fixed seed,
       saved with the buffer); the top ``count_table_bits`` bits of ``h_r`` index row ``r`` of a
       count-min sketch with ``count_hashes`` rows of ``2^count_table_bits`` int32 counters. A
-      state's count is the minimum over its rows, so collisions can only over-count (novelty under-estimated), never under-count.
+      state's count is the minimum over its rows, so collisions can only over-count (novelty
+      under-estimated), never under-count.
       With ``n`` transitions added in total, an estimate exceeds the true count by more than
       ``e * n / 2^count_table_bits`` with probability at most ``e^-count_hashes``: with the defaults
       and one million adds, by more than 2.6 with probability <= 0.14. Counts are incremented on
