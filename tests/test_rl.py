@@ -124,9 +124,10 @@ def test_schedules():
 def test_n_step_returns_and_gae_on_a_hand_checked_rollout():
     ro = Rollout(obs=None, actions=None, log_probs=None, rewards=np.array([[1.0], [1.0], [1.0]]),
                  dones=np.array([[0.0], [1.0], [0.0]]), values=np.array([[0.5], [0.5], [0.5]]))
-    returns, adv = returns_and_advantages(ro, np.array([2.0]), gamma=0.9, lam=1.0)
+    returns, adv, td = returns_and_advantages(ro, np.array([2.0]), gamma=0.9, lam=1.0)
     assert returns[:, 0].tolist() == pytest.approx([1 + 0.9 * 1, 1.0, 1 + 0.9 * 2.0])
     assert adv[:, 0].tolist() == pytest.approx([1.4, 0.5, 2.3])
+    assert td[:, 0].tolist() == pytest.approx([1 + 0.9 * 0.5 - 0.5, 0.5, 1 + 0.9 * 2.0 - 0.5])
 
 
 def test_diagnostics_warn_on_the_seed_rules_and_rate_limit():
@@ -267,3 +268,40 @@ def test_a_run_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path):
     agent, result = train("a2c", out, resume=True, progress=False, env_id="CartPole-v1",
                           total_steps=saved.steps + 400)
     assert agent.steps == saved.steps + 400 and agent.updates == saved.updates + 10
+
+
+def test_cli_trains_sac_and_refuses_options_of_other_algorithms(tmp_path):
+    out = tmp_path / "sac"
+    assert main(["train", "sac", "--env", "Pendulum-v1", "--steps", "300", "--replay", "per_novelty",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", "sac", "--checkpoint", str(out / "checkpoint.pt"), "--episodes", "2"]) == 0
+    assert main(["train", "sac", "--env", "Pendulum-v1", "--ent-coef", "0.1", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "a2c", "--env", "CartPole-v1", "--replay", "per", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_resume_without_steps_keeps_the_budget_and_a_smaller_budget_is_refused(tmp_path):
+    out = tmp_path / "budget"
+    train("a2c", out, resume=False, progress=False, env_id="CartPole-v1", total_steps=400)
+    with pytest.raises(ConfigError, match="already at step 400"):
+        train("a2c", out, resume=True, progress=False, total_steps=200)
+    with pytest.raises(ConfigError, match="already at step 400"):
+        train("a2c", out, resume=True, progress=False)  # the saved budget is used, and it is reached
+
+
+def test_sac_is_reproducible_for_a_seed():
+    def state_after_warmup(seed):
+        agent = SAC(SACConfig(env_id="Pendulum-v1", total_steps=50, learning_starts=100, buffer_size=256,
+                              batch_size=8, seed=seed))
+        agent.train(progress=False)  # 50 uniformly random warm-up actions
+        return agent.obs.copy()
+
+    assert np.array_equal(state_after_warmup(1), state_after_warmup(1))
+
+
+def test_cartpole_benchmark_runs_on_both_sides(tmp_path):
+    from ds_robot.bench.cartpole import run_ds_robot, run_sb3
+
+    ours = run_ds_robot("0.01", seed=0, budget=400, eval_every=200)
+    peer = run_sb3(seed=0, budget=400, eval_every=200)
+    for run in (ours, peer):
+        assert 0.0 < run["action_entropy"] <= np.log(2) + 1e-6 and run["steps_per_s"] > 0

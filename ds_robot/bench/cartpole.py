@@ -12,8 +12,10 @@ states its greedy policy visits at the end of the run; ``train_entropy`` is the 
 entropy over training batches.
 
 Variants: ``ds_robot_a2c_beta_<b>`` for b in 0, 0.01, 0.05, 0.1 and the seed's halving
-schedule (0.1, halved every 100k steps), on the seed's network; peer ``sb3_a2c`` with the
-rl-zoo CartPole settings (8 envs, n_steps 5, lr 7e-4, ent_coef 0, its default MLP).
+schedule (0.1, halved every 100k steps — identical to 0.1 for any run that solves before
+100k steps), on the seed's network with a constant learning rate 7e-4, RMSprop, 8 envs x 5
+steps; peer ``sb3_a2c`` with the rl-zoo CartPole settings (8 envs, n_steps 5, lr 7e-4 constant,
+ent_coef 0, its default MLP).
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class SolveWatcher:
         self.eval_seconds += time.perf_counter() - paused
         if mean_return >= SOLVED_RETURN:
             self.solve_steps = steps
-            self.solve_s = paused - self.start - (self.eval_seconds - (time.perf_counter() - paused))
+            self.solve_s = self.training_seconds(paused)
             return True
         return False
+
+    def training_seconds(self, now: float) -> float:
+        """Wall-clock since the start, minus the evaluations that finished before ``now``."""
+        return now - self.start - (self.eval_seconds - (time.perf_counter() - now))
 
 
 def visited_state_entropy(probabilities, act, seed: int, n_states: int = 2000) -> float:
@@ -80,13 +86,14 @@ def visited_state_entropy(probabilities, act, seed: int, n_states: int = 2000) -
 def run_ds_robot(beta: str, seed: int, budget: int, eval_every: int) -> dict:
     from ds_robot.rl.a2c import A2C, A2CConfig
 
-    agent = A2C(A2CConfig(env_id=ENV_ID, total_steps=budget, ent_coef=beta, seed=seed))
+    # Constant learning rate, like the SB3 peer, so that the budget does not shape the run.
+    agent = A2C(A2CConfig(env_id=ENV_ID, total_steps=budget, ent_coef=beta, seed=seed, lr_decay=False))
     watcher = SolveWatcher(lambda o: agent.act(o), eval_every, seed)
     result = agent.train(lambda a, stats: watcher(a.steps), progress=False)
 
     def probabilities(states):
         with torch.no_grad():
-            return agent.net.probabilities(torch.as_tensor(states)).numpy()
+            return agent.policy.net.probabilities(torch.as_tensor(states)).numpy()
 
     entropies = [h["entropy"] for h in result.history]
     out = {

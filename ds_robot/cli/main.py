@@ -133,11 +133,13 @@ def cmd_train(args) -> int:
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
-        overrides["ent_coef"] = args.ent_coef if args.ent_coef == "halving" else float(args.ent_coef)
+        if args.algo == "sac":
+            raise ConfigError("sac learns its entropy temperature; --ent-coef applies to a2c and ppo")
+        overrides["ent_coef"] = args.ent_coef  # a number or 'halving'; checked by the config
     if args.replay is not None:
+        if args.algo != "sac":
+            raise ConfigError("--replay applies to sac (a2c and ppo are on-policy)")
         overrides["replay"] = args.replay
-    if args.algo == "sac":
-        overrides["ent_coef"] = None
     _, result = train(args.algo, args.out, args.resume, progress=not args.quiet, **overrides)
     print(f"trained {args.algo} on {args.env}: {result.steps:,} steps in {result.seconds:.1f} s; "
           f"checkpoint {args.out / 'checkpoint.pt'}, TensorBoard logs {args.out / 'tb'}")

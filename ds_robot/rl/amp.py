@@ -1,6 +1,7 @@
 """Mixed precision with the seed's dynamic loss scaling (DESIGN §5).
 
-Autocast runs the forward pass in bf16 on CPU or fp16 on CUDA. ``DynamicLossScaler``
+Autocast runs the forward pass in bf16 on CPU or fp16 on CUDA (the agents in ``ds_robot.rl``
+train on the CPU, so they use bf16; ``autocast`` and the scaler take a CUDA device as they are). ``DynamicLossScaler``
 implements the seed's rule: initial scale 2^15; after 2000 consecutive overflow-free steps
 ``scale = min(2 * scale, 2^24)``; on overflow ``scale /= 2`` and *the same batch is retried*.
 torch's GradScaler has neither the cap nor the retry, so this is a small state machine of

@@ -82,17 +82,21 @@ class TrainResult:
 
 
 def returns_and_advantages(rollout: Rollout, last_value: np.ndarray, gamma: float, lam: float):
-    """GAE(gamma, lambda) (Schulman et al. 2016); lambda = 1 gives n-step bootstrapped returns."""
+    """GAE(gamma, lambda) (Schulman et al. 2016); lambda = 1 gives n-step bootstrapped returns.
+
+    Returns (returns, advantages, one-step TD errors delta_t = r + gamma V(s') - V(s)).
+    """
     advantages = np.zeros_like(rollout.rewards)
+    deltas = np.zeros_like(rollout.rewards)
     gae = np.zeros_like(last_value)
     next_value = last_value
     for t in reversed(range(len(rollout.rewards))):
         not_done = 1.0 - rollout.dones[t]
-        delta = rollout.rewards[t] + gamma * next_value * not_done - rollout.values[t]
-        gae = delta + gamma * lam * not_done * gae
+        deltas[t] = rollout.rewards[t] + gamma * next_value * not_done - rollout.values[t]
+        gae = deltas[t] + gamma * lam * not_done * gae
         advantages[t] = gae
         next_value = rollout.values[t]
-    return advantages + rollout.values, advantages
+    return advantages + rollout.values, advantages, deltas
 
 
 class OnPolicyAlgorithm(ABC):
@@ -168,15 +172,16 @@ class OnPolicyAlgorithm(ABC):
         return ro, last_value
 
     def _start_update(self) -> float:
-        """Apply the schedules for this update; returns the entropy coefficient."""
+        """Apply the schedules at the step count where this rollout began; returns the entropy coefficient."""
+        rollout_start = self.steps - self.config.n_steps * self.config.n_envs
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.steps)
-        return self.beta_at(self.steps)
+            group["lr"] = self.lr_at(rollout_start)
+        return self.beta_at(rollout_start)
 
-    def _after_update(self, rollout: Rollout, advantages: np.ndarray, stats: dict) -> None:
+    def _after_update(self, rollout: Rollout, td_errors: np.ndarray, stats: dict) -> None:
         self.updates += 1
         self.diagnostics.policy_entropy(stats["entropy"], self.steps, self.updates, discrete=self.discrete)
-        self.diagnostics.td_errors(advantages, self.steps, self.updates)
+        self.diagnostics.td_errors(td_errors, self.steps, self.updates)
         if self.updates % 50 == 1:
             self.diagnostics.feature_variance(rollout.obs.reshape(-1, self.obs_dim), self.steps, self.updates)
 
@@ -235,6 +240,7 @@ class OnPolicyAlgorithm(ABC):
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
         })
 
     def load(self, path: str | Path, weights_only: bool = False) -> None:
@@ -245,7 +251,10 @@ class OnPolicyAlgorithm(ABC):
             self.optimizer.load_state_dict(payload["optimizer"])
             self.scaler.load_state_dict(payload["scaler"])
             torch.set_rng_state(payload["torch_rng"])
+            self.rng.bit_generator.state = payload["numpy_rng"]
             self.steps, self.updates = int(payload["steps"]), int(payload["updates"])
+            # Fresh episodes, but not the ones the run started with (that would bias the draw).
+            self.obs, _ = self.envs.reset(seed=self.config.seed + self.steps)
 
     def close(self) -> None:
         self.envs.close()

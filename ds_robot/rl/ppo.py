@@ -46,7 +46,7 @@ class PPO(OnPolicyAlgorithm):
 
     def update(self, rollout: Rollout, last_value: np.ndarray) -> dict:
         cfg = self.config
-        returns, advantages = returns_and_advantages(rollout, last_value, cfg.gamma, cfg.gae_lambda)
+        returns, advantages, td_errors = returns_and_advantages(rollout, last_value, cfg.gamma, cfg.gae_lambda)
         obs = torch.as_tensor(rollout.obs.reshape(-1, self.obs_dim))
         actions = torch.as_tensor(rollout.actions.reshape(-1, *self.action_shape))
         old_log_prob = torch.as_tensor(rollout.log_probs.reshape(-1))
@@ -85,5 +85,5 @@ class PPO(OnPolicyAlgorithm):
                 batches += 1
         stats = {key: value / batches for key, value in totals.items()}
         stats.update(beta=beta, lr=self.optimizer.param_groups[0]["lr"], loss_scale=self.scaler.scale)
-        self._after_update(rollout, advantages, stats)
+        self._after_update(rollout, td_errors, stats)
         return stats

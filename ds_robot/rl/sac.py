@@ -1,6 +1,6 @@
 """Soft actor-critic (Haarnoja et al. 2018, with learned temperature), for continuous actions.
 
-Per environment step after ``learning_starts``: sample a batch from the replay buffer
+Per (vector) environment step after ``learning_starts``: sample a batch from the replay buffer
 (uniform, or prioritized with the seed's novelty term), then
     critic:  L_Q = E_w[(Q_i(s,a) - y)^2],  y = r + gamma (1-d) (min_j Q'_j(s',a') - alpha log pi(a'|s'))
     actor:   L_pi = E[alpha log pi(a|s) - min_j Q_j(s,a)],  a ~ pi (reparameterised, tanh-squashed)
@@ -83,7 +83,7 @@ class SquashedGaussianActor(nn.Module):
         self.register_buffer("offset", torch.as_tensor((high + low) / 2.0, dtype=torch.float32))
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Action in the env's bounds and its log-probability (tanh change of variables)."""
+        """Action in the env's bounds and its log-probability in the normalised [-1, 1] space."""
         h = self.trunk(obs)
         mean = self.mean(h).float()
         log_std = self.log_std(h).float().clamp(LOG_STD_MIN, LOG_STD_MAX)
@@ -91,7 +91,9 @@ class SquashedGaussianActor(nn.Module):
         pre = mean if deterministic else mean + std * torch.randn_like(mean)
         squashed = torch.tanh(pre)
         log_prob = (-0.5 * ((pre - mean) / std) ** 2 - log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
-        log_prob = log_prob - (torch.log(self.scale * (1 - squashed.pow(2)) + 1e-6)).sum(-1)
+        # Density of the squashed action in [-1, 1]^n (tanh change of variables); the affine map to
+        # the env's bounds is left out, so the target entropy -dim(A) means the same for any bounds.
+        log_prob = log_prob - torch.log(1 - squashed.pow(2) + 1e-6).sum(-1)
         return squashed * self.scale + self.offset, log_prob
 
 
@@ -128,7 +130,10 @@ class SAC:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.learning_rate)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.learning_rate)
-        self.scaler = DynamicLossScaler(enabled=config.amp)
+        # One loss scaler per network: an overflow in the critic must not shrink the actor's scale.
+        self.critic_scaler = DynamicLossScaler(enabled=config.amp)
+        self.actor_scaler = DynamicLossScaler(enabled=config.amp)
+        self.alpha_scaler = DynamicLossScaler(enabled=False)  # a scalar in fp32: nothing to scale
         self.buffer = self._make_buffer()
         self.run = RunDir(Path(out)) if out is not None else None
         self.writer = self.run.writer() if self.run is not None else None
@@ -145,7 +150,7 @@ class SAC:
             return ReplayBuffer(**shape)
         eta = cfg.per_eta if cfg.replay == "per_novelty" else 0.0
         return PrioritizedReplayBuffer(**shape, alpha=cfg.per_alpha, eta=eta,
-                                       beta_steps=max(1, cfg.total_steps - cfg.learning_starts))
+                                       beta_steps=max(1, (cfg.total_steps - cfg.learning_starts) // cfg.n_envs))
 
     # -- acting -------------------------------------------------------------------------------
 
@@ -156,7 +161,8 @@ class SAC:
 
     def collect_step(self) -> None:
         if self.steps < self.config.learning_starts:
-            action = np.stack([self.action_space.sample() for _ in range(self.config.n_envs)])
+            space = self.action_space
+            action = self.rng.uniform(space.low, space.high, (self.config.n_envs, self.action_dim)).astype(np.float32)
         else:
             action = self.act(self.obs, deterministic=False)
         next_obs, reward, terminated, truncated, info = self.envs.step(action)
@@ -191,7 +197,8 @@ class SAC:
             loss = (weights * ((q1 - target) ** 2 + (q2 - target) ** 2)).mean()
             return loss, {"critic_loss": loss.item(), "q": q1.mean().item()}
 
-        stats = optimize_step(critic_loss, self.critic_opt, list(self.critic.parameters()), self.scaler, None, cfg.amp)
+        stats = optimize_step(critic_loss, self.critic_opt, list(self.critic.parameters()), self.critic_scaler, None,
+                              cfg.amp)
 
         def actor_loss():
             new_action, log_prob = self.actor(obs)
@@ -200,7 +207,7 @@ class SAC:
             td["log_prob"] = log_prob.detach()
             return loss, {"actor_loss": loss.item(), "entropy": -log_prob.mean().item()}
 
-        stats.update(optimize_step(actor_loss, self.actor_opt, list(self.actor.parameters()), self.scaler, None,
+        stats.update(optimize_step(actor_loss, self.actor_opt, list(self.actor.parameters()), self.actor_scaler, None,
                                    cfg.amp))
         self.critic.zero_grad(set_to_none=True)  # the actor's backward pass also reached the critic
 
@@ -208,7 +215,7 @@ class SAC:
             loss = -(self.log_alpha * (td["log_prob"] + self.target_entropy)).mean()
             return loss, {"alpha_loss": loss.item()}
 
-        stats.update(optimize_step(alpha_loss, self.alpha_opt, [self.log_alpha], self.scaler, None, False))
+        stats.update(optimize_step(alpha_loss, self.alpha_opt, [self.log_alpha], self.alpha_scaler, None, False))
         with torch.no_grad():
             for target_p, p in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
                 target_p.lerp_(p, cfg.tau)
@@ -272,8 +279,9 @@ class SAC:
             "critic_target": self.critic_target.state_dict(),
             "log_alpha": self.log_alpha.detach().clone(),
             "optimizers": [o.state_dict() for o in (self.actor_opt, self.critic_opt, self.alpha_opt)],
-            "scaler": self.scaler.state_dict(),
+            "scalers": [self.critic_scaler.state_dict(), self.actor_scaler.state_dict()],
             "torch_rng": torch.get_rng_state(),
+            "numpy_rng": self.rng.bit_generator.state,
         })
         if self.config.save_replay:
             self.buffer.save(Path(path).with_suffix(".replay.npz"))
@@ -289,9 +297,12 @@ class SAC:
             self.log_alpha.copy_(payload["log_alpha"])
         for opt, state in zip((self.actor_opt, self.critic_opt, self.alpha_opt), payload["optimizers"], strict=True):
             opt.load_state_dict(state)
-        self.scaler.load_state_dict(payload["scaler"])
+        self.critic_scaler.load_state_dict(payload["scalers"][0])
+        self.actor_scaler.load_state_dict(payload["scalers"][1])
         torch.set_rng_state(payload["torch_rng"])
+        self.rng.bit_generator.state = payload["numpy_rng"]
         self.steps, self.updates = int(payload["steps"]), int(payload["updates"])
+        self.obs, _ = self.envs.reset(seed=self.config.seed + self.steps)
         replay = Path(path).with_suffix(".replay.npz")
         if self.config.save_replay and replay.exists():
             self.buffer = type(self.buffer).load(replay)

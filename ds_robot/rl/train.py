@@ -22,12 +22,14 @@ def algorithms() -> dict:
 
 
 def build_config(algo: str, overrides: dict):
+    """The algorithm's config with ``overrides`` applied (None means: keep the default)."""
     _, config_cls = algorithms()[algo]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ConfigError(f"{algo} has no setting {', '.join(unknown)}")
-    return config_cls(**{k: v for k, v in overrides.items() if v is not None})
+    return config_cls(**overrides)
 
 
 def train(algo: str, out: str | Path, resume: bool, progress: bool = True, **overrides):
@@ -39,8 +41,13 @@ def train(algo: str, out: str | Path, resume: bool, progress: bool = True, **ove
     config = build_config(algo, overrides)
     if resume and run.checkpoint.exists():
         saved = load_checkpoint(run.checkpoint, {"algo": algo})
-        # The run continues with its own settings; only the step budget may grow.
-        config = dataclasses.replace(build_config(algo, saved["config"]), total_steps=config.total_steps)
+        # The run continues with its own settings; only the step budget may grow (and a longer
+        # budget stretches the learning-rate decay from here on).
+        budget = overrides.get("total_steps") or saved["config"]["total_steps"]
+        if budget <= saved["steps"]:
+            raise ConfigError(f"{run.checkpoint} is already at step {saved['steps']:,}; "
+                              f"give --steps above that to train further")
+        config = dataclasses.replace(build_config(algo, saved["config"]), total_steps=budget)
     agent = agent_cls(config, out=out)
     if resume and run.checkpoint.exists():
         agent.load(run.checkpoint)

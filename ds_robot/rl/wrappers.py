@@ -20,8 +20,12 @@ from ds_robot.errors import ConfigError
 
 
 class UniformTransitionNoise(gym.Wrapper):
-    def __init__(self, env: gym.Env, eps: float, low=None, high=None):
+    """Draws come from the wrapper's own generator (seeded with the env on ``reset(seed=...)``),
+    so eps > 0 does not shift the wrapped env's random sequence."""
+
+    def __init__(self, env: gym.Env, eps: float, low=None, high=None, seed: int | None = None):
         super().__init__(env)
+        self._rng = np.random.default_rng(seed)
         if not 0.0 <= eps <= 1.0:
             raise ConfigError(f"P_eps: eps={eps} is outside [0, 1]")
         space = env.observation_space
@@ -37,11 +41,16 @@ class UniformTransitionNoise(gym.Wrapper):
         self.replacements = 0
         self.steps = 0
 
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9E3779B9]))
+        return self.env.reset(seed=seed, options=options)
+
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.steps += 1
-        if self.np_random.random() < self.eps:
-            obs = self.np_random.uniform(self.low, self.high).astype(self.observation_space.dtype)
+        if self._rng.random() < self.eps:
+            obs = self._rng.uniform(self.low, self.high).astype(self.observation_space.dtype)
             self.replacements += 1
             info = {**info, "uniform_transition": True}
         return obs, reward, terminated, truncated, info
