@@ -20,8 +20,8 @@ def machine_info() -> dict[str, Any]:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
                     break
-    except OSError:
-        pass
+    except OSError:  # no /proc (macOS, Windows): keep platform's answer
+        cpu = cpu or "unknown"
     try:
         import torch
 

@@ -14,7 +14,7 @@ import numpy as np
 
 
 class TrainingWarning(UserWarning):
-    pass
+    """A training-health rule of thumb from the seed is broken (entropy, TD errors, features)."""
 
 
 class Diagnostics:
