@@ -152,9 +152,7 @@ class OnPolicyAlgorithm(ABC):
         )
         for t in range(n):
             with torch.no_grad():
-                dist, value = self.policy.dist_and_value(torch.as_tensor(self.obs, dtype=torch.float32))
-                action = dist.sample()
-                log_prob = self.policy.log_prob(dist, action)
+                action, log_prob, value = self.policy.sample(torch.as_tensor(self.obs, dtype=torch.float32))
             action_np = action.numpy()
             next_obs, reward, terminated, truncated, info = self.envs.step(to_env_action(action_np, self.action_space))
             reward = reward.astype(np.float32)

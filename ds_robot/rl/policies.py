@@ -37,17 +37,41 @@ class ActorCritic(nn.Module, ABC):
     def greedy(self, dist) -> torch.Tensor:
         return dist.probs.argmax(-1) if self.discrete else dist.mean
 
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Action, its log-probability and the value at ``obs`` (the rollout's hot path)."""
+        dist, value = self.dist_and_value(obs)
+        action = dist.sample()
+        return action, self.log_prob(dist, action), value
 
-class SeedActorCritic(ActorCritic):
+
+class CategoricalActorCritic(ActorCritic):
+    """Discrete policies from logits, with a sampling path that skips building a distribution."""
+
     discrete = True
 
+    @abstractmethod
+    def logits_and_value(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised action scores and the state value."""
+
+    def dist_and_value(self, obs):
+        logits, value = self.logits_and_value(obs)
+        return Categorical(logits=logits), value
+
+    def sample(self, obs):
+        logits, value = self.logits_and_value(obs)
+        log_probs = torch.log_softmax(logits, -1)
+        action = torch.multinomial(log_probs.exp(), 1)
+        return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1), value
+
+
+class SeedActorCritic(CategoricalActorCritic):
     def __init__(self, obs_dim: int, n_actions: int):
         super().__init__()
         self.net = SeedA2CNet(obs_dim, n_actions)
 
-    def dist_and_value(self, obs):
+    def logits_and_value(self, obs):
         logits, value = self.net(obs)
-        return Categorical(logits=logits.float()), value.float()
+        return logits.float(), value.float()
 
 
 class MLPActorCritic(ActorCritic):
