@@ -15,7 +15,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import ds_robot  # noqa: F401  (registers ds_robot/UR5Grasp-v0)
 from ds_robot.errors import ActionError, ConfigError
@@ -28,17 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class CrashingEnv(gym.Env):
-    """Observation ``[t, seed]``; the env reset with ``crash_seed`` raises on step ``crash_at``.
+    """Observation ``[t, seed]``; the env reset with ``crash_seed`` fails on step ``crash_at``:
+    it raises (``fault="raise"``) or hangs for a minute (``fault="hang"``).
 
-    With ``trigger`` (a file path) it raises only while that file exists, and deletes it: one
-    crash, after which the restarted worker runs normally. Without it, it raises every time.
+    With ``trigger`` (a file path) it fails only while that file exists, and deletes it: one
+    failure, after which the restarted worker runs normally. Without it, it fails every time.
     """
 
     observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, crash_at: int, crash_seed: int, trigger: str | None = None):
-        self.crash_at, self.crash_seed, self.trigger = crash_at, crash_seed, trigger
+    def __init__(self, crash_at: int, crash_seed: int, trigger: str | None = None, fault: str = "raise"):
+        self.crash_at, self.crash_seed, self.trigger, self.fault = crash_at, crash_seed, trigger, fault
         self.t, self.seed = 0, -1
 
     def reset(self, *, seed=None, options=None):
@@ -52,11 +52,16 @@ class CrashingEnv(gym.Env):
         self.t += 1
         if self.t == self.crash_at and self.seed == self.crash_seed:
             if self.trigger is None:
-                raise RuntimeError(f"boom at step {self.t}")
+                self._fail()
             if os.path.exists(self.trigger):
                 os.unlink(self.trigger)
-                raise RuntimeError(f"boom at step {self.t}")
+                self._fail()
         return self._obs(), 1.0, self.t >= 50, False, {}
+
+    def _fail(self):
+        if self.fault == "hang":
+            time.sleep(60)
+        raise RuntimeError(f"boom at step {self.t}")
 
     def _obs(self):
         return np.array([self.t, self.seed], np.float32)
@@ -217,6 +222,8 @@ def test_bad_factories_fail_at_construction_without_leftovers():
 
 
 def test_broadcast_reaches_every_worker_and_collect_merges_their_trajectories():
+    import torch  # here, not at the top: workers import this module for its policies, and torch is slow to load
+
     engine = RolloutEngine("CartPole-v1", 2, 2, policy_fn=constant_policy)
     try:
         with pytest.raises(ConfigError, match="before broadcast"):
@@ -320,6 +327,21 @@ def test_a_policy_returning_the_wrong_shape_is_reported():
     engine.broadcast({}, 1)
     with pytest.raises(RolloutError, match=r"policy_fn returned actions of shape \(3,\) for 2 observations"):
         engine.collect(2)
+
+
+def test_a_silent_worker_is_timed_out_and_replaced(tmp_path):
+    trigger = tmp_path / "hang-once"
+    trigger.touch()
+    factory = EnvFactory(CRASHING_ENV_ID, {"crash_at": 1, "crash_seed": 1, "trigger": str(trigger), "fault": "hang"})
+    with RolloutEngine(factory, 2, 1, worker_timeout_s=3.0) as engine:
+        engine.reset(seed=0)
+        hung = engine.worker_pids[1]
+        with pytest.warns(RolloutWarning, match=r"worker 1 .*did not answer 'step' within worker_timeout_s=3.0 s"):
+            obs, _, _, truncated, infos = engine.step(np.zeros(2, dtype=np.int64))
+        np.testing.assert_array_equal(infos["_rollout_reset"], [False, True])
+        np.testing.assert_array_equal(obs, [[1, 0], [0, 1]])
+        assert truncated.tolist() == [False, True] and process_gone(hung)
+    assert engine.closed
 
 
 def test_a_sigkilled_worker_is_detected_and_replaced():

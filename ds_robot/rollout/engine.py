@@ -40,10 +40,12 @@ that stays silent longer than ``worker_timeout_s`` is killed. Each case becomes 
 ``RolloutError`` naming the worker and its env indices (kept in ``engine.errors`` and
 issued as a ``RolloutWarning``), and the worker is restarted: a new process re-creates its
 envs, maps the shared memory, receives the current parameters and resets its envs with
-their original seeds (``seed + j``). Then:
+their original seeds (``seed + j``; a restarted env therefore replays its first episode's
+start, deterministically). Then:
 
 * ``collect``: that worker's part of the batch is collected again from the fresh envs, so
-  no half-written data is returned; ``Trajectory.restarted`` marks those envs.
+  no half-written data is returned; ``Trajectory.restarted`` marks those envs (their
+  episodes start afresh, so the previous batch's ``last_obs`` does not continue there).
 * ``step``: the step cannot be replayed, so the worker's envs report an artificial
   truncation: ``truncated=True``, ``terminated=False``, ``reward=0``, ``final_obs`` = the
   last observation before the failed step, ``obs`` = the new reset observation, and
@@ -213,8 +215,11 @@ class RolloutEngine(gym.vector.VectorEnv):
         max_restarts: how often each worker may be restarted after a crash before the engine
             gives up, closes and raises ``RolloutError``.
         start_method: "spawn" (default) or "forkserver".
-        worker_timeout_s: a worker silent for longer than this during one command is
-            treated as crashed (None: wait forever).
+        worker_timeout_s: a worker silent for longer than this during one command (start-up
+            included) is treated as crashed: killed and restarted (None: wait forever).
+
+    One thread drives an engine; it is not thread-safe. ``with RolloutEngine(...) as engine:``
+    closes it on the way out.
     """
 
     metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
@@ -257,7 +262,7 @@ class RolloutEngine(gym.vector.VectorEnv):
         self._context = mp.get_context(start_method)
         self._workers = [_WorkerHandle(w, w * envs_per_worker, envs_per_worker) for w in range(num_workers)]
         self._blocks: dict[str, SharedBlock] = {}
-        self._finalizer = weakref.finalize(self, _shutdown, self._workers, self._blocks)
+        self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self._workers, self._blocks)
         self._seeds: list[int | None] | None = None  # None until the first reset
         self._reset_options: dict | None = None
         self._params_payload: bytes | None = None
@@ -315,8 +320,8 @@ class RolloutEngine(gym.vector.VectorEnv):
         if options and "reset_mask" in options:
             raise ConfigError("RolloutEngine.reset does not take options['reset_mask']: with same-step autoreset "
                               "finished envs are reset inside step()")
-        if isinstance(seed, int):
-            super().reset(seed=seed)
+        if isinstance(seed, int | np.integer):
+            super().reset(seed=int(seed))
         self._seeds = self._expand_seeds(seed)
         self._reset_options = options
         seeds = self._seeds
@@ -368,6 +373,12 @@ class RolloutEngine(gym.vector.VectorEnv):
         """Stop and join every worker and unlink the shared memory (idempotent)."""
         self._finalizer()
 
+    def __enter__(self) -> RolloutEngine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- mode B: policy broadcast and trajectory collection -----------------------------------
 
     @_close_on_interrupt
@@ -387,7 +398,14 @@ class RolloutEngine(gym.vector.VectorEnv):
 
     @_close_on_interrupt
     def collect(self, n_steps: int) -> Trajectory:
-        """Every worker rolls the broadcast policy out for ``n_steps`` from its envs' current state."""
+        """Every worker rolls the broadcast policy out for ``n_steps`` from its envs' current state.
+
+        Each worker calls ``policy_fn`` once per step on its M observations with its own
+        generator, seeded at ``reset(seed=s)`` from ``(s + first env index, POLICY_STREAM)``:
+        a collect is reproducible for a given layout, but sampled actions (unlike ``step``
+        results) depend on how envs are spread over workers. Per-step ``info`` dicts are not
+        returned; use ``step`` when you need them.
+        """
         self._require_open()
         if self.policy_fn is None:
             raise ConfigError("collect() needs a policy: pass policy_fn=... to RolloutEngine")
@@ -608,13 +626,13 @@ class RolloutEngine(gym.vector.VectorEnv):
     def _expand_seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
         if seed is None:
             return [None] * self.num_envs
-        if isinstance(seed, int):
-            return [seed + j for j in range(self.num_envs)]
+        if isinstance(seed, int | np.integer):
+            return [int(seed) + j for j in range(self.num_envs)]
         seeds = list(seed)
         if len(seeds) != self.num_envs:
             raise ConfigError(f"reset got {len(seeds)} seeds for {self.num_envs} envs: pass one int (env j gets "
                               "seed + j) or exactly one seed per env")
-        return seeds
+        return [None if s is None else int(s) for s in seeds]
 
     def _require_open(self) -> None:
         if self.closed or not self._finalizer.alive:
@@ -667,8 +685,14 @@ def _stop(worker: _WorkerHandle, grace_s: float) -> None:
         worker.conn.close()
 
 
-def _shutdown(workers: list[_WorkerHandle], blocks: dict[str, SharedBlock]) -> None:
-    """Ask every worker to exit, join them all, unlink the shared memory (the engine's finalizer)."""
+def _shutdown(owner_pid: int, workers: list[_WorkerHandle], blocks: dict[str, SharedBlock]) -> None:
+    """Ask every worker to exit, join them all, unlink the shared memory (the engine's finalizer).
+
+    Only the process that created the engine does this: a forked copy of the learner must
+    not stop the learner's workers when it exits.
+    """
+    if os.getpid() != owner_pid:
+        return
     for worker in workers:
         if worker.conn is not None and not worker.conn.closed:
             with contextlib.suppress(OSError):  # already gone: nothing to ask
