@@ -305,3 +305,28 @@ def test_cartpole_benchmark_runs_on_both_sides(tmp_path):
     peer = run_sb3(seed=0, budget=400, eval_every=200)
     for run in (ours, peer):
         assert 0.0 < run["action_entropy"] <= np.log(2) + 1e-6 and run["steps_per_s"] > 0
+
+
+def test_training_through_rollout_workers_matches_in_process_training():
+    def trained(workers):
+        agent = A2C(A2CConfig(total_steps=800, workers=workers, seed=3))
+        agent.train(progress=False)
+        agent.close()
+        return [p.detach().clone() for p in agent.policy.parameters()]
+
+    for a, b in zip(trained(0), trained(2), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="workers"):
+        A2CConfig(n_envs=8, workers=3)
+
+
+def test_ppo_trains_on_the_grasp_env_through_rollout_workers(tmp_path):
+    import ds_robot  # noqa: F401  (registers ds_robot/UR5Grasp-v0)
+
+    out = tmp_path / "grasp"
+    assert main(["train", "ppo", "--env", "ds_robot/UR5Grasp-v0", "--steps", "512", "--envs", "2", "--workers", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    agent = PPO(PPOConfig(env_id="ds_robot/UR5Grasp-v0", n_envs=2, total_steps=512))
+    agent.load(out / "checkpoint.pt")
+    assert agent.steps == 512 and agent.action_space.shape == (7,)
+    agent.close()

@@ -136,6 +136,11 @@ def cmd_train(args) -> int:
         if args.algo == "sac":
             raise ConfigError("sac learns its entropy temperature; --ent-coef applies to a2c and ppo")
         overrides["ent_coef"] = args.ent_coef  # a number or 'halving'; checked by the config
+    for flag, key, value in (("--envs", "n_envs", args.envs), ("--workers", "workers", args.workers)):
+        if value is not None:
+            if args.algo == "sac":
+                raise ConfigError(f"{flag} applies to a2c and ppo")
+            overrides[key] = value
     if args.replay is not None:
         if args.algo != "sac":
             raise ConfigError("--replay applies to sac (a2c and ppo are on-policy)")
@@ -253,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=positive_int, default=None,
                    help="env steps between checkpoints (default: 50000)")
+    p.add_argument("--envs", type=positive_int, default=None, help="a2c/ppo: parallel environments (n_envs)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="a2c/ppo: rollout worker processes (0 = step envs in-process; default 0)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

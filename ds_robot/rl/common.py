@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ds_robot.errors import ConfigError
+from ds_robot.rollout import EnvFactory, RolloutEngine
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -20,23 +21,24 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    try:
-        return gym.make(env_id, **kwargs)
-    except gym.error.Error as exc:
-        raise ConfigError(f"cannot make environment '{env_id}': {exc}") from exc
+    return EnvFactory(env_id, kwargs)()
 
 
-def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=()) -> gym.vector.VectorEnv:
-    """Synchronous vector env; an episode's last observation is in ``info["final_obs"]`` and the
-    returned observation is already the next episode's first (same-step autoreset)."""
+def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=(), workers: int = 0) -> gym.vector.VectorEnv:
+    """A vector env with same-step autoreset: an episode's last observation is in
+    ``info["final_obs"]`` and the returned observation is already the next episode's first.
 
-    def factory():
-        env = make_env(env_id)
-        for wrap in wrappers:
-            env = wrap(env)
-        return env
-
-    envs = gym.vector.SyncVectorEnv([factory] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    ``workers = 0`` steps the envs in this process (``SyncVectorEnv``); ``workers = W`` spreads
+    them over W processes of the rollout engine (``n_envs`` must divide evenly). Env j is seeded
+    with ``seed + j`` either way, so the two give the same trajectories.
+    """
+    factory = EnvFactory(env_id, wrappers=tuple(wrappers))
+    if workers:
+        if workers < 0 or n_envs % workers:
+            raise ConfigError(f"{n_envs} envs cannot be split evenly over {workers} workers")
+        envs = RolloutEngine(factory, num_workers=workers, envs_per_worker=n_envs // workers)
+    else:
+        envs = gym.vector.SyncVectorEnv([factory] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     envs.reset(seed=seed)
     return envs
 

@@ -43,6 +43,7 @@ class OnPolicyConfig:
     amp: bool = False
     seed: int = 0
     policy: str = "seed"
+    workers: int = 0  # 0: step the envs in this process; W: W rollout-engine worker processes
     checkpoint_every_steps: int = 50_000
 
     def __post_init__(self):
@@ -55,6 +56,7 @@ class OnPolicyConfig:
             "learning_rate": self.learning_rate > 0,
             "max_grad_norm": self.max_grad_norm > 0,
             "checkpoint_every_steps": self.checkpoint_every_steps >= 1,
+            "workers": self.workers >= 0 and (self.workers == 0 or self.n_envs % self.workers == 0),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -105,7 +107,7 @@ class OnPolicyAlgorithm(ABC):
     def __init__(self, config: OnPolicyConfig, out: str | Path | None = None, wrappers=()):
         self.config = config
         self.rng = seed_everything(config.seed)
-        self.envs = make_vector_env(config.env_id, config.n_envs, config.seed, wrappers)
+        self.envs = make_vector_env(config.env_id, config.n_envs, config.seed, wrappers, config.workers)
         self.action_space = self.envs.single_action_space
         self.obs_dim = flat_obs_dim(self.envs.single_observation_space)
         self.policy = make_policy(config.policy, self.obs_dim, self.action_space)
