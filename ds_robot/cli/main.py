@@ -136,7 +136,8 @@ def cmd_train(args) -> int:
         if args.algo == "sac":
             raise ConfigError("sac learns its entropy temperature; --ent-coef applies to a2c and ppo")
         overrides["ent_coef"] = args.ent_coef  # a number or 'halving'; checked by the config
-    for flag, key, value in (("--envs", "n_envs", args.envs), ("--workers", "workers", args.workers)):
+    for flag, key, value in (("--envs", "n_envs", args.envs), ("--workers", "workers", args.workers),
+                             ("--backend", "backend", args.backend), ("--address", "ray_address", args.address)):
         if value is not None:
             if args.algo == "sac":
                 raise ConfigError(f"{flag} applies to a2c and ppo")
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envs", type=positive_int, default=None, help="a2c/ppo: parallel environments (n_envs)")
     p.add_argument("--workers", type=int, default=None,
                    help="a2c/ppo: rollout worker processes (0 = step envs in-process; default 0)")
+    p.add_argument("--backend", choices=("local", "ray"), default=None,
+                   help="a2c/ppo: rollout workers as local processes (default) or Ray actors")
+    p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: local Ray)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

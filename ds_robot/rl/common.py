@@ -24,18 +24,27 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
     return EnvFactory(env_id, kwargs)()
 
 
-def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=(), workers: int = 0) -> gym.vector.VectorEnv:
+def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=(), workers: int = 0, backend: str = "local",
+                    address: str | None = None) -> gym.vector.VectorEnv:
     """A vector env with same-step autoreset: an episode's last observation is in
     ``info["final_obs"]`` and the returned observation is already the next episode's first.
 
     ``workers = 0`` steps the envs in this process (``SyncVectorEnv``); ``workers = W`` spreads
-    them over W processes of the rollout engine (``n_envs`` must divide evenly). Env j is seeded
-    with ``seed + j`` either way, so the two give the same trajectories.
+    them over W processes of the rollout engine (``n_envs`` must divide evenly), or over W Ray
+    actors with ``backend="ray"`` (a local Ray instance, or the cluster at ``address``). Env j is
+    seeded with ``seed + j`` in every case, so all of them give the same trajectories.
     """
     factory = EnvFactory(env_id, wrappers=tuple(wrappers))
-    if workers:
-        if workers < 0 or n_envs % workers:
-            raise ConfigError(f"{n_envs} envs cannot be split evenly over {workers} workers")
+    if workers < 0 or (workers and n_envs % workers):
+        raise ConfigError(f"{n_envs} envs cannot be split evenly over {workers} workers")
+    if backend == "ray":
+        from ds_robot.rollout.ray_backend import RayRolloutEngine
+
+        count = workers or 1
+        envs = RayRolloutEngine(factory, num_workers=count, envs_per_worker=n_envs // count, address=address)
+    elif backend != "local":
+        raise ConfigError(f"unknown backend '{backend}': choose local or ray")
+    elif workers:
         envs = RolloutEngine(factory, num_workers=workers, envs_per_worker=n_envs // workers)
     else:
         envs = gym.vector.SyncVectorEnv([factory] * n_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)

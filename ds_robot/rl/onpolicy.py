@@ -44,6 +44,8 @@ class OnPolicyConfig:
     seed: int = 0
     policy: str = "seed"
     workers: int = 0  # 0: step the envs in this process; W: W rollout-engine worker processes
+    backend: str = "local"  # local | ray (workers as Ray actors)
+    ray_address: str | None = None  # None: a local Ray instance; "auto" or "HOST:PORT": a cluster
     checkpoint_every_steps: int = 50_000
 
     def __post_init__(self):
@@ -57,6 +59,7 @@ class OnPolicyConfig:
             "max_grad_norm": self.max_grad_norm > 0,
             "checkpoint_every_steps": self.checkpoint_every_steps >= 1,
             "workers": self.workers >= 0 and (self.workers == 0 or self.n_envs % self.workers == 0),
+            "backend": self.backend in ("local", "ray"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -107,7 +110,8 @@ class OnPolicyAlgorithm(ABC):
     def __init__(self, config: OnPolicyConfig, out: str | Path | None = None, wrappers=()):
         self.config = config
         self.rng = seed_everything(config.seed)
-        self.envs = make_vector_env(config.env_id, config.n_envs, config.seed, wrappers, config.workers)
+        self.envs = make_vector_env(config.env_id, config.n_envs, config.seed, wrappers, config.workers,
+                                    config.backend, config.ray_address)
         self.action_space = self.envs.single_action_space
         self.obs_dim = flat_obs_dim(self.envs.single_observation_space)
         self.policy = make_policy(config.policy, self.obs_dim, self.action_space)
