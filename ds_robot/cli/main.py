@@ -137,6 +137,7 @@ def cmd_train(args) -> int:
             raise ConfigError("sac learns its entropy temperature; --ent-coef applies to a2c and ppo")
         overrides["ent_coef"] = args.ent_coef  # a number or 'halving'; checked by the config
     for flag, key, value in (("--envs", "n_envs", args.envs), ("--workers", "workers", args.workers),
+                             ("--policy", "policy", args.policy),
                              ("--backend", "backend", args.backend), ("--address", "ray_address", args.address)):
         if value is not None:
             if args.algo == "sac":
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--envs", type=positive_int, default=None, help="a2c/ppo: parallel environments (n_envs)")
     p.add_argument("--workers", type=int, default=None,
                    help="a2c/ppo: rollout worker processes (0 = step envs in-process; default 0)")
+    p.add_argument("--policy", choices=("seed", "mlp", "cnn"), default=None,
+                   help="a2c/ppo network: the seed's A2C net (a2c default), mlp (ppo default), cnn (Atari frames)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="a2c/ppo: rollout workers as local processes (default) or Ray actors")
     p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: local Ray)")

@@ -114,7 +114,8 @@ class OnPolicyAlgorithm(ABC):
                                     config.backend, config.ray_address)
         self.action_space = self.envs.single_action_space
         self.obs_dim = flat_obs_dim(self.envs.single_observation_space)
-        self.policy = make_policy(config.policy, self.obs_dim, self.action_space)
+        self.obs_dtype = np.uint8 if self.envs.single_observation_space.dtype == np.uint8 else np.float32
+        self.policy = make_policy(config.policy, self.envs.single_observation_space.shape, self.action_space)
         self.discrete = self.policy.discrete
         self.action_shape = () if self.discrete else self.action_space.shape
         self.optimizer = self.make_optimizer()
@@ -149,7 +150,7 @@ class OnPolicyAlgorithm(ABC):
         cfg = self.config
         n, e = cfg.n_steps, cfg.n_envs
         ro = Rollout(
-            obs=np.zeros((n, e, self.obs_dim), np.float32),
+            obs=np.zeros((n, e, self.obs_dim), self.obs_dtype),  # uint8 frames stay uint8 (4x smaller)
             actions=np.zeros((n, e, *self.action_shape), np.int64 if self.discrete else np.float32),
             log_probs=np.zeros((n, e), np.float32),
             rewards=np.zeros((n, e), np.float32),

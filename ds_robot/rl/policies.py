@@ -96,14 +96,47 @@ class MLPActorCritic(ActorCritic):
         return Normal(head, self.log_std.exp().expand_as(head)), value
 
 
-def make_policy(kind: str, obs_dim: int, action_space: gym.Space) -> ActorCritic:
+class CNNActorCritic(CategoricalActorCritic):
+    """Nature-DQN convolutional trunk (Mnih et al. 2015) shared by a categorical policy and a value
+    head, for stacked 84x84 frames (uint8, scaled to [0, 1] here)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int):
+        super().__init__()
+        if len(obs_shape) != 3:
+            raise ConfigError(f"the CNN policy needs image observations (C, H, W), got shape {obs_shape}")
+        self.obs_shape = tuple(obs_shape)
+        self.trunk = nn.Sequential(
+            nn.Conv2d(obs_shape[0], 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            width = self.trunk(torch.zeros(1, *obs_shape)).shape[1]
+        self.trunk.append(nn.Linear(width, 512))
+        self.trunk.append(nn.ReLU())
+        self.policy_head = nn.Linear(512, n_actions)
+        self.value_head = nn.Linear(512, 1)
+        nn.init.orthogonal_(self.policy_head.weight, 0.01)
+        nn.init.zeros_(self.policy_head.bias)
+
+    def logits_and_value(self, obs):
+        features = self.trunk(obs.reshape(-1, *self.obs_shape) / 255.0)
+        return self.policy_head(features).float(), self.value_head(features).squeeze(-1).float()
+
+
+def make_policy(kind: str, obs_shape: tuple[int, ...], action_space: gym.Space) -> ActorCritic:
+    """``seed``: the seed's A2C network; ``mlp``: 64-64 tanh MLPs; ``cnn``: Nature-DQN for frames."""
+    obs_dim = int(np.prod(obs_shape))
+    if kind in ("seed", "cnn") and not isinstance(action_space, gym.spaces.Discrete):
+        raise ConfigError(f"the {kind} policy has a softmax head: it needs a Discrete action space")
     if kind == "seed":
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise ConfigError("the seed's A2C network has a softmax head: it needs a Discrete action space")
         return SeedActorCritic(obs_dim, int(action_space.n))
     if kind == "mlp":
         return MLPActorCritic(obs_dim, action_space)
-    raise ConfigError(f"unknown policy '{kind}': choose seed or mlp")
+    if kind == "cnn":
+        return CNNActorCritic(tuple(obs_shape), int(action_space.n))
+    raise ConfigError(f"unknown policy '{kind}': choose seed, mlp or cnn")
 
 
 def to_env_action(action: np.ndarray, space: gym.Space) -> np.ndarray:

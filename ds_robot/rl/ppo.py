@@ -47,7 +47,7 @@ class PPO(OnPolicyAlgorithm):
     def update(self, rollout: Rollout, last_value: np.ndarray) -> dict:
         cfg = self.config
         returns, advantages, td_errors = returns_and_advantages(rollout, last_value, cfg.gamma, cfg.gae_lambda)
-        obs = torch.as_tensor(rollout.obs.reshape(-1, self.obs_dim))
+        obs = torch.as_tensor(rollout.obs.reshape(-1, self.obs_dim)).float()
         actions = torch.as_tensor(rollout.actions.reshape(-1, *self.action_shape))
         old_log_prob = torch.as_tensor(rollout.log_probs.reshape(-1))
         returns_t = torch.as_tensor(returns.reshape(-1))
