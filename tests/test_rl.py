@@ -330,3 +330,13 @@ def test_ppo_trains_on_the_grasp_env_through_rollout_workers(tmp_path):
     agent.load(out / "checkpoint.pt")
     assert agent.steps == 512 and agent.action_space.shape == (7,)
     agent.close()
+
+
+def test_ppo_with_the_cnn_policy_trains_on_preprocessed_atari_through_workers():
+    pytest.importorskip("ale_py", reason="Atari is in the 'bench' extra")
+    agent = PPO(PPOConfig(env_id="ALE/Pong-v5", policy="cnn", n_envs=2, n_steps=16, total_steps=64,
+                          minibatch_size=32, n_epochs=1, workers=2))
+    assert agent.envs.single_observation_space.shape == (4, 84, 84) and agent.obs_dtype == np.uint8
+    result = agent.train(progress=False)
+    agent.close()
+    assert result.steps == 64 and np.isfinite(result.history[-1]["entropy"])

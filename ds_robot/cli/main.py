@@ -15,7 +15,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 
 CONTROLLERS = ("scripted",)
 ALGOS = ("a2c", "ppo", "sac")
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari")
 
 
 def make_controller(name: str, env):
@@ -192,6 +192,11 @@ def cmd_bench(args) -> int:
         from ds_robot.bench.amp import run_amp_benchmark
 
         return run_amp_benchmark(quick=args.quick, json_path=args.json, seeds=args.seeds)
+    if args.name == "atari":
+        from ds_robot.bench.atari import run_atari_benchmark
+
+        return run_atari_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
+                                   repeats=min(args.repeats, 5), game=args.game)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 
@@ -244,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cartpole/humanoid: seeds per variant (default: 5 for cartpole, 3 for humanoid)")
     p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
     p.add_argument("--workers", type=positive_int, default=2, help="humanoid: runs in parallel (default: 2)")
+    p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
     p.set_defaults(func=cmd_bench)

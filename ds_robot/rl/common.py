@@ -21,7 +21,19 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    return EnvFactory(env_id, kwargs)()
+    return env_factory(env_id)() if env_id.startswith("ALE/") else EnvFactory(env_id, kwargs)()
+
+
+def env_factory(env_id: str, wrappers=()):
+    """A picklable env factory; Atari ids (``ALE/<Game>-v5``) get the standard preprocessing
+    (frame skip 4 with max-pooling, 84x84 grayscale, 4 stacked frames, no-op starts)."""
+    if env_id.startswith("ALE/"):
+        from ds_robot.envs.atari import AtariEnvFactory
+
+        if wrappers:
+            raise ConfigError("extra wrappers are not supported on the preprocessed Atari envs")
+        return AtariEnvFactory(env_id)
+    return EnvFactory(env_id, wrappers=tuple(wrappers))
 
 
 def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=(), workers: int = 0, backend: str = "local",
@@ -34,7 +46,7 @@ def make_vector_env(env_id: str, n_envs: int, seed: int, wrappers=(), workers: i
     actors with ``backend="ray"`` (a local Ray instance, or the cluster at ``address``). Env j is
     seeded with ``seed + j`` in every case, so all of them give the same trajectories.
     """
-    factory = EnvFactory(env_id, wrappers=tuple(wrappers))
+    factory = env_factory(env_id, wrappers)
     if workers < 0 or (workers and n_envs % workers):
         raise ConfigError(f"{n_envs} envs cannot be split evenly over {workers} workers")
     if backend == "ray":
