@@ -40,7 +40,8 @@ def test_bench_sim_quick_writes_json(tmp_path):
     out = tmp_path / "sim.json"
     assert main(["bench", "sim", "--quick", "--repeats", "1", "--json", str(out)]) == 0
     rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(rows) == {"mujoco_bare", "ur5grasp_env", "ur5grasp_env_scripted"}
+    assert set(rows) == {"mujoco_bare", "ur5grasp_env", "ur5grasp_env_scripted", "ds_robot_w1_e4", "ds_robot_w2_e4"}
+    assert rows["ds_robot_w2_e4"]["env_steps_per_s"] > 0 and rows["ds_robot_w2_e4"]["num_envs"] == 8
     assert rows["mujoco_bare"]["physics_steps_per_s"] > 1000
     assert rows["ur5grasp_env"]["overhead_ratio"] > 1.0
 

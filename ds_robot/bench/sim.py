@@ -6,7 +6,9 @@ Measured on one core (the process is pinned to one CPU where the OS allows it):
   arm held by constant gravity-compensation torques;
 - ``ur5grasp_env``: ``UR5GraspEnv.step`` with the same constant action (physics + observation
   + task bookkeeping);
-- ``ur5grasp_env_scripted``: the same plus the scripted controller in the loop.
+- ``ur5grasp_env_scripted``: the same plus the scripted controller in the loop;
+- ``ds_robot_w<W>_e<M>``: UR5Grasp env steps/s through the rollout engine (W worker processes
+  with M envs each, all cores, not pinned).
 
 ``overhead_ratio`` = wall time per simulated second of the variant / that of ``mujoco_bare``
 (goal for the env: <= 2).
@@ -69,10 +71,47 @@ def _env_steps_per_s(env, action: np.ndarray, steps: int, controller=None) -> fl
 
 def run_sim_benchmark(quick: bool = False, json_path=None, repeats: int = 5, robot: str = "ur5e") -> int:
     with one_core() as pinned:
-        return _run(quick, json_path, repeats, robot, pinned)
+        results, config = _run(quick, repeats, robot, pinned)
+    results += _rollout_rows(quick, repeats, robot)  # after unpinning: workers need every core
+    if json_path:
+        write_json(json_path, "sim", config, results)
+        print(f"wrote {json_path}")
+    return 0
 
 
-def _run(quick: bool, json_path, repeats: int, robot: str, pinned: str) -> int:
+def _rollout_rows(quick: bool, repeats: int, robot: str) -> list[dict]:
+    """UR5Grasp env steps/s through the rollout engine, for several worker layouts."""
+    from ds_robot.rollout import EnvFactory, RolloutEngine
+
+    layouts = [(1, 4), (2, 4)] if quick else [(1, 4), (1, 8), (2, 4), (2, 8)]
+    steps = 20 if quick else 300
+    rows, table = [], []
+    for workers, per_worker in layouts:
+        engine = RolloutEngine(EnvFactory("ds_robot/UR5Grasp-v0", {"robot": robot}), num_workers=workers,
+                               envs_per_worker=per_worker)
+        engine.reset(seed=0)
+        action = np.zeros((engine.num_envs, 7), np.float32)
+        action[:, 6] = -1.0
+        for _ in range(5):  # warm-up
+            engine.step(action)
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(steps):
+                engine.step(action)
+            rates.append(steps * engine.num_envs / (time.perf_counter() - start))
+        engine.close()
+        rate, ci = mean_ci95(rates)
+        name = f"ds_robot_w{workers}_e{per_worker}"
+        rows.append({"name": name, "workers": workers, "num_envs": workers * per_worker, "env_steps_per_s": rate,
+                     "env_steps_per_s_ci95": list(ci)})
+        table.append([name, workers, workers * per_worker, f"{rate:,.0f} ± {(ci[1] - ci[0]) / 2:,.0f}"])
+    print(f"\nUR5Grasp through the rollout engine (zero torques, all cores, {repeats} x {steps} steps)")
+    print(format_table(["layout", "workers", "envs", "env steps/s (95% CI)"], table))
+    return rows
+
+
+def _run(quick: bool, repeats: int, robot: str, pinned: str) -> tuple[list[dict], dict]:
     from ds_robot.control.robot_model import RobotModel
     from ds_robot.control.scripted import ScriptedGraspController
     from ds_robot.envs.grasp_env import UR5GraspEnv
@@ -127,10 +166,7 @@ def _run(quick: bool, json_path, repeats: int, robot: str, pinned: str) -> int:
     print(f"\nbench sim: robot={robot} physics dt={physics_dt * 1e3:g} ms, control dt={env.control_dt_s * 1e3:g} ms "
           f"({substeps} substeps), {repeats} repeats, one core ({pinned})")
     print(format_table(["variant", "physics steps/s (95% CI)", "env steps/s", "sim s per s", "overhead x"], rows))
-    if json_path:
-        config = {"robot": robot, "physics_dt_s": physics_dt, "control_dt_s": env.control_dt_s, "repeats": repeats,
-                  "bare_steps": bare_steps, "env_steps": env_steps, "quick": quick, "pinned": pinned}
-        write_json(json_path, "sim", config, results)
-        print(f"wrote {json_path}")
+    config = {"robot": robot, "physics_dt_s": physics_dt, "control_dt_s": env.control_dt_s, "repeats": repeats,
+              "bare_steps": bare_steps, "env_steps": env_steps, "quick": quick, "pinned": pinned}
     env.close()
-    return 0
+    return results, config
