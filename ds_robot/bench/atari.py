@@ -123,19 +123,6 @@ def _measure_single(game: str, budget: Budget) -> list[float]:
         env.close()
 
 
-def nature_cnn(in_channels: int, n_actions: int) -> Any:
-    """The DQN network of Mnih et al. (2015): 3 conv layers, 512 hidden units, one output per action."""
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
-        nn.Linear(512, n_actions),
-    )
-
-
 def _measure_engine(game: str, workers: int, envs_per_worker: int, budget: Budget, policy: bool) -> list[float]:
     from ds_robot.rollout import RolloutEngine
 
@@ -157,13 +144,15 @@ def _measure_engine(game: str, workers: int, envs_per_worker: int, budget: Budge
         torch.set_num_threads(1)
         try:
             torch.manual_seed(0)
-            net = nature_cnn(FRAME_STACK, n_actions).eval()
+            from ds_robot.rl.policies import CNNActorCritic
+
+            net = CNNActorCritic((FRAME_STACK, 84, 84), n_actions).eval()  # the policy ds-robot trains Atari with
             generator = torch.Generator().manual_seed(0)
             latest = [obs]
 
             def step_with_policy() -> None:
                 with torch.inference_mode():
-                    logits = net(torch.from_numpy(latest[0]).float().div_(255.0))
+                    logits, _ = net.logits_and_value(torch.from_numpy(latest[0]).float())
                     chosen = torch.multinomial(torch.softmax(logits, dim=1), 1, generator=generator)
                 latest[0] = engine.step(chosen.squeeze(1).numpy())[0]
 
@@ -340,7 +329,7 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
         peer = max(peers, key=lambda r: r["frames_per_s"])
         ratio = best["frames_per_s"] / peer["frames_per_s"]
         lines.append(f"best ds-robot {best['name']} {best['frames_per_s']:,.0f} frames/s vs best peer {peer['name']} "
-                     f"{peer['frames_per_s']:,.0f} frames/s: {ratio:.2f}x (goal >= {GOAL_RATIO}x: "
+                     f"{peer['frames_per_s']:,.0f} frames/s: {ratio:.3f}x (goal >= {GOAL_RATIO}x: "
                      f"{'met' if ratio >= GOAL_RATIO else 'not met'})")
     else:
         lines.append("no peer installed: nothing to compare against")
@@ -398,6 +387,7 @@ def plot_results(path: str | Path, results: list[dict[str, Any]], game: str) -> 
     for peer in (r for r in measured if r["kind"] == "peer"):
         scaling.axhline(peer["frames_per_s"], color=colors["peer"], linestyle=":", linewidth=1)
         scaling.annotate(peer["name"], (1, peer["frames_per_s"]), fontsize=8, color=colors["peer"])
+    scaling.set_ylim(bottom=0)
     scaling.set_xlabel("worker processes")
     scaling.set_ylabel("frames/s")
     scaling.set_xticks(sorted({r["workers"] for r in ours}))
