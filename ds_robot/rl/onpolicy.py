@@ -20,7 +20,7 @@ from ds_robot.errors import ConfigError
 from ds_robot.rl import schedules
 from ds_robot.rl.amp import DynamicLossScaler
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
-from ds_robot.rl.common import RunDir, flat_obs_dim, make_vector_env, seed_everything
+from ds_robot.rl.common import Checkpointer, RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
 from ds_robot.rl.diagnostics import Diagnostics
 from ds_robot.rl.policies import make_policy, to_env_action
 
@@ -200,7 +200,7 @@ class OnPolicyAlgorithm(ABC):
         result = TrainResult(steps=self.steps, seconds=0.0)
         bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"{self.algo} {cfg.env_id}", unit="step",
                    disable=not progress, smoothing=0.05)
-        next_checkpoint = self.steps + cfg.checkpoint_every_steps
+        checkpoints = Checkpointer(self, cfg.checkpoint_every_steps)
         log_every = max(1, 2000 // (cfg.n_steps * cfg.n_envs))
         while self.steps < cfg.total_steps:
             rollout, last_value = self.collect()
@@ -209,21 +209,15 @@ class OnPolicyAlgorithm(ABC):
             if self.updates % log_every == 0:
                 bar.set_postfix(entropy=f"{stats['entropy']:.3f}", lr=f"{stats['lr']:.2g}",
                                 scale=f"{stats['loss_scale']:.0f}")
-                if self.writer is not None:
-                    for key, value in stats.items():
-                        self.writer.add_scalar(f"train/{key}", value, self.steps)
+                log_scalars(self.writer, stats, self.steps)
             result.history.append({"steps": self.steps, "entropy": stats["entropy"]})
-            if self.run is not None and self.steps >= next_checkpoint:
-                self.save(self.run.checkpoint)
-                next_checkpoint += cfg.checkpoint_every_steps
+            checkpoints.maybe_save()
             if callback is not None and callback(self, stats):
                 result.stopped_early = True
                 break
         bar.close()
         result.steps, result.seconds = self.steps, time.perf_counter() - start
-        if self.run is not None:
-            self.save(self.run.checkpoint)
-            self.save(self.run.final)
+        checkpoints.finish()
         return result
 
     # -- checkpoints --------------------------------------------------------------------------

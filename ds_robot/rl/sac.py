@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ds_robot.errors import ConfigError
 from ds_robot.rl.amp import DynamicLossScaler, optimize_step
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
-from ds_robot.rl.common import RunDir, flat_obs_dim, make_vector_env, seed_everything
+from ds_robot.rl.common import Checkpointer, RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
 from ds_robot.rl.diagnostics import Diagnostics
 from ds_robot.rl.networks import mlp
 from ds_robot.rl.onpolicy import TrainResult
@@ -236,7 +236,7 @@ class SAC:
         result = TrainResult(steps=self.steps, seconds=0.0)
         bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"sac {cfg.env_id}", unit="step",
                    disable=not progress, smoothing=0.05)
-        next_checkpoint = self.steps + cfg.checkpoint_every_steps
+        checkpoints = Checkpointer(self, cfg.checkpoint_every_steps)
         stats: dict = {}
         warm_until = self.steps + cfg.learning_starts if len(self.buffer) == 0 else self.steps
         while self.steps < cfg.total_steps:
@@ -246,20 +246,14 @@ class SAC:
                 stats = self.update()
                 if self.updates % 1000 == 0:
                     bar.set_postfix(alpha=f"{stats['alpha']:.3f}", q=f"{stats['q']:.1f}")
-                    if self.writer is not None:
-                        for key, value in stats.items():
-                            self.writer.add_scalar(f"train/{key}", value, self.steps)
-            if self.run is not None and self.steps >= next_checkpoint:
-                self.save(self.run.checkpoint)
-                next_checkpoint += cfg.checkpoint_every_steps
+                    log_scalars(self.writer, stats, self.steps)
+            checkpoints.maybe_save()
             if callback is not None and callback(self, stats):
                 result.stopped_early = True
                 break
         bar.close()
         result.steps, result.seconds = self.steps, time.perf_counter() - start
-        if self.run is not None:
-            self.save(self.run.checkpoint)
-            self.save(self.run.final)
+        checkpoints.finish()
         return result
 
     # -- checkpoints --------------------------------------------------------------------------
