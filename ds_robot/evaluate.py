@@ -20,7 +20,6 @@ class EpisodeResult:
     success: bool
     time_to_lift_s: float
     energy_j: float
-    duration_s: float
     control_step_us: float  # mean wall time of one controller call
 
 
@@ -48,7 +47,6 @@ def run_episode(env: UR5GraspEnv, controller, seed: int, on_step: Callable | Non
         success=bool(info["success"]),
         time_to_lift_s=float(info["time_to_lift_s"]),
         energy_j=float(info["energy_j"]),
-        duration_s=steps * env.control_dt_s,
         control_step_us=act_s / steps * 1e6,
     )
 

@@ -3,9 +3,10 @@
 1. A2C on CartPole-v1 (seed network, beta 0.01), fp32 against bf16 autocast with the seed's
    dynamic loss scaler, same seeds: env steps and seconds to solve (the CartPole protocol of
    ``bench cartpole``) and training throughput.
-2. Forced overflows: the same training with the loss multiplied by 1e36 (fp32 gradients
-   overflow) on every 200th update (growth interval 50). The scaler must halve and retry the same batch,
-   grow back after ``growth_interval`` clean steps, and the run must still solve.
+2. Forced overflows: the same training with the value head's output multiplied by 1e36 (the
+   squared value loss and its gradients overflow to inf) on the first attempt of every 200th
+   update (growth interval 50). The scaler must halve and retry the same batch, grow back
+   after ``growth_interval`` clean steps, and the run must still solve.
 
 GPU memory and throughput (the seed's "-40% memory, 2.3x throughput" on a V100) need a GPU;
 this benchmark reports CPU only.
