@@ -8,6 +8,9 @@ def _register_envs() -> None:
 
     if "ds_robot/UR5Grasp-v0" not in registry:
         register(id="ds_robot/UR5Grasp-v0", entry_point="ds_robot.envs.grasp_env:UR5GraspEnv")
+        register(id="ds_robot/UR5GraspNoTorque-v0", entry_point="ds_robot.envs.grasp_env:UR5GraspEnv",
+                 kwargs={"torque_features": False})
+        register(id="ds_robot/UR5GraspHier-v0", entry_point="ds_robot.hier.env:HierGraspEnv")
 
 
 _register_envs()

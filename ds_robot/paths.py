@@ -38,3 +38,8 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     return path
+
+
+def policies_dir() -> Path:
+    """Trained policies shipped with the repository (``models/policies``)."""
+    return project_root() / "models" / "policies"

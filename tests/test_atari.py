@@ -309,9 +309,10 @@ def test_quick_atari_benchmark_writes_every_variant_and_peer(tmp_path, capsys):
     assert doc["benchmark"] == "atari" and doc["config"]["quick"]
     rows = {row["name"]: row for row in doc["results"]}
     layouts = {"ds_robot_w1_e4", "ds_robot_w2_e4"}
-    policy = [name for name in rows if name.endswith("_policy")]
-    assert set(rows) == {"single", *layouts, "ale_vector", "envpool", "gym_async", *policy} and len(policy) == 1
-    assert policy[0].removesuffix("_policy") in layouts
+    best_name = doc["config"]["best_layout"]
+    assert best_name in layouts
+    modes = {f"{best_name}_policy", f"{best_name}_collect", f"{best_name}_collect_policy"}
+    assert set(rows) == {"single", *layouts, "ale_vector", "envpool", "gym_async", *modes}
     best = rows[doc["config"]["best_layout"]]
     for name, row in rows.items():
         if row.get("missing") or row.get("failed"):

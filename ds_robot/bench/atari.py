@@ -10,6 +10,11 @@ measures it on one game (Pong by default), preprocessing included, random action
 - ``ds_robot_w<N>_e<M>_policy``: the best of those layouts with policy inference in the loop:
   a Nature-DQN-sized CNN (Mnih et al. 2015; random weights, one torch thread) on the learner
   samples each step's actions from the observation batch;
+- ``ds_robot_w<N>_e<M>_collect``: the same layout in collect mode (the seed's design): each
+  worker rolls out ``COLLECT_STEPS`` steps with its own policy and sends the trajectory back
+  through shared memory; the policy draws uniform random actions (environment only, so it
+  compares with the step-mode rows and the peers), and ``..._collect_policy`` runs the same
+  CNN in every worker (one torch thread each) instead of on the learner;
 - peers with the same number of envs as the best layout and the same preprocessing (frame
   skip 4 with max-pooling, 84x84 grayscale by area averaging, 4 stacked frames, up to 30
   no-op frames, sticky actions 0.25 as in v5, no episodic life, no FIRE reset, no reward
@@ -53,6 +58,7 @@ SEED_CLAIM_FRAMES_PER_S = 2400.0
 SEED_CLAIM_SPEEDUP = 6.8
 GOAL_RATIO = 0.9
 PEERS = ("ale_vector", "envpool", "gym_async")
+COLLECT_STEPS = 32
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,54 @@ def _measure_engine(game: str, workers: int, envs_per_worker: int, budget: Budge
             torch.set_num_threads(threads)
 
 
+def random_policy(params: dict, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Collect-mode policy: uniform random actions (``params["n_actions"]``)."""
+    return rng.integers(0, params["n_actions"], size=len(obs))
+
+
+_WORKER_NET: dict[str, Any] = {}
+
+
+def cnn_policy(params: dict, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Collect-mode policy: the CNN actor-critic, rebuilt in the worker when new weights arrive."""
+    import torch
+
+    from ds_robot.rl.policies import CNNActorCritic
+
+    if _WORKER_NET.get("params") is not params:
+        torch.set_num_threads(1)
+        net = CNNActorCritic((FRAME_STACK, SCREEN_SIZE, SCREEN_SIZE), int(params["n_actions"])).eval()
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in params["state_dict"].items()})
+        _WORKER_NET.update(params=params, net=net)
+    with torch.inference_mode():
+        logits, _ = _WORKER_NET["net"].logits_and_value(torch.from_numpy(obs).float())
+        probs = torch.softmax(logits, dim=1).numpy().astype(np.float64)
+    cumulative = probs.cumsum(axis=1)
+    draws = rng.random((len(obs), 1)) * cumulative[:, -1:]
+    return np.minimum((cumulative < draws).sum(axis=1), probs.shape[1] - 1)
+
+
+def _measure_collect(game: str, workers: int, envs_per_worker: int, budget: Budget, policy: bool) -> list[float]:
+    from ds_robot.rollout import RolloutEngine
+
+    with RolloutEngine(_factory(game), workers, envs_per_worker,
+                       policy_fn=cnn_policy if policy else random_policy) as engine:
+        engine.reset(seed=0)
+        n_actions = int(engine.single_action_space.n)
+        params: dict[str, Any] = {"n_actions": n_actions}
+        if policy:
+            import torch
+
+            from ds_robot.rl.policies import CNNActorCritic
+
+            torch.manual_seed(0)
+            net = CNNActorCritic((FRAME_STACK, SCREEN_SIZE, SCREEN_SIZE), n_actions)
+            params["state_dict"] = {k: v.numpy() for k, v in net.state_dict().items()}
+        engine.broadcast(params, version=1)
+        return time_frames_per_s(lambda: engine.collect(COLLECT_STEPS), FRAME_SKIP * engine.num_envs * COLLECT_STEPS,
+                                 budget)
+
+
 def _peer_threads(num_envs: int) -> int:
     return max(1, min(num_envs, os.cpu_count() or 1))
 
@@ -236,7 +290,7 @@ def run_atari_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     layouts = QUICK_LAYOUTS if quick else FULL_LAYOUTS
     budget = Budget(warmup_s=0.3, measure_s=0.5, repeats=min(repeats, 2)) if quick else \
         Budget(warmup_s=1.5, measure_s=4.0, repeats=repeats)
-    total = len(layouts) + 2 + len(PEERS)
+    total = len(layouts) + 4 + len(PEERS)
     print(f"bench atari: {game}, {len(layouts)} ds-robot layouts + policy + single + {len(PEERS)} peers; "
           f"{budget.repeats} x {budget.measure_s:g} s per variant after {budget.warmup_s:g} s warm-up")
 
@@ -253,7 +307,7 @@ def run_atari_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
         rates = _measure_engine(game, workers, envs_per_worker, budget, policy=False)
         results.append(_row(name, "ds_robot", rates, num_envs=workers * envs_per_worker, workers=workers,
                             envs_per_worker=envs_per_worker))
-    best = max((r for r in results if r["kind"] == "ds_robot"), key=lambda r: r["frames_per_s"])
+    best = max((r for r in results if r["kind"] == "ds_robot"), key=lambda r: r["frames_per_s"])  # step mode
     num_envs = best["num_envs"]
     n = len(layouts) + 2
     for peer in PEERS:
@@ -276,6 +330,13 @@ def run_atari_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     rates = _measure_engine(game, best["workers"], best["envs_per_worker"], budget, policy=True)
     results.append(_row(policy_name, "ds_robot_policy", rates, num_envs=num_envs, workers=best["workers"],
                         envs_per_worker=best["envs_per_worker"]))
+    for policy in (False, True):
+        n += 1
+        name = f"{best['name']}_collect{'_policy' if policy else ''}"
+        announce(n, name)
+        rates = _measure_collect(game, best["workers"], best["envs_per_worker"], budget, policy)
+        results.append(_row(name, "ds_robot_policy" if policy else "ds_robot_collect", rates, num_envs=num_envs,
+                            workers=best["workers"], envs_per_worker=best["envs_per_worker"]))
 
     single = results[0]["frames_per_s"]
     for row in results:
@@ -291,6 +352,7 @@ def run_atari_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
                   "max_episode_frames": MAX_EPISODE_FRAMES, "episodic_life": False, "fire_reset": False,
                   "actions": "uniform random", "layouts": [list(layout) for layout in layouts],
                   "best_layout": best["name"], "policy": "Nature-DQN CNN, random weights, 1 torch thread",
+                  "collect_steps": COLLECT_STEPS,
                   "warmup_s": budget.warmup_s, "measure_s": budget.measure_s, "repeats": budget.repeats,
                   "quick": quick, "verdict": verdict(results)}
         write_json(json_path, "atari", config, results)
@@ -321,7 +383,7 @@ def verdict(results: list[dict[str, Any]]) -> list[str]:
     """The honest summary: ds-robot vs the best peer, 1 -> 2 worker scaling, and the seed's claim."""
     measured = [r for r in results if _measured(r)]
     single = next(r for r in measured if r["name"] == "single")["frames_per_s"]
-    ours = [r for r in measured if r["kind"] == "ds_robot"]
+    ours = [r for r in measured if r["kind"] in ("ds_robot", "ds_robot_collect")]  # environment only
     best = max(ours, key=lambda r: r["frames_per_s"])
     lines = []
     peers = [r for r in measured if r["kind"] == "peer"]
@@ -365,7 +427,8 @@ def plot_results(path: str | Path, results: list[dict[str, Any]], game: str) -> 
     import matplotlib.pyplot as plt
 
     measured = [r for r in results if _measured(r)]
-    colors = {"baseline": "#8C8C8C", "ds_robot": "#4C72B0", "ds_robot_policy": "#55A868", "peer": "#DD8452"}
+    colors = {"baseline": "#8C8C8C", "ds_robot": "#4C72B0", "ds_robot_collect": "#64B5CD", "ds_robot_policy": "#55A868",
+              "peer": "#DD8452"}
     fig, (bars, scaling) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     means = np.array([r["frames_per_s"] for r in measured])
     errors = np.array([[r["frames_per_s"] - r["frames_per_s_ci95"][0], r["frames_per_s_ci95"][1] - r["frames_per_s"]]

@@ -7,22 +7,42 @@ sentence with exit status 2, not as a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from ds_robot.errors import ConfigError, DsRobotError
 
-CONTROLLERS = ("scripted",)
+CONTROLLERS = ("scripted", "hier", "flat")
 ALGOS = ("a2c", "ppo", "sac")
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari")
+SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp")
 
 
-def make_controller(name: str, env):
+def policy_path(name: str, given: Path | None) -> Path:
+    """``--policy`` if given, else the policy shipped in ``models/policies`` for controller ``name``."""
+    from ds_robot.paths import policies_dir
+
+    return given if given is not None else policies_dir() / SHIPPED_POLICIES[name]
+
+
+def make_controller(name: str, env, policy: Path | None = None):
     if name == "scripted":
         from ds_robot.control.scripted import ScriptedGraspController
 
+        if policy is not None:
+            raise ConfigError("--policy applies to the hier and flat controllers, not scripted")
         return ScriptedGraspController.for_env(env)
+    if name == "hier":
+        from ds_robot.hier.controller import HierarchicalController
+        from ds_robot.hier.policy import HierPolicy
+
+        return HierarchicalController.for_env(env, HierPolicy.load(policy_path(name, policy)))
+    if name == "flat":
+        from ds_robot.control.learned import FlatPolicyController
+
+        return FlatPolicyController(policy_path(name, policy))
     raise ConfigError(f"unknown controller '{name}': choose one of {', '.join(CONTROLLERS)}")
 
 
@@ -39,8 +59,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
-    p.add_argument("--controller", choices=CONTROLLERS, default="scripted", help="controller to run (default: scripted)")
+    p.add_argument("--controller", choices=CONTROLLERS, default="hier",
+                   help="hier: the hierarchical policy (default); scripted: the model-based baseline; flat: one PPO "
+                        "policy")
+    p.add_argument("--policy", type=Path, default=None,
+                   help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
     p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
     if many_seeds:
@@ -60,7 +91,7 @@ def cmd_eval(args) -> int:
     from ds_robot.evaluate import per_object, plot_evaluation, run_episodes, summarise
 
     env = make_env(args)
-    controller = make_controller(args.controller, env)
+    controller = make_controller(args.controller, env, args.policy)
     by_seed = {seed: run_episodes(env, controller, args.episodes, seed, progress=not args.quiet) for seed in args.seed}
     results = [r for seed_results in by_seed.values() for r in seed_results]
     overall = summarise(args.controller, results)
@@ -124,12 +155,38 @@ def cmd_eval_policy(args) -> int:
 # ----------------------------------------------------------------------------- train
 
 
+def cmd_train_grasp(args) -> int:
+    from ds_robot.hier.train import train_grasp
+
+    for flag, value in (("--env", args.env), ("--steps", args.steps), ("--amp", args.amp or None),
+                        ("--ent-coef", args.ent_coef), ("--replay", args.replay), ("--envs", args.envs),
+                        ("--policy", args.policy), ("--backend", args.backend), ("--address", args.address),
+                        ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None:
+            raise ConfigError(f"{flag} does not apply to train grasp (see ds-robot train --help)")
+    budget_s = (args.budget_minutes if args.budget_minutes is not None else 60.0) * 60.0
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    _, summary = train_grasp(args.out, resume=args.resume, budget_s=budget_s, progress=not args.quiet,
+                             seed=args.seed, workers=workers, torque_features=not args.no_torque_features,
+                             objects=str(args.objects) if args.objects else None)
+    print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
+          f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
+          f"{args.out / 'checkpoint.pt'}, progress {args.out / 'progress.csv'}, TensorBoard {args.out / 'tb'}")
+    return 0
+
+
 def cmd_train(args) -> int:
     import torch
 
     from ds_robot.rl.train import train
 
     torch.set_num_threads(args.threads)
+    if args.algo == "grasp":
+        return cmd_train_grasp(args)
+    if args.env is None:
+        raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
+    if args.no_torque_features or args.objects is not None:
+        raise ConfigError("--no-torque-features and --objects apply to train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -147,7 +204,8 @@ def cmd_train(args) -> int:
         if args.algo != "sac":
             raise ConfigError("--replay applies to sac (a2c and ppo are on-policy)")
         overrides["replay"] = args.replay
-    _, result = train(args.algo, args.out, args.resume, progress=not args.quiet, **overrides)
+    budget_s = args.budget_minutes * 60.0 if args.budget_minutes is not None else None
+    _, result = train(args.algo, args.out, args.resume, progress=not args.quiet, budget_s=budget_s, **overrides)
     print(f"trained {args.algo} on {args.env}: {result.steps:,} steps in {result.seconds:.1f} s; "
           f"checkpoint {args.out / 'checkpoint.pt'}, TensorBoard logs {args.out / 'tb'}")
     return 0
@@ -164,7 +222,7 @@ def cmd_render(args) -> int:
     if suffix not in (".mp4", ".gif", ".png"):
         raise ConfigError(f"--out {args.out}: the file must end in .mp4, .gif or .png")
     env = make_env(args, render_mode="rgb_array", render_size=(args.height, args.width), camera=args.camera)
-    controller = make_controller(args.controller, env)
+    controller = make_controller(args.controller, env, args.policy)
     info = render_episode(env, controller, args.out, seed=args.seed, fps=args.fps)
     print(f"wrote {args.out} ({info['frames']} frames; object {info['object']}, success={info['success']})")
     return 0
@@ -197,6 +255,12 @@ def cmd_bench(args) -> int:
 
         return run_atari_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                    repeats=min(args.repeats, 5), game=args.game)
+    if args.name == "grasp":
+        from ds_robot.bench.grasp import run_grasp_benchmark
+
+        return run_grasp_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
+                                   seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
+                                   workers=args.workers)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 
@@ -246,18 +310,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
     p.add_argument("--seeds", type=positive_int, default=5,
-                   help="cartpole/humanoid: seeds per variant (default: 5 for cartpole, 3 for humanoid)")
+                   help="cartpole/humanoid/grasp: seeds per variant (default: 5 for cartpole, 3 for humanoid "
+                        "and grasp)")
     p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
-    p.add_argument("--workers", type=positive_int, default=2, help="humanoid: runs in parallel (default: 2)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="humanoid/grasp: runs in parallel processes (default: 2)")
+    p.add_argument("--episodes", type=positive_int, default=None,
+                   help="grasp: episodes per seed and variant (default: 200; --quick: 10)")
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("train", help="train an RL agent on any Gymnasium environment")
-    p.add_argument("algo", choices=ALGOS)
-    p.add_argument("--env", required=True, help="Gymnasium environment id, e.g. CartPole-v1")
+    p = sub.add_parser("train", help="train the hierarchical grasp controller, or an RL agent on any Gymnasium env")
+    p.add_argument("algo", choices=("grasp", *ALGOS),
+                   help="grasp: the hierarchical grasp controller; a2c|ppo|sac: an agent on --env")
+    p.add_argument("--env", default=None, help="a2c|ppo|sac: Gymnasium environment id, e.g. CartPole-v1")
+    p.add_argument("--no-torque-features", action="store_true",
+                   help="grasp: train without the measured-torque observations (the ablation)")
+    p.add_argument("--objects", type=Path, default=None, help="grasp: object-set YAML (default: the default set)")
     p.add_argument("--steps", type=positive_int, default=None, help="total environment steps (default: per algo)")
+    p.add_argument("--budget-minutes", type=positive_float, default=None,
+                   help="stop after this much wall time (a checkpoint is written; --resume continues); "
+                        "grasp default: 60")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="mixed precision: bf16 autocast + dynamic loss scaling")
     p.add_argument("--ent-coef", default=None, help="a2c/ppo: entropy coefficient, a number or 'halving'")
@@ -268,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="env steps between checkpoints (default: 50000)")
     p.add_argument("--envs", type=positive_int, default=None, help="a2c/ppo: parallel environments (n_envs)")
     p.add_argument("--workers", type=int, default=None,
-                   help="a2c/ppo: rollout worker processes (0 = step envs in-process; default 0)")
+                   help="rollout worker processes (0 = step envs in-process); a2c/ppo default 0, grasp default: "
+                        "the CPU count")
     p.add_argument("--policy", choices=("seed", "mlp", "cnn"), default=None,
                    help="a2c/ppo network: the seed's A2C net (a2c default), mlp (ppo default), cnn (Atari frames)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,

@@ -6,9 +6,14 @@ waypoints) -> joint target by damped-least-squares inverse kinematics on the con
 own MuJoCo model (``RobotModel``) -> computed torque:
 ``tau = M(q) (Kp (q* - q) + Kd (qd* - qd)) + c(q, qd) + g(q)``.
 
-Phases: pre-grasp (above the object, jaws across its narrower side) -> descend -> close ->
-lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and retries
-with the object's new pose, up to ``max_attempts`` times.
+Phases: plan -> pre-grasp (above the object, jaws across its narrower side) -> descend ->
+close -> lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and
+re-plans with the object's new pose, up to ``max_attempts`` times.
+
+Each attempt follows a ``GraspOption`` (which side the jaws close across, pre-grasp and lift
+heights); the scripted controller always takes ``ScriptedConfig.option``. The hierarchical
+controller (``ds_robot.hier``) runs this same machine as its skill layer and lets its learned
+planner choose the option (``option_chooser``) and its skill policies add residual torques.
 
 It sees only the observation (``OBS_SLICES``) plus what it knows of the scene: the table
 height and its own arm model.
@@ -17,7 +22,8 @@ height and its own arm model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,9 +35,34 @@ S = OBS_SLICES
 
 
 @dataclass(frozen=True)
-class ScriptedConfig:
+class GraspOption:
+    """One grasp candidate: a high-level planner's discrete choice for one attempt.
+
+    ``axis``: the jaws close across the object's ``narrow`` or ``wide`` horizontal side (a
+    round object has no preference); ``pregrasp_height_m``: how far above the grasp pose the
+    approach ends before descending; ``lift_height_m``: how high the object is lifted.
+    """
+
+    axis: str = "narrow"
     pregrasp_height_m: float = 0.12
     lift_height_m: float = 0.12
+
+    def __post_init__(self):
+        from ds_robot.errors import ConfigError
+
+        if self.axis not in ("narrow", "wide"):
+            raise ConfigError(f"grasp option axis={self.axis!r}: choose 'narrow' or 'wide'")
+        if not (0.02 <= self.pregrasp_height_m <= 0.3 and 0.055 <= self.lift_height_m <= 0.3):
+            raise ConfigError(f"grasp option heights out of range: pregrasp {self.pregrasp_height_m} m "
+                              f"(0.02-0.3), lift {self.lift_height_m} m (0.055-0.3; success needs 0.05)")
+
+    def describe(self) -> str:
+        return f"{self.axis}/pre{self.pregrasp_height_m * 100:.0f}cm/lift{self.lift_height_m * 100:.0f}cm"
+
+
+@dataclass(frozen=True)
+class ScriptedConfig:
+    option: GraspOption = field(default_factory=GraspOption)
     table_height_m: float = 0.0
     pad_clearance_m: float = 0.006  # lowest pad edge above the table
     approach_s: float = 1.4
@@ -103,6 +134,9 @@ class ScriptedGraspController:
         w, z = self.config.natural_frequency_rad_s, self.config.damping_ratio
         self.kp, self.kd = w * w, 2.0 * z * w
         self.phase = "idle"
+        self.option = self.config.option
+        # (obs, attempts so far) -> GraspOption; None: always ``config.option``.
+        self.option_chooser: Callable[[np.ndarray, int], GraspOption] | None = None
 
     @classmethod
     def for_env(cls, env, config: ScriptedConfig | None = None) -> ScriptedGraspController:
@@ -128,10 +162,12 @@ class ScriptedGraspController:
     # -- planning ---------------------------------------------------------------------------
 
     def _grasp_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """TCP pose for grasping: pointing down, jaws closing across the narrower side."""
+        """TCP pose for grasping: pointing down, jaws closing across the option's side."""
         obj_pos, obj_rot = self._object_pose(obs)
         half = obs[S["object_size"]].astype(float)
-        closing = obj_rot[:, 0] if half[0] <= half[1] else obj_rot[:, 1]
+        narrow_is_x = half[0] <= half[1]
+        across_x = narrow_is_x if self.option.axis == "narrow" else not narrow_is_x
+        closing = obj_rot[:, 0] if across_x else obj_rot[:, 1]
         closing = np.array([closing[0], closing[1], 0.0])
         closing /= np.linalg.norm(closing)
         if closing @ self.tcp_rot[:, 1] < 0:  # the jaws are symmetric: turn the wrist the short way
@@ -144,11 +180,14 @@ class ScriptedGraspController:
 
     def _plan_attempt(self, obs: np.ndarray, t: float) -> None:
         cfg = self.config
+        self.option = self.option_chooser(obs, self.attempt) if self.option_chooser else cfg.option
         self.grasp_pos, self.grasp_rot = self._grasp_pose(obs)
-        above = self.grasp_pos + np.array([0.0, 0.0, cfg.pregrasp_height_m])
+        above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])
+        # Shorter descents take proportionally less time (the default 12 cm takes descend_s).
+        descend_s = cfg.descend_s * max(self.option.pregrasp_height_m / 0.12, 0.4)
         self.segments = {
             "approach": Segment(t, cfg.approach_s, self.ref_pos, above, self.ref_rot, self.grasp_rot),
-            "descend": Segment(t + cfg.approach_s, cfg.descend_s, above, self.grasp_pos, self.grasp_rot,
+            "descend": Segment(t + cfg.approach_s, descend_s, above, self.grasp_pos, self.grasp_rot,
                                self.grasp_rot),
         }
         self.phase = "approach"
@@ -161,12 +200,20 @@ class ScriptedGraspController:
         self.q_des = self.q.copy()
         self.ref_pos, self.ref_rot = self.tcp_pos, self.tcp_rot
         self.gripper_command = -1.0
-        self._plan_attempt(obs, 0.0)
+        self.option = self.config.option
+        self.segments: dict[str, Segment] = {}
+        self.phase = "plan"  # the first attempt is planned on the first act()
+
+    def decision_due(self) -> bool:
+        """True when the next ``act`` plans an attempt (calls ``option_chooser``)."""
+        return self.phase == "plan" or (self.phase == "retreat" and self.segments["retreat"].done(self.t))
 
     # -- control ----------------------------------------------------------------------------
 
     def _advance(self, obs: np.ndarray) -> None:
         cfg, t = self.config, self.t
+        if self.phase == "plan":
+            self._plan_attempt(obs, t)
         if self.phase == "approach" and self.segments["approach"].done(t):
             self.phase = "descend"
         elif self.phase == "descend" and self.segments["descend"].done(t + cfg.settle_s):
@@ -176,18 +223,20 @@ class ScriptedGraspController:
             if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
                 self.phase, self.phase_start = "retreat", t
                 self.gripper_command = -1.0
-                above = self.grasp_pos + np.array([0.0, 0.0, cfg.pregrasp_height_m])
+                above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])
                 self.segments["retreat"] = Segment(t, cfg.retreat_s, self.ref_pos, above, self.ref_rot, self.ref_rot)
             else:
                 self.phase = "lift"
-                top = self.grasp_pos + np.array([0.0, 0.0, cfg.lift_height_m])
-                self.segments["lift"] = Segment(t, cfg.lift_s, self.ref_pos, top, self.ref_rot, self.grasp_rot)
+                top = self.grasp_pos + np.array([0.0, 0.0, self.option.lift_height_m])
+                lift_s = cfg.lift_s * max(self.option.lift_height_m / 0.12, 0.5)
+                self.segments["lift"] = Segment(t, lift_s, self.ref_pos, top, self.ref_rot, self.grasp_rot)
         elif self.phase == "retreat" and self.segments["retreat"].done(t):
             self._plan_attempt(obs, t)
         elif self.phase == "lift" and self.segments["lift"].done(t):
             self.phase = "hold"
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def command(self, obs: np.ndarray) -> tuple[np.ndarray, float]:
+        """Advance one control step: the model-based joint torques (N m) and the gripper command."""
         self._decode(obs)
         self._advance(obs)
         segment = self.segments.get(self.phase)
@@ -199,7 +248,18 @@ class ScriptedGraspController:
         acc = self.kp * (q_des - self.q) + self.kd * (qd_des - self.qd)
         torque = self.robot.mass_matrix() @ acc + self.robot.bias_torque()
         self.t += self.control_dt_s
+        return torque, self.gripper_command
+
+    def phase_progress(self) -> float:
+        """How far the current phase's motion is, 0..1 (1 for phases without a motion)."""
+        segment = self.segments.get(self.phase)
+        if segment is None or segment.duration_s <= 0:
+            return 1.0
+        return min(max((self.t - segment.start_s) / segment.duration_s, 0.0), 1.0)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        torque, gripper = self.command(obs)
         action = np.empty(7, dtype=np.float32)
         action[:6] = np.clip(torque / self.torque_limit_nm, -1.0, 1.0)
-        action[6] = self.gripper_command
+        action[6] = gripper
         return action

@@ -11,6 +11,9 @@ the episode's time limit.
 
 ``info``: ``success``, ``time_to_lift_s`` (inf until success), ``energy_j`` (episode so far),
 ``object`` (its name), ``lifted``.
+
+``torque_features=False`` zeroes the measured-torque slice of the observation (the ablation
+without torque features; ``ds_robot/UR5GraspNoTorque-v0``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class UR5GraspEnv(gym.Env):
         render_mode: str | None = None,
         render_size: tuple[int, int] = (480, 640),
         camera: str = "front",
+        torque_features: bool = True,
     ):
         if isinstance(objects, ObjectSet):
             self.object_set = objects
@@ -73,6 +77,7 @@ class UR5GraspEnv(gym.Env):
                               self.backend.max_gripper_opening_m)
         self.sensors = ObservationPipeline(OBS_SLICES, sensor_noise, sensor_delay_steps)
         self.obs_slices = dict(OBS_SLICES)
+        self.torque_features = torque_features  # False: the tau slice reads 0 (the "no torque" ablation)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_SIZE,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(OBS_SIZE,), dtype=np.float32)
         self.render_mode = render_mode
@@ -103,6 +108,8 @@ class UR5GraspEnv(gym.Env):
         self.task.reset(self.setup, self.state)
         self._steps = 0
         obs = self.sensors.reset(self.task.observation(self.state), rng)
+        if not self.torque_features:
+            obs[OBS_SLICES["tau"]] = 0.0
         return obs, self._info(lifted=False)
 
     def step(self, action):
@@ -118,6 +125,8 @@ class UR5GraspEnv(gym.Env):
         obs = self.task.observation(self.state)
         if self.sensors.active:
             obs = self.sensors(obs, self.np_random)
+        if not self.torque_features:
+            obs[OBS_SLICES["tau"]] = 0.0
         return obs, outcome.reward, terminated, truncated, self._info(outcome.lifted)
 
     def render(self):

@@ -129,6 +129,9 @@ class OnPolicyAlgorithm(ABC):
         self.steps = 0
         self.updates = 0
         self.obs, _ = self.envs.reset(seed=config.seed)
+        self.wall_seconds = 0.0  # training wall time, over every invocation of a resumed run
+        self._episode_return = np.zeros(config.n_envs)
+        self.finished_returns: list[float] = []  # returns of episodes that ended since the last update
 
     @abstractmethod
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -163,6 +166,11 @@ class OnPolicyAlgorithm(ABC):
             action_np = action.numpy()
             next_obs, reward, terminated, truncated, info = self.envs.step(to_env_action(action_np, self.action_space))
             reward = reward.astype(np.float32)
+            self._episode_return += reward
+            done = terminated | truncated
+            if done.any():
+                self.finished_returns.extend(self._episode_return[done].tolist())
+                self._episode_return[done] = 0.0
             cut = truncated & ~terminated
             if cut.any():  # time limit, not failure: bootstrap from the true last state
                 final = np.stack([info["final_obs"][i] for i in np.flatnonzero(cut)]).astype(np.float32)
@@ -193,10 +201,17 @@ class OnPolicyAlgorithm(ABC):
     # -- training loop ------------------------------------------------------------------------
 
     def train(self, callback: Callable[[OnPolicyAlgorithm, dict], bool] | None = None,
-              progress: bool = True) -> TrainResult:
-        """Train up to ``total_steps``; ``callback(agent, stats)`` returning True stops early."""
+              progress: bool = True, budget_s: float | None = None) -> TrainResult:
+        """Train up to ``total_steps`` or ``budget_s`` seconds of wall time, whichever comes first;
+        ``callback(agent, stats)`` returning True stops early.
+
+        Episodes that end are reported as ``stats["episode_return"]`` (their mean over the
+        rollout), logged to TensorBoard and appended to ``OUT/progress.csv`` (steps, wall
+        seconds, episodes, mean return) so a learning curve survives without TensorBoard.
+        """
         cfg = self.config
         start = time.perf_counter()
+        wall_before = self.wall_seconds
         result = TrainResult(steps=self.steps, seconds=0.0)
         bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"{self.algo} {cfg.env_id}", unit="step",
                    disable=not progress, smoothing=0.05)
@@ -206,19 +221,45 @@ class OnPolicyAlgorithm(ABC):
             rollout, last_value = self.collect()
             stats = self.update(rollout, last_value)
             bar.update(cfg.n_steps * cfg.n_envs)
+            elapsed = time.perf_counter() - start
+            self.wall_seconds = wall_before + elapsed
+            record = {"steps": self.steps, "seconds": self.wall_seconds, "entropy": stats["entropy"]}
+            if self.finished_returns:
+                stats["episode_return"] = float(np.mean(self.finished_returns))
+                record.update(episodes=len(self.finished_returns), episode_return=stats["episode_return"])
+                self._write_progress(record)
+                self.finished_returns = []
             if self.updates % log_every == 0:
-                bar.set_postfix(entropy=f"{stats['entropy']:.3f}", lr=f"{stats['lr']:.2g}",
-                                scale=f"{stats['loss_scale']:.0f}")
+                postfix = {"entropy": f"{stats['entropy']:.3f}", "lr": f"{stats['lr']:.2g}"}
+                if self._last_return is not None:
+                    postfix["return"] = f"{self._last_return:.3g}"
+                bar.set_postfix(**postfix, scale=f"{stats['loss_scale']:.0f}")
                 log_scalars(self.writer, stats, self.steps)
-            result.history.append({"steps": self.steps, "entropy": stats["entropy"]})
+            result.history.append(record)
             checkpoints.maybe_save()
             if callback is not None and callback(self, stats):
+                result.stopped_early = True
+                break
+            if budget_s is not None and elapsed >= budget_s:
                 result.stopped_early = True
                 break
         bar.close()
         result.steps, result.seconds = self.steps, time.perf_counter() - start
         checkpoints.finish()
         return result
+
+    _last_return: float | None = None
+
+    def _write_progress(self, record: dict) -> None:
+        self._last_return = record["episode_return"]
+        if self.run is None:
+            return
+        path = self.run.root / "progress.csv"
+        new = not path.exists()
+        with path.open("a") as f:
+            if new:
+                f.write("steps,seconds,episodes,episode_return\n")
+            f.write(f"{record['steps']},{record['seconds']:.1f},{record['episodes']},{record['episode_return']:.4f}\n")
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -240,6 +281,7 @@ class OnPolicyAlgorithm(ABC):
             "scaler": self.scaler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
+            "wall_seconds": self.wall_seconds,
         })
 
     def load(self, path: str | Path, weights_only: bool = False) -> None:
@@ -252,6 +294,7 @@ class OnPolicyAlgorithm(ABC):
             torch.set_rng_state(payload["torch_rng"])
             self.rng.bit_generator.state = payload["numpy_rng"]
             self.steps, self.updates = int(payload["steps"]), int(payload["updates"])
+            self.wall_seconds = float(payload.get("wall_seconds", 0.0))
             # Fresh episodes, but not the ones the run started with (that would bias the draw).
             self.obs, _ = self.envs.reset(seed=self.config.seed + self.steps)
 

@@ -230,7 +230,8 @@ class SAC:
             self.diagnostics.policy_entropy(stats["entropy"], self.steps, self.updates, discrete=False)
         return stats
 
-    def train(self, callback: Callable[[SAC, dict], bool] | None = None, progress: bool = True) -> TrainResult:
+    def train(self, callback: Callable[[SAC, dict], bool] | None = None, progress: bool = True,
+              budget_s: float | None = None) -> TrainResult:
         cfg = self.config
         start = time.perf_counter()
         result = TrainResult(steps=self.steps, seconds=0.0)
@@ -249,6 +250,9 @@ class SAC:
                     log_scalars(self.writer, stats, self.steps)
             checkpoints.maybe_save()
             if callback is not None and callback(self, stats):
+                result.stopped_early = True
+                break
+            if budget_s is not None and time.perf_counter() - start >= budget_s:
                 result.stopped_early = True
                 break
         bar.close()

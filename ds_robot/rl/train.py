@@ -21,6 +21,14 @@ def algorithms() -> dict:
     return {"a2c": (A2C, A2CConfig), "ppo": (PPO, PPOConfig), "sac": (SAC, SACConfig)}
 
 
+def atari_defaults(algo: str) -> dict:
+    """Settings for Atari frames (Nature CNN; PPO as in Schulman et al. 2017, Table 5)."""
+    if algo == "ppo":
+        return {"policy": "cnn", "n_envs": 8, "n_steps": 128, "n_epochs": 4, "minibatch_size": 256,
+                "learning_rate": 2.5e-4, "clip_range": 0.1, "ent_coef": 0.01}
+    return {"policy": "cnn", "n_envs": 16, "n_steps": 5}
+
+
 def build_config(algo: str, overrides: dict):
     """The algorithm's config with ``overrides`` applied (None means: keep the default)."""
     _, config_cls = algorithms()[algo]
@@ -32,12 +40,15 @@ def build_config(algo: str, overrides: dict):
     return config_cls(**overrides)
 
 
-def train(algo: str, out: str | Path, resume: bool, progress: bool = True, **overrides):
+def train(algo: str, out: str | Path, resume: bool, progress: bool = True, budget_s: float | None = None,
+          **overrides):
     agent_cls, _ = algorithms()[algo]
     run = RunDir(Path(out))
     if run.checkpoint.exists() and not resume:
         raise ConfigError(f"{run.checkpoint} already exists: pass --resume to continue that run, "
                           "or choose another --out")
+    if algo in ("a2c", "ppo") and str(overrides.get("env_id", "")).startswith("ALE/"):
+        overrides = {**atari_defaults(algo), **{k: v for k, v in overrides.items() if v is not None}}
     config = build_config(algo, overrides)
     if resume and run.checkpoint.exists():
         saved = load_checkpoint(run.checkpoint, {"algo": algo})
@@ -53,7 +64,7 @@ def train(algo: str, out: str | Path, resume: bool, progress: bool = True, **ove
         agent.load(run.checkpoint)
         print(f"resumed {run.checkpoint} at step {agent.steps:,}")
     try:
-        result = agent.train(progress=progress)
+        result = agent.train(progress=progress, budget_s=budget_s)
     except KeyboardInterrupt:
         agent.save(run.checkpoint)
         print(f"\ninterrupted at step {agent.steps:,}; saved {run.checkpoint} (continue with --resume)")

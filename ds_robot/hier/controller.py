@@ -1,0 +1,67 @@
+"""The hierarchical grasp controller at run time (NumPy only, no torch).
+
+Each control step: the 47-D features of the observation (``hier_observation``); if the skill
+machine is about to plan an attempt, the planner picks the option with the highest logit
+(one high-level decision, timed); the active skill's policy gives a residual on the
+machine's computed-torque command. ``residual_share`` is the running ratio
+``sum |residual torque| / sum |applied torque|`` over the episode, the part of the torque
+the learned skills contribute.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ds_robot.control.scripted import ScriptedGraspController
+from ds_robot.hier.env import hier_observation, skill_of
+from ds_robot.hier.policy import HierPolicy
+
+
+class HierarchicalController:
+    name = "hier"
+
+    def __init__(self, policy: HierPolicy, control_dt_s: float = 0.01, variant: str = "ur5e"):
+        self.policy = policy
+        self.machine = ScriptedGraspController(control_dt_s, variant)
+        self.machine.option_chooser = self._choose
+        self.limit = self.machine.torque_limit_nm
+        self.planning_latency_s: list[float] = []
+        self.chosen: list[int] = []
+        self._features: np.ndarray | None = None
+
+    @classmethod
+    def for_env(cls, env, policy: HierPolicy) -> HierarchicalController:
+        env = env.unwrapped
+        return cls(policy, env.control_dt_s, env.backend.variant)
+
+    def _choose(self, obs: np.ndarray, attempt: int):
+        start = time.perf_counter()
+        index = int(np.argmax(self.policy.planner(self._features)))
+        self.planning_latency_s.append(time.perf_counter() - start)
+        self.chosen.append(index)
+        return self.policy.options[index]
+
+    def reset(self, obs: np.ndarray) -> None:
+        self.machine.reset(obs)
+        self._residual_abs = 0.0
+        self._torque_abs = 0.0
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        features = hier_observation(obs, self.machine, self.policy.torque_features)
+        self._features = features
+        residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
+        torque, gripper = self.machine.command(obs)  # plans through _choose when an attempt starts
+        action = np.empty(7, dtype=np.float32)
+        extra = self.policy.residual_scale * residual[:6]
+        applied = np.clip(torque / self.limit + extra, -1.0, 1.0)
+        action[:6] = applied
+        action[6] = min(max(gripper + self.policy.gripper_scale * residual[6], -1.0), 1.0)
+        self._residual_abs += float(np.abs(extra * self.limit).sum())
+        self._torque_abs += float(np.abs(applied * self.limit).sum())
+        return action
+
+    @property
+    def residual_share(self) -> float:
+        return self._residual_abs / self._torque_abs if self._torque_abs > 0 else 0.0

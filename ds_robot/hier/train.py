@@ -1,0 +1,434 @@
+"""``ds-robot train grasp``: the hierarchical controller, trained from scratch on the rollout engine.
+
+Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` envs over
+``workers`` rollout-engine processes, step mode):
+
+- the **planner** (A2C with entropy regularisation, the RL core's recipe): a categorical
+  policy over the k grasp options with a value baseline. One sample per attempt; the return
+  of a decision is the sum of rewards from it to the end of the episode (the options
+  framework's high-level return, undiscounted inside an 8 s episode); loss
+  ``-log pi(o|s) (G - V(s)) + c_v (G - V(s))^2 - beta H``, updated once ``planner_batch``
+  decisions have finished;
+- the three **skill policies** (PPO, clipped surrogate, GAE): diagonal-Gaussian residuals on
+  the model-based torque, each trained on the steps where it was active, with advantages
+  computed along the whole trajectory (each step's value from the active skill's critic).
+
+The run directory holds ``checkpoint.pt`` (everything needed to resume, written every
+``checkpoint_every_s`` and at the end), ``policy.npz`` (the NumPy runtime file, deterministic
+actions), ``snapshots/policy_<seconds>s.npz`` every ``snapshot_every_s`` (for a
+success-vs-wall-clock curve evaluated afterwards), ``progress.csv`` (training episodes:
+success rate, energy, planner entropy against wall time) and ``tb/`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical
+from tqdm import tqdm
+
+from ds_robot.errors import ConfigError
+from ds_robot.hier.env import HIER_OBS_SIZE, SKILLS, H, skill_of
+from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
+from ds_robot.hier.policy import HierPolicy, NumpyMLP
+from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
+from ds_robot.rl.common import RunDir, log_scalars, seed_everything
+from ds_robot.rl.networks import mlp
+from ds_robot.rl.policies import MLPActorCritic
+from ds_robot.rollout import EnvFactory, RolloutEngine
+
+ENV_ID = "ds_robot/UR5GraspHier-v0"
+
+
+@dataclass(frozen=True)
+class HierTrainConfig:
+    seed: int = 0
+    workers: int = 2
+    envs_per_worker: int = 8
+    n_steps: int = 64
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    skill_lr: float = 3e-4
+    skill_epochs: int = 4
+    skill_minibatch: int = 512
+    clip_range: float = 0.2
+    log_std_init: float = -1.0
+    planner_lr: float = 1e-3
+    planner_ent_coef: float = 0.01
+    planner_batch: int = 64
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    torque_features: bool = True
+    objects: str | None = None
+    options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
+    total_steps: int = 50_000_000
+    checkpoint_every_s: float = 120.0
+    snapshot_every_s: float = 300.0
+
+    def __post_init__(self):
+        checks = {"workers": self.workers >= 0, "envs_per_worker": self.envs_per_worker >= 1,
+                  "n_steps": self.n_steps >= 1, "gamma": 0 <= self.gamma <= 1, "gae_lambda": 0 <= self.gae_lambda <= 1,
+                  "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
+                  "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
+                  "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
+                  "planner_ent_coef": self.planner_ent_coef >= 0, "total_steps": self.total_steps >= 1,
+                  "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError("train grasp: impossible value for " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
+        if not 2 <= len(self.options) <= MAX_OPTIONS:
+            raise ConfigError(f"train grasp: the planner needs 2 to {MAX_OPTIONS} options, got {len(self.options)}")
+        options_from_list(self.options)
+
+    @property
+    def n_envs(self) -> int:
+        return max(self.workers, 1) * self.envs_per_worker
+
+
+class Planner(nn.Module):
+    def __init__(self, obs_dim: int, n_options: int):
+        super().__init__()
+        self.actor = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
+        self.critic = mlp([obs_dim, 64, 64, 1], out_gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
+        return Categorical(logits=self.actor(obs)), self.critic(obs).squeeze(-1)
+
+
+def _numpy_mlp(seq: nn.Sequential) -> NumpyMLP:
+    linears = [m for m in seq if isinstance(m, nn.Linear)]
+    return NumpyMLP([m.weight.detach().double().numpy().T.copy() for m in linears],
+                    [m.bias.detach().double().numpy().copy() for m in linears])
+
+
+class HierTrainer:
+    def __init__(self, config: HierTrainConfig, out: str | Path | None = None):
+        self.config = cfg = config
+        self.rng = seed_everything(cfg.seed)
+        self.options = options_from_list(cfg.options)
+        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features}
+        if cfg.objects is not None:
+            env_kwargs["objects"] = cfg.objects
+        factory = EnvFactory(ENV_ID, env_kwargs)
+        if cfg.workers:
+            self.envs = RolloutEngine(factory, num_workers=cfg.workers, envs_per_worker=cfg.envs_per_worker)
+        else:
+            self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
+                                                 autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        box = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        self.planner = Planner(HIER_OBS_SIZE, len(self.options))
+        self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
+        with torch.no_grad():
+            for skill in self.skills:
+                skill.log_std.fill_(cfg.log_std_init)
+        self.planner_opt = torch.optim.Adam(self.planner.parameters(), lr=cfg.planner_lr)
+        self.skill_opts = [torch.optim.Adam(s.parameters(), lr=cfg.skill_lr, eps=1e-5) for s in self.skills]
+        self.run = RunDir(Path(out)) if out is not None else None
+        self.writer = self.run.writer() if self.run is not None else None
+        self.steps = 0
+        self.wall_seconds = 0.0
+        self.episodes = 0
+        self._reset_envs(cfg.seed)
+
+    def _reset_envs(self, seed: int) -> None:
+        n = self.config.n_envs
+        self.obs, _ = self.envs.reset(seed=seed)
+        self._return = np.zeros(n)  # running episode return, per env
+        self._open: list[list[list]] = [[] for _ in range(n)]  # per env: [features, option, return-at-decision]
+        self.finished_decisions: list[tuple[np.ndarray, int, float]] = []
+        self.finished_episodes: list[dict] = []
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample options (where due) and residuals; returns actions, skill ids, log-probs, values."""
+        n = len(obs)
+        obs_t = torch.as_tensor(obs)
+        actions = np.zeros((n, 8), np.float32)
+        log_probs = np.zeros(n, np.float32)
+        values = np.zeros(n, np.float32)
+        skills = skill_of(obs)
+        with torch.no_grad():
+            due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
+            if len(due):
+                dist, _ = self.planner(obs_t[due])
+                chosen = dist.sample().numpy()
+                actions[due, 0] = chosen
+                for i, option in zip(due, chosen, strict=True):
+                    self._open[i].append([obs[i].copy(), int(option), self._return[i]])
+            for k, skill in enumerate(self.skills):
+                rows = np.flatnonzero(skills == k)
+                if len(rows):
+                    dist, value = skill.dist_and_value(obs_t[rows])
+                    sample = dist.sample()
+                    actions[rows, 1:] = sample.numpy()
+                    log_probs[rows] = dist.log_prob(sample).sum(-1).numpy()
+                    values[rows] = value.numpy()
+        return actions, skills, log_probs, values
+
+    def _values(self, obs: np.ndarray) -> np.ndarray:
+        skills = skill_of(obs)
+        out = np.zeros(len(obs), np.float32)
+        with torch.no_grad():
+            for k, skill in enumerate(self.skills):
+                rows = np.flatnonzero(skills == k)
+                if len(rows):
+                    out[rows] = skill.dist_and_value(torch.as_tensor(obs[rows]))[1].numpy()
+        return out
+
+    def collect(self) -> dict[str, np.ndarray]:
+        cfg = self.config
+        t_max, n = cfg.n_steps, cfg.n_envs
+        batch = {"obs": np.zeros((t_max, n, HIER_OBS_SIZE), np.float32), "actions": np.zeros((t_max, n, 7), np.float32),
+                 "skills": np.zeros((t_max, n), np.int64), "log_probs": np.zeros((t_max, n), np.float32),
+                 "values": np.zeros((t_max, n), np.float32), "rewards": np.zeros((t_max, n), np.float32),
+                 "dones": np.zeros((t_max, n), np.float32)}
+        for t in range(t_max):
+            actions, skills, log_probs, values = self._act(self.obs)
+            next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
+            done = terminated | truncated
+            self._return += reward
+            batch["obs"][t], batch["actions"][t], batch["skills"][t] = self.obs, actions[:, 1:], skills
+            batch["log_probs"][t], batch["values"][t], batch["rewards"][t], batch["dones"][t] = (
+                log_probs, values, reward, done)
+            for i in np.flatnonzero(done):
+                final = _final_info(infos, i)
+                for features, option, at in self._open[i]:
+                    self.finished_decisions.append((features, option, float(self._return[i] - at)))
+                self.finished_episodes.append({"success": bool(final.get("success", False)),
+                                               "energy_j": float(final.get("energy_j", math.nan)),
+                                               "attempts": int(final.get("attempts", 0)),
+                                               "options": [o for _, o, _ in self._open[i]]})
+                self._open[i] = []
+                self._return[i] = 0.0
+            self.obs = next_obs
+        self.steps += t_max * n
+        batch["last_values"] = self._values(self.obs)
+        return batch
+
+    # -- learning ------------------------------------------------------------------------------
+
+    def update_skills(self, batch: dict[str, np.ndarray]) -> dict:
+        cfg = self.config
+        adv = np.zeros_like(batch["rewards"])
+        gae = np.zeros(cfg.n_envs, np.float32)
+        next_value = batch["last_values"]
+        for t in reversed(range(cfg.n_steps)):
+            not_done = 1.0 - batch["dones"][t]
+            delta = batch["rewards"][t] + cfg.gamma * next_value * not_done - batch["values"][t]
+            gae = delta + cfg.gamma * cfg.gae_lambda * not_done * gae
+            adv[t] = gae
+            next_value = batch["values"][t]
+        returns = adv + batch["values"]
+        flat = {k: torch.as_tensor(v.reshape(-1, *v.shape[2:])) for k, v in
+                {"obs": batch["obs"], "actions": batch["actions"], "log_probs": batch["log_probs"],
+                 "adv": adv, "returns": returns}.items()}
+        skills = batch["skills"].reshape(-1)
+        stats = {}
+        for k, (skill, opt) in enumerate(zip(self.skills, self.skill_opts, strict=True)):
+            rows = np.flatnonzero(skills == k)
+            if len(rows) < 2:
+                continue
+            clip_fracs = []
+            for _ in range(cfg.skill_epochs):
+                order = self.rng.permutation(rows)
+                for start in range(0, len(order), cfg.skill_minibatch):
+                    idx = torch.as_tensor(order[start:start + cfg.skill_minibatch])
+                    if len(idx) < 2:
+                        continue
+                    a = flat["adv"][idx]
+                    a = (a - a.mean()) / (a.std() + 1e-8)
+                    dist, value = skill.dist_and_value(flat["obs"][idx])
+                    log_ratio = dist.log_prob(flat["actions"][idx]).sum(-1) - flat["log_probs"][idx]
+                    ratio = log_ratio.exp()
+                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range) * a)
+                    loss = -surrogate.mean() + cfg.vf_coef * ((value - flat["returns"][idx]) ** 2).mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(skill.parameters(), cfg.max_grad_norm)
+                    opt.step()
+                    clip_fracs.append(float(((ratio - 1).abs() > cfg.clip_range).float().mean()))
+            stats[f"skill_{SKILLS[k]}_clip_fraction"] = float(np.mean(clip_fracs)) if clip_fracs else 0.0
+            stats[f"skill_{SKILLS[k]}_std"] = float(skill.log_std.detach().exp().mean())
+        return stats
+
+    def update_planner(self) -> dict:
+        cfg = self.config
+        if len(self.finished_decisions) < cfg.planner_batch:
+            return {}
+        features = torch.as_tensor(np.stack([d[0] for d in self.finished_decisions]))
+        options = torch.as_tensor([d[1] for d in self.finished_decisions])
+        returns = torch.as_tensor([d[2] for d in self.finished_decisions], dtype=torch.float32)
+        self.finished_decisions = []
+        dist, value = self.planner(features)
+        advantage = (returns - value).detach()
+        entropy = dist.entropy().mean()
+        loss = (-(dist.log_prob(options) * advantage).mean() + cfg.vf_coef * ((returns - value) ** 2).mean()
+                - cfg.planner_ent_coef * entropy)
+        self.planner_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.planner.parameters(), cfg.max_grad_norm)
+        self.planner_opt.step()
+        return {"planner_entropy": entropy.item(), "planner_return": returns.mean().item(),
+                "planner_value_error": ((returns - value) ** 2).mean().item()}
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def train(self, budget_s: float | None = None, progress: bool = True) -> dict:
+        cfg = self.config
+        start = time.perf_counter()
+        wall_before = self.wall_seconds
+        next_checkpoint = cfg.checkpoint_every_s
+        next_snapshot = (math.floor(wall_before / cfg.snapshot_every_s) + 1) * cfg.snapshot_every_s
+        bar = tqdm(total=round(budget_s) if budget_s else cfg.total_steps, unit="s" if budget_s else "step",
+                   desc="train grasp", disable=not progress, smoothing=0.1)
+        window: list[dict] = []
+        planner_stats: dict = {}
+        while self.steps < cfg.total_steps:
+            batch = self.collect()
+            stats = self.update_skills(batch)
+            planner_stats = self.update_planner() or planner_stats
+            stats.update(planner_stats)
+            elapsed = time.perf_counter() - start
+            self.wall_seconds = wall_before + elapsed
+            bar.update(round(elapsed) - bar.n if budget_s else cfg.n_steps * cfg.n_envs)
+            window.extend(self.finished_episodes)
+            self.episodes += len(self.finished_episodes)
+            self.finished_episodes = []
+            if len(window) >= 2 * cfg.n_envs:
+                stats.update(self._log_window(window))
+                bar.set_postfix(success=f"{stats['success_rate']:.3f}", energy=f"{stats['energy_j']:.1f}",
+                                steps=f"{self.steps:,}")
+                window = []
+            log_scalars(self.writer, stats, self.steps)
+            if self.run is not None and elapsed >= next_checkpoint:
+                self.save(self.run.checkpoint)
+                next_checkpoint += cfg.checkpoint_every_s
+            if self.run is not None and self.wall_seconds >= next_snapshot:
+                self.export().save(self.run.root / "snapshots" / f"policy_{round(self.wall_seconds):05d}s.npz")
+                next_snapshot += cfg.snapshot_every_s
+            if budget_s is not None and elapsed >= budget_s:
+                break
+        bar.close()
+        if self.run is not None:
+            self.save(self.run.checkpoint)
+            self.export().save(self.run.root / "policy.npz")
+        return {"steps": self.steps, "seconds": time.perf_counter() - start, "episodes": self.episodes}
+
+    def _log_window(self, window: list[dict]) -> dict:
+        success = float(np.mean([e["success"] for e in window]))
+        energy = float(np.nanmean([e["energy_j"] for e in window]))
+        counts = np.bincount([o for e in window for o in e["options"]], minlength=len(self.options))
+        row = {"success_rate": success, "energy_j": energy,
+               "attempts": float(np.mean([e["attempts"] for e in window])),
+               "top_option": int(np.argmax(counts)), "top_option_share": float(counts.max() / max(counts.sum(), 1))}
+        if self.run is not None:
+            path = self.run.root / "progress.csv"
+            new = not path.exists()
+            with path.open("a") as f:
+                if new:
+                    f.write("steps,seconds,episodes,success_rate,energy_j,attempts,top_option,top_option_share\n")
+                f.write(f"{self.steps},{self.wall_seconds:.1f},{len(window)},{success:.4f},{energy:.3f},"
+                        f"{row['attempts']:.3f},{row['top_option']},{row['top_option_share']:.3f}\n")
+        return row
+
+    # -- export and checkpoints ----------------------------------------------------------------
+
+    def export(self, meta: dict | None = None) -> HierPolicy:
+        env_variant = "ur5e"
+        return HierPolicy(planner=_numpy_mlp(self.planner.actor), skills=[_numpy_mlp(s.actor) for s in self.skills],
+                          options=self.options, torque_features=self.config.torque_features, residual_scale=0.1,
+                          gripper_scale=0.25, variant=env_variant,
+                          meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
+                                "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
+
+    def identity(self) -> dict:
+        return {"algo": "hier_grasp", "obs_dim": HIER_OBS_SIZE, "options": [list(o) for o in self.config.options],
+                "torque_features": self.config.torque_features}
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, {
+            **self.identity(), "config": _jsonable(asdict(self.config)), "steps": self.steps,
+            "wall_seconds": self.wall_seconds, "episodes": self.episodes,
+            "planner": self.planner.state_dict(), "skills": self.skills.state_dict(),
+            "planner_opt": self.planner_opt.state_dict(), "skill_opts": [o.state_dict() for o in self.skill_opts],
+            "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state})
+
+    def load(self, path: str | Path) -> None:
+        payload = load_checkpoint(path, self.identity())
+        self.planner.load_state_dict(payload["planner"])
+        self.skills.load_state_dict(payload["skills"])
+        self.planner_opt.load_state_dict(payload["planner_opt"])
+        for opt, state in zip(self.skill_opts, payload["skill_opts"], strict=True):
+            opt.load_state_dict(state)
+        torch.set_rng_state(payload["torch_rng"])
+        self.rng.bit_generator.state = payload["numpy_rng"]
+        self.steps, self.episodes = int(payload["steps"]), int(payload["episodes"])
+        self.wall_seconds = float(payload["wall_seconds"])
+        self._reset_envs(self.config.seed + self.steps)  # fresh episodes, not the ones the run began with
+
+    def close(self) -> None:
+        self.envs.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _final_info(infos: dict, i: int) -> dict:
+    """The info dict of env ``i``'s episode that just ended (same-step autoreset layout)."""
+    final = infos.get("final_info")
+    if not isinstance(final, dict):
+        return {}
+    mask = final.get("_success")
+    if mask is not None and not mask[i]:
+        return {}
+    return {k: v[i] for k, v in final.items() if not k.startswith("_")}
+
+
+def _jsonable(config: dict) -> dict:
+    return {k: [list(o) for o in v] if k == "options" else v for k, v in config.items()}
+
+
+def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = None, progress: bool = True,
+                **overrides) -> tuple[HierTrainer, dict]:
+    """Build (or resume) a run in ``out`` and train it; returns the trainer (closed) and a summary."""
+    run = RunDir(Path(out))
+    if run.checkpoint.exists() and not resume:
+        raise ConfigError(f"{run.checkpoint} already exists: pass --resume to continue that run, or choose "
+                          "another --out")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if resume and run.checkpoint.exists():
+        saved = load_checkpoint(run.checkpoint, {"algo": "hier_grasp"})
+        config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
+        changed = {k: v for k, v in overrides.items() if k not in ("workers",) and getattr(config, k) != v}
+        if changed:
+            raise ConfigError(f"--resume continues {run.checkpoint} with its own settings; these differ: {changed}")
+        if "workers" in overrides:  # the same envs, spread over another number of processes
+            workers = overrides["workers"]
+            if config.n_envs % max(workers, 1):
+                raise ConfigError(f"--workers {workers}: the run's {config.n_envs} envs do not split evenly")
+            config = dataclasses.replace(config, workers=workers, envs_per_worker=config.n_envs // max(workers, 1))
+    else:
+        config = HierTrainConfig(**overrides)
+    os.makedirs(run.root, exist_ok=True)
+    trainer = HierTrainer(config, out=run.root)
+    try:
+        if resume and run.checkpoint.exists():
+            trainer.load(run.checkpoint)
+            print(f"resumed {run.checkpoint} at step {trainer.steps:,} ({trainer.wall_seconds / 60:.1f} min trained)")
+        summary = trainer.train(budget_s=budget_s, progress=progress)
+    except KeyboardInterrupt:
+        trainer.save(run.checkpoint)
+        print(f"\ninterrupted at step {trainer.steps:,}; saved {run.checkpoint} (continue with --resume)")
+        raise
+    finally:
+        trainer.close()
+    return trainer, summary

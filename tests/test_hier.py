@@ -1,0 +1,199 @@
+"""The hierarchical grasp controller: options, env, policy files, runtime, training, benchmark."""
+
+import json
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from ds_robot.control.scripted import GraspOption, ScriptedConfig, ScriptedGraspController
+from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.errors import ActionError, ConfigError
+from ds_robot.evaluate import run_episode
+from ds_robot.hier.controller import HierarchicalController
+from ds_robot.hier.env import HIER_OBS_SIZE, H, HierGraspEnv
+from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
+from ds_robot.hier.policy import HierPolicy, PolicyFileError
+from ds_robot.hier.train import HierTrainConfig, HierTrainer, train_grasp
+from ds_robot.paths import policies_dir
+
+SHIPPED = policies_dir() / "grasp_hier.npz"
+
+
+def test_option_count_is_validated():
+    assert len(DEFAULT_OPTIONS) <= MAX_OPTIONS
+    too_many = [GraspOption("narrow", 0.03 + 0.01 * i, 0.1) for i in range(MAX_OPTIONS + 1)]
+    with pytest.raises(ConfigError, match="2 to 10 options"):
+        validate_options(too_many)
+    with pytest.raises(ConfigError, match="2 to 10 options"):
+        validate_options(DEFAULT_OPTIONS[:1])
+    with pytest.raises(ConfigError, match="distinct"):
+        validate_options([DEFAULT_OPTIONS[0], DEFAULT_OPTIONS[0]])
+    with pytest.raises(ConfigError, match="2 to 10 options"):
+        HierTrainConfig(options=tuple(("narrow", 0.03 + 0.01 * i, 0.1) for i in range(11)))
+    with pytest.raises(ConfigError, match="axis"):
+        GraspOption("diagonal", 0.1, 0.1)
+    with pytest.raises(ConfigError, match="heights"):
+        GraspOption("narrow", 0.1, 0.03)  # below the 5 cm success threshold
+
+
+def test_env_with_zero_residual_and_the_baseline_option_is_the_scripted_controller():
+    baseline = DEFAULT_OPTIONS.index(GraspOption())
+    env = HierGraspEnv()
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == (HIER_OBS_SIZE,) and obs[H["decision"]] == 1.0
+    action = np.zeros(8)
+    action[0] = baseline
+    done = False
+    decisions = 0
+    while not done:
+        decisions += int(obs[H["decision"]][0])
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+    scripted_env = UR5GraspEnv()
+    scripted = run_episode(scripted_env, ScriptedGraspController.for_env(scripted_env), 3)
+    assert info["success"] and scripted.success
+    assert info["energy_j"] == pytest.approx(scripted.energy_j, rel=1e-6)  # float32 vs float64 actions
+    assert info["time_to_lift_s"] == pytest.approx(scripted.time_to_lift_s)
+    assert env.decisions == [baseline] and decisions == 1
+
+
+def test_env_refuses_bad_actions():
+    env = HierGraspEnv()
+    env.reset(seed=0)
+    with pytest.raises(ActionError, match="shape"):
+        env.step(np.zeros(7))
+    bad = np.zeros(8)
+    bad[2] = np.nan
+    with pytest.raises(ActionError, match="NaN"):
+        env.step(bad)
+
+
+def test_options_change_the_grasp():
+    env = UR5GraspEnv()
+    low = ScriptedGraspController.for_env(env, ScriptedConfig(option=GraspOption("narrow", 0.04, 0.065)))
+    high = ScriptedGraspController.for_env(env, ScriptedConfig(option=GraspOption("narrow", 0.12, 0.12)))
+    a, b = run_episode(env, low, 5), run_episode(env, high, 5)
+    assert a.success and b.success
+    assert a.energy_j < b.energy_j and a.time_to_lift_s < b.time_to_lift_s
+
+
+def _untrained_policy(torque_features=True) -> HierPolicy:
+    trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, torque_features=torque_features))
+    try:
+        return trainer.export()
+    finally:
+        trainer.close()
+
+
+def test_policy_file_round_trip_and_refusals(tmp_path):
+    policy = _untrained_policy()
+    path = tmp_path / "p.npz"
+    policy.save(path)
+    loaded = HierPolicy.load(path)
+    x = np.random.default_rng(0).normal(size=HIER_OBS_SIZE)
+    np.testing.assert_allclose(loaded.planner(x), policy.planner(x), rtol=1e-5, atol=1e-6)
+    assert loaded.options == policy.options and loaded.torque_features
+
+    with pytest.raises(PolicyFileError, match="not found"):
+        HierPolicy.load(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(PolicyFileError, match="corrupt or truncated"):
+        HierPolicy.load(tmp_path / "junk.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(PolicyFileError, match="corrupt or truncated"):
+        HierPolicy.load(truncated)
+
+    def rewrite(name, edit_header=None, edit_arrays=None):
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        header = json.loads(str(arrays.pop("header")))
+        if edit_header:
+            edit_header(header)
+        if edit_arrays:
+            edit_arrays(arrays)
+        out = tmp_path / name
+        np.savez(out, header=np.array(json.dumps(header)), **arrays)
+        return out
+
+    other_layout = rewrite("layout.npz", lambda h: h["obs_layout"].append(["time", 1]))
+    with pytest.raises(PolicyFileError, match="observation layout"):
+        HierPolicy.load(other_layout)
+    other_version = rewrite("version.npz", lambda h: h.update(version=99))
+    with pytest.raises(PolicyFileError, match="version"):
+        HierPolicy.load(other_version)
+    tampered = rewrite("tampered.npz", edit_arrays=lambda a: a["planner.b0"].__iadd__(1.0))
+    with pytest.raises(PolicyFileError, match="SHA-256"):
+        HierPolicy.load(tampered)
+    assert zipfile.is_zipfile(path)
+
+
+def test_controller_runs_an_episode_and_reports_latency():
+    env = UR5GraspEnv()
+    controller = HierarchicalController.for_env(env, _untrained_policy(torque_features=False))
+    result = run_episode(env, controller, 1)
+    assert len(controller.chosen) >= 1 and len(controller.planning_latency_s) == len(controller.chosen)
+    assert 0.0 <= controller.residual_share < 0.5
+    assert result.control_step_us > 0
+
+
+def test_runtime_imports_no_torch():
+    code = ("import sys; import ds_robot.hier.controller, ds_robot.hier.policy; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_training_smoke_runs_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    small = {"workers": 0, "envs_per_worker": 2, "n_steps": 16, "planner_batch": 2, "skill_minibatch": 16}
+    trainer, summary = train_grasp(out, budget_s=3.0, progress=False, **small)
+    assert summary["steps"] > 0
+    assert (out / "checkpoint.pt").is_file() and (out / "policy.npz").is_file()
+    first = trainer.steps
+    HierPolicy.load(out / "policy.npz")
+    with pytest.raises(ConfigError, match="already exists"):
+        train_grasp(out, budget_s=1.0, progress=False, **small)
+    with pytest.raises(ConfigError, match="differ"):
+        train_grasp(out, resume=True, budget_s=1.0, progress=False, **{**small, "torque_features": False})
+    trainer, _ = train_grasp(out, resume=True, budget_s=2.0, progress=False, **small)
+    assert trainer.steps > first
+    assert trainer.wall_seconds >= 3.0
+
+
+def test_checkpoint_of_another_layout_is_refused(tmp_path):
+    out = tmp_path / "run"
+    small = {"workers": 0, "envs_per_worker": 1, "n_steps": 8}
+    train_grasp(out, budget_s=0.5, progress=False, **small)
+    trainer = HierTrainer(HierTrainConfig(torque_features=False, **small))
+    try:
+        with pytest.raises(Exception, match="torque_features"):
+            trainer.load(out / "checkpoint.pt")
+    finally:
+        trainer.close()
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped policy yet")
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_shipped_policy_grasps(seed):
+    env = UR5GraspEnv()
+    controller = HierarchicalController.for_env(env, HierPolicy.load(SHIPPED))
+    result = run_episode(env, controller, seed)
+    assert result.success, f"seed {seed}: {result}"
+
+
+def test_bench_grasp_small_run(tmp_path):
+    from ds_robot.bench.grasp import run_grasp_benchmark
+
+    policy = tmp_path / "hier.npz"
+    _untrained_policy().save(policy)
+    out = tmp_path / "grasp.json"
+    run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=2, workers=1, variants=("scripted", "hier"),
+                        sets=("default",), policies={"hier": policy})
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["scripted"]["success_rate"] == 1.0 and rows["scripted"]["episodes"] == 2
+    for row in rows.values():
+        assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0
+    assert "residual_share" in rows["hier"] and "options_chosen" in rows["hier"]
