@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv and run the main job (scripted grasp evaluation: table, JSON, plot, video)
+#   make demo   set up .venv and run the main job (the shipped hierarchical grasp policy: table, JSON, plot, video)
 #   make test   set up .venv and run lint + the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -19,9 +19,9 @@ $(BIN)/ds-robot: pyproject.toml
 setup: $(BIN)/ds-robot
 
 demo: setup
-	$(BIN)/ds-robot eval grasp --controller scripted --episodes 50 --seed 0 \
-		--json $(OUT)/eval_scripted.json --plot $(OUT)/eval_scripted.png
-	$(BIN)/ds-robot render grasp --controller scripted --seed 0 --out $(OUT)/grasp_scripted.mp4
+	$(BIN)/ds-robot eval grasp --controller hier --episodes 50 --seed 0 \
+		--json $(OUT)/eval_hier.json --plot $(OUT)/eval_hier.png
+	$(BIN)/ds-robot render grasp --controller hier --seed 0 --out $(OUT)/grasp_hier.mp4
 
 lint: setup
 	$(BIN)/ruff check ds_robot tests

@@ -17,15 +17,30 @@ def test_eval_prints_table_and_writes_design_json_and_plot(tmp_path, capsys):
     assert main(["eval", "grasp", "--episodes", "3", "--seed", "1", "--quiet", "--json", str(out_json),
                  "--plot", str(out_png)]) == 0
     printed = capsys.readouterr().out
-    assert "success rate" in printed and "ALL (scripted)" in printed
+    assert "success rate" in printed and "ALL (hier)" in printed  # the shipped hierarchical policy by default
     doc = json.loads(out_json.read_text())
     assert doc["benchmark"] == "eval_grasp" and {"cpu", "cores", "python", "torch"} <= set(doc["machine"])
     row = doc["results"][0]
-    assert row["name"] == "scripted" and row["episodes"] == 3
+    assert row["name"] == "hier" and row["episodes"] == 3
     for key in ("success_rate", "success_rate_ci95", "time_to_lift_s", "energy_j"):
         assert key in row
     assert len(row["success_rate_ci95"]) == 2 and row["per_object"]
     assert out_png.stat().st_size > 10_000
+
+
+def test_eval_of_each_controller_and_policy_errors(tmp_path, capsys):
+    assert main(["eval", "grasp", "--controller", "scripted", "--episodes", "1", "--quiet"]) == 0
+    assert "ALL (scripted)" in capsys.readouterr().out
+    assert main(["eval", "grasp", "--controller", "hier", "--policy", str(tmp_path / "none.npz")]) == 2
+    assert "policy file not found" in capsys.readouterr().err
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    assert main(["eval", "grasp", "--controller", "hier", "--policy", str(tmp_path / "bad.npz")]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    assert main(["eval", "grasp", "--controller", "scripted", "--policy", str(tmp_path / "bad.npz")]) == 2
+    assert main(["train", "grasp", "--out", str(tmp_path / "r"), "--steps", "10"]) == 2
+    assert "does not apply to train grasp" in capsys.readouterr().err
+    assert main(["train", "ppo", "--out", str(tmp_path / "r")]) == 2
+    assert "needs --env" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", [".png", ".gif"])

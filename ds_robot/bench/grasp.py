@@ -250,3 +250,79 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# -- success against wall-clock training time -------------------------------------------------
+
+
+def _curve_job(path: str, episodes: int, seed: int) -> dict[str, Any]:
+    from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.evaluate import episode_seeds, run_episode
+    from ds_robot.hier.controller import HierarchicalController
+    from ds_robot.hier.policy import HierPolicy
+
+    policy = HierPolicy.load(path)
+    env = UR5GraspEnv()
+    controller = HierarchicalController.for_env(env, policy)
+    results = [run_episode(env, controller, s) for s in episode_seeds(seed, episodes)]
+    env.close()
+    return {"policy": path, "minutes": policy.meta.get("wall_seconds", math.nan) / 60.0,
+            "steps": policy.meta.get("steps"), "successes": sum(r.success for r in results), "episodes": episodes,
+            "energy_j": float(np.mean([r.energy_j for r in results]))}
+
+
+def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | None, plot_path: str | Path | None,
+                    workers: int = 2, seed: int = 1000) -> int:
+    """Deterministic success of every snapshot of a ``train grasp`` run (and its final policy)
+    on the default set, against the wall-clock minutes of training that produced it."""
+    run_dir = Path(run_dir)
+    paths = sorted((run_dir / "snapshots").glob("policy_*s.npz"))
+    if (run_dir / "policy.npz").is_file():
+        paths.append(run_dir / "policy.npz")
+    if not paths:
+        raise ConfigError(f"{run_dir}: no snapshots/policy_*s.npz or policy.npz (is it a train grasp run directory?)")
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_curve_job, str(p), episodes, seed) for p in paths]
+        rows = [f.result() for f in tqdm(futures, desc="grasp curve", unit="policy")]
+    for row in rows:
+        rate, ci = wilson_ci95(row["successes"], row["episodes"])
+        row.update(name=Path(row["policy"]).stem, success_rate=rate, success_rate_ci95=list(ci))
+    rows.sort(key=lambda r: r["minutes"])
+    print(format_table(["policy", "minutes", "steps", "success [95% CI]", "energy J"],
+                       [[r["name"], f"{r['minutes']:.1f}", f"{r['steps']:,}",
+                         ci_text(r["success_rate"], r["success_rate_ci95"], digits=3), f"{r['energy_j']:.1f}"]
+                        for r in rows]))
+    first = next((r for r in rows if r["success_rate"] >= 0.9), None)
+    reached = "none" if first is None else f"{first['name']} after {first['minutes']:.1f} min"
+    print(f"first policy at >= 90% deterministic success: {reached}")
+    if json_path:
+        write_json(json_path, "grasp_curve", {"run": str(run_dir), "episodes": episodes, "seed": seed}, rows)
+        print(f"wrote {json_path}")
+    if plot_path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        minutes = [r["minutes"] for r in rows]
+        rates = np.array([r["success_rate"] for r in rows])
+        ci = np.array([r["success_rate_ci95"] for r in rows])
+        ax.errorbar(minutes, rates, yerr=np.maximum([rates - ci[:, 0], ci[:, 1] - rates], 0), marker="o", capsize=3,
+                    label=f"policy snapshots, deterministic ({episodes} episodes each)")
+        progress = run_dir / "progress.csv"
+        if progress.is_file():
+            data = np.genfromtxt(progress, delimiter=",", names=True)
+            ax.plot(np.atleast_1d(data["seconds"]) / 60, np.atleast_1d(data["success_rate"]), color="#8C8C8C",
+                    alpha=0.7, label="training episodes (exploring)")
+        ax.axhline(0.9, color="k", ls="--", lw=1, label="90%")
+        ax.set_xlabel("wall-clock training time, min (2-core machine)")
+        ax.set_ylabel("success rate")
+        ax.set_ylim(0, 1.05)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title("train grasp: success against training time")
+        fig.tight_layout()
+        fig.savefig(plot_path, dpi=110)
+        plt.close(fig)
+        print(f"wrote {plot_path}")
+    return 0

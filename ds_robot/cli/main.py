@@ -17,7 +17,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 CONTROLLERS = ("scripted", "hier", "flat")
 ALGOS = ("a2c", "ppo", "sac")
 SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve")
 
 
 def policy_path(name: str, given: Path | None) -> Path:
@@ -261,6 +261,13 @@ def cmd_bench(args) -> int:
         return run_grasp_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                    seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
                                    workers=args.workers)
+    if args.name == "grasp-curve":
+        from ds_robot.bench.grasp import run_grasp_curve
+
+        if args.run is None:
+            raise ConfigError("bench grasp-curve needs --run DIR (a train grasp run directory)")
+        return run_grasp_curve(args.run, args.episodes or (10 if args.quick else 100), args.json, args.plot,
+                               workers=args.workers)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 
@@ -315,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
     p.add_argument("--workers", type=positive_int, default=2,
                    help="humanoid/grasp: runs in parallel processes (default: 2)")
+    p.add_argument("--run", type=Path, default=None, help="grasp-curve: the train grasp run directory")
     p.add_argument("--episodes", type=positive_int, default=None,
                    help="grasp: episodes per seed and variant (default: 200; --quick: 10)")
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")

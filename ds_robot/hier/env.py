@@ -23,7 +23,10 @@ torque is ``tau_model + residual_scale * limit * residual``, the gripper command
 
 Reward (both levels; the planner's return for a decision is the sum of rewards from it to
 the end of the episode): ``success_reward`` when the task succeeds, ``-drop_penalty`` if the
-object falls off the table, ``-energy_weight * step energy (J)`` and ``-time_weight * dt``.
+object falls off the table, ``-energy_weight * step energy (J)``, ``-time_weight * dt`` and
+``-residual_weight * mean(residual^2)`` on the policy's raw (unclipped) residual action, as in
+residual RL: without it the Gaussian means drift past the clipping bound, where nothing
+pulls them back, and the residual takes over the torque.
 """
 
 from __future__ import annotations
@@ -75,13 +78,14 @@ class HierGraspEnv(gym.Env):
 
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = 0.1,
                  gripper_scale: float = 0.25, success_reward: float = 1.0, drop_penalty: float = 1.0,
-                 energy_weight: float = 0.01, time_weight: float = 0.02, **env_kwargs):
+                 energy_weight: float = 0.02, time_weight: float = 0.02, residual_weight: float = 0.01,
+                 **env_kwargs):
         self.env = UR5GraspEnv(**env_kwargs)
         self.options = validate_options(options if options is not None else DEFAULT_OPTIONS)
         self.torque_features = torque_features
         self.residual_scale, self.gripper_scale = residual_scale, gripper_scale
         self.success_reward, self.drop_penalty = success_reward, drop_penalty
-        self.energy_weight, self.time_weight = energy_weight, time_weight
+        self.energy_weight, self.time_weight, self.residual_weight = energy_weight, time_weight, residual_weight
         self.machine = ScriptedGraspController.for_env(self.env)
         self.machine.option_chooser = self._chosen
         self.limit = self.env.backend.joint_torque_limit_nm
@@ -124,7 +128,8 @@ class HierGraspEnv(gym.Env):
         obs, _, terminated, truncated, info = self.env.step(np.clip(env_action, -1.0, 1.0))
         step_energy = info["energy_j"] - self._energy
         self._energy = info["energy_j"]
-        reward = -self.energy_weight * step_energy - self.time_weight * self.env.control_dt_s
+        reward = (-self.energy_weight * step_energy - self.time_weight * self.env.control_dt_s
+                  - self.residual_weight * float(np.mean(action[1:] ** 2)))
         if info["success"]:
             reward += self.success_reward
         elif terminated:

@@ -7,8 +7,8 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
   policy over the k grasp options with a value baseline. One sample per attempt; the return
   of a decision is the sum of rewards from it to the end of the episode (the options
   framework's high-level return, undiscounted inside an 8 s episode); loss
-  ``-log pi(o|s) (G - V(s)) + c_v (G - V(s))^2 - beta H``, updated once ``planner_batch``
-  decisions have finished;
+  ``-log pi(o|s) A + c_v (G - V(s))^2 - beta H`` with ``A = G - V(s)`` normalised over the
+  batch, one step each time ``planner_batch`` decisions have finished;
 - the three **skill policies** (PPO, clipped surrogate, GAE): diagonal-Gaussian residuals on
   the model-based torque, each trained on the steps where it was active, with advantages
   computed along the whole trajectory (each step's value from the active skill's critic).
@@ -62,9 +62,9 @@ class HierTrainConfig:
     skill_minibatch: int = 512
     clip_range: float = 0.2
     log_std_init: float = -1.0
-    planner_lr: float = 1e-3
+    planner_lr: float = 3e-3
     planner_ent_coef: float = 0.01
-    planner_batch: int = 64
+    planner_batch: int = 32
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     torque_features: bool = True
@@ -271,6 +271,8 @@ class HierTrainer:
         self.finished_decisions = []
         dist, value = self.planner(features)
         advantage = (returns - value).detach()
+        if len(advantage) > 1:  # per-batch normalisation: the option returns differ by a few hundredths
+            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         entropy = dist.entropy().mean()
         loss = (-(dist.log_prob(options) * advantage).mean() + cfg.vf_coef * ((returns - value) ** 2).mean()
                 - cfg.planner_ent_coef * entropy)
