@@ -9,7 +9,9 @@ the base seed, identical for every variant):
   (``models/policies/grasp_flat.pt``: the seed's "before");
 - ``hier_no_torque``: the hierarchical controller trained without torque features
   (``models/policies/grasp_hier_no_torque.npz``);
-- ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``).
+- ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``);
+- ``hier_planner_only``: ``hier``'s planner with its residual skill policies switched off (the
+  bare model-based skills), to show what the learned residual contributes.
 
 Per variant and set: success rate (Wilson 95% CI), time to lift (successful episodes), energy,
 ``planning_latency_ms`` (one high-level decision: choosing and planning an attempt, timed
@@ -36,8 +38,9 @@ from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-VARIANTS = ("scripted", "flat", "hier_no_torque", "hier")
-POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque.npz", "hier": "grasp_hier.npz"}
+VARIANTS = ("scripted", "flat", "hier_no_torque", "hier", "hier_planner_only")
+POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque.npz", "hier": "grasp_hier.npz",
+                "hier_planner_only": "grasp_hier.npz"}
 SETS = ("default", "hard")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
 GOALS = {"hier_success": 0.95, "energy_ratio": 0.69, "planning_ms": 1.0, "control_step_us": 500.0}
@@ -61,7 +64,8 @@ def _controller(variant: str, env, policies: dict[str, Path]):
     from ds_robot.hier.controller import HierarchicalController
     from ds_robot.hier.policy import HierPolicy
 
-    return HierarchicalController.for_env(env, HierPolicy.load(policies[variant]))
+    return HierarchicalController.for_env(env, HierPolicy.load(policies[variant]),
+                                          residual=variant != "hier_planner_only")
 
 
 def run_job(variant: str, object_set: str, seed: int, episodes: int, policies: dict[str, Path]) -> dict[str, Any]:
@@ -205,6 +209,12 @@ def verdict(results: list[dict]) -> list[str]:
     if hier and flat:
         lines.append(f"seed claim success 72% -> 89% (flat -> hierarchical with torque): measured "
                      f"{100 * flat['success_rate']:.1f}% -> {100 * hier['success_rate']:.1f}%")
+    planner_only = by.get(("default", "hier_planner_only"))
+    if hier and planner_only:
+        lines.append(f"learned residual: hier {hier['success_rate']:.3f} success / {hier['energy_j']:.1f} J vs the same "
+                     f"planner on bare model-based skills {planner_only['success_rate']:.3f} / "
+                     f"{planner_only['energy_j']:.1f} J; residual share of the torque "
+                     f"{hier.get('residual_share', math.nan):.3f}")
     no_torque = by.get(("default", "hier_no_torque"))
     if hier and no_torque:
         lo, hi = hier["success_rate_ci95"]
@@ -229,7 +239,8 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
 
     sets = list(dict.fromkeys(r["object_set"] for r in results))
     variants = list(dict.fromkeys(r["name"] for r in results))
-    colors = {"scripted": "#8C8C8C", "flat": "#DD8452", "hier_no_torque": "#8172B3", "hier": "#4C72B0"}
+    colors = {"scripted": "#8C8C8C", "flat": "#DD8452", "hier_no_torque": "#8172B3", "hier": "#4C72B0",
+              "hier_planner_only": "#64B5CD"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):

@@ -22,8 +22,10 @@ from ds_robot.hier.policy import HierPolicy
 class HierarchicalController:
     name = "hier"
 
-    def __init__(self, policy: HierPolicy, control_dt_s: float = 0.01, variant: str = "ur5e"):
+    def __init__(self, policy: HierPolicy, control_dt_s: float = 0.01, variant: str = "ur5e",
+                 residual: bool = True):
         self.policy = policy
+        self.residual = residual  # False: the planner's options on the bare model-based skills (an ablation)
         self.machine = ScriptedGraspController(control_dt_s, variant)
         self.machine.option_chooser = self._choose
         self.limit = self.machine.torque_limit_nm
@@ -32,9 +34,9 @@ class HierarchicalController:
         self._features: np.ndarray | None = None
 
     @classmethod
-    def for_env(cls, env, policy: HierPolicy) -> HierarchicalController:
+    def for_env(cls, env, policy: HierPolicy, residual: bool = True) -> HierarchicalController:
         env = env.unwrapped
-        return cls(policy, env.control_dt_s, env.backend.variant)
+        return cls(policy, env.control_dt_s, env.backend.variant, residual)
 
     def _choose(self, obs: np.ndarray, attempt: int):
         start = time.perf_counter()
@@ -51,7 +53,10 @@ class HierarchicalController:
     def act(self, obs: np.ndarray) -> np.ndarray:
         features = hier_observation(obs, self.machine, self.policy.torque_features)
         self._features = features
-        residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
+        if self.residual:
+            residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
+        else:
+            residual = np.zeros(7)
         torque, gripper = self.machine.command(obs)  # plans through _choose when an attempt starts
         action = np.empty(7, dtype=np.float32)
         extra = self.policy.residual_scale * residual[:6]

@@ -41,7 +41,7 @@ from ds_robot.hier.env import HIER_OBS_SIZE, SKILLS, H, skill_of
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
-from ds_robot.rl.common import RunDir, log_scalars, seed_everything
+from ds_robot.rl.common import RunDir, log_scalars, seed_everything, train_in_run
 from ds_robot.rl.networks import mlp
 from ds_robot.rl.policies import MLPActorCritic
 from ds_robot.rollout import EnvFactory, RolloutEngine
@@ -422,15 +422,5 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         config = HierTrainConfig(**overrides)
     os.makedirs(run.root, exist_ok=True)
     trainer = HierTrainer(config, out=run.root)
-    try:
-        if resume and run.checkpoint.exists():
-            trainer.load(run.checkpoint)
-            print(f"resumed {run.checkpoint} at step {trainer.steps:,} ({trainer.wall_seconds / 60:.1f} min trained)")
-        summary = trainer.train(budget_s=budget_s, progress=progress)
-    except KeyboardInterrupt:
-        trainer.save(run.checkpoint)
-        print(f"\ninterrupted at step {trainer.steps:,}; saved {run.checkpoint} (continue with --resume)")
-        raise
-    finally:
-        trainer.close()
+    summary = train_in_run(trainer, run, resume, lambda: trainer.train(budget_s=budget_s, progress=progress))
     return trainer, summary

@@ -124,6 +124,22 @@ class Checkpointer:
             self.agent.save(self.agent.run.final)
 
 
+def train_in_run(agent, run: RunDir, resume: bool, train):
+    """Resume ``agent`` from ``run``'s checkpoint when asked, then return ``train()``; Ctrl-C
+    saves a checkpoint first (``--resume`` continues from it). The agent is closed either way."""
+    try:
+        if resume and run.checkpoint.exists():
+            agent.load(run.checkpoint)
+            print(f"resumed {run.checkpoint} at step {agent.steps:,}")
+        return train()
+    except KeyboardInterrupt:
+        agent.save(run.checkpoint)
+        print(f"\ninterrupted at step {agent.steps:,}; saved {run.checkpoint} (continue with --resume)")
+        raise
+    finally:
+        agent.close()
+
+
 def log_scalars(writer, stats: dict, step: int, prefix: str = "train/") -> None:
     if writer is not None:
         for key, value in stats.items():

@@ -9,7 +9,7 @@ import numpy as np
 
 from ds_robot.errors import ConfigError
 from ds_robot.rl.checkpoint import load_checkpoint
-from ds_robot.rl.common import RunDir, evaluate
+from ds_robot.rl.common import RunDir, evaluate, train_in_run
 from ds_robot.stats import mean_ci95
 
 
@@ -60,17 +60,7 @@ def train(algo: str, out: str | Path, resume: bool, progress: bool = True, budge
                               f"give --steps above that to train further")
         config = dataclasses.replace(build_config(algo, saved["config"]), total_steps=budget)
     agent = agent_cls(config, out=out)
-    if resume and run.checkpoint.exists():
-        agent.load(run.checkpoint)
-        print(f"resumed {run.checkpoint} at step {agent.steps:,}")
-    try:
-        result = agent.train(progress=progress, budget_s=budget_s)
-    except KeyboardInterrupt:
-        agent.save(run.checkpoint)
-        print(f"\ninterrupted at step {agent.steps:,}; saved {run.checkpoint} (continue with --resume)")
-        raise
-    finally:
-        agent.close()
+    result = train_in_run(agent, run, resume, lambda: agent.train(progress=progress, budget_s=budget_s))
     return agent, result
 
 
