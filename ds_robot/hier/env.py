@@ -52,6 +52,8 @@ for _name, _size in HIER_FIELDS:
 HIER_OBS_SIZE = _start
 ACTION_SIZE = 8
 H = HIER_SLICES
+RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
+GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
 
 
 def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
@@ -76,8 +78,8 @@ def skill_of(hier_obs: np.ndarray) -> np.ndarray:
 class HierGraspEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, options=None, torque_features: bool = True, residual_scale: float = 0.1,
-                 gripper_scale: float = 0.25, success_reward: float = 1.0, drop_penalty: float = 1.0,
+    def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
+                 gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = 0.02, time_weight: float = 0.02, residual_weight: float = 0.01,
                  **env_kwargs):
         self.env = UR5GraspEnv(**env_kwargs)

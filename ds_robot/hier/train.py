@@ -37,7 +37,7 @@ from torch.distributions import Categorical
 from tqdm import tqdm
 
 from ds_robot.errors import ConfigError
-from ds_robot.hier.env import HIER_OBS_SIZE, SKILLS, H, skill_of
+from ds_robot.hier.env import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, SKILLS, H, skill_of
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -346,10 +346,9 @@ class HierTrainer:
     # -- export and checkpoints ----------------------------------------------------------------
 
     def export(self, meta: dict | None = None) -> HierPolicy:
-        env_variant = "ur5e"
         return HierPolicy(planner=_numpy_mlp(self.planner.actor), skills=[_numpy_mlp(s.actor) for s in self.skills],
-                          options=self.options, torque_features=self.config.torque_features, residual_scale=0.1,
-                          gripper_scale=0.25, variant=env_variant,
+                          options=self.options, torque_features=self.config.torque_features,
+                          residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
 
