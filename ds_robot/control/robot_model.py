@@ -28,6 +28,8 @@ class RobotModel:
         self._jacp = np.zeros((3, m.nv))
         self._jacr = np.zeros((3, m.nv))
         self._mass = np.zeros((m.nv, m.nv))
+        self._gravity_data = mujoco.MjData(m)
+        self._gravity = np.zeros(m.nv)
 
     def update(self, q: np.ndarray, qd: np.ndarray, gripper_opening_m: float = 0.0) -> None:
         """Set the state and compute kinematics and dynamics at it."""
@@ -52,6 +54,16 @@ class RobotModel:
     def bias_torque(self) -> np.ndarray:
         """Coriolis, centrifugal and gravity torques at the current state (inverse dynamics, qdd = 0)."""
         return self.data.qfrc_bias[:N_ARM].copy()
+
+    def gravity_torque(self) -> np.ndarray:
+        """Gravity torques alone (bias torque at zero velocity) at the state of the last ``update``."""
+        d = self._gravity_data
+        d.qpos[:] = self.data.qpos
+        d.qvel[:] = 0.0
+        mujoco.mj_kinematics(self.model, d)
+        mujoco.mj_comPos(self.model, d)
+        mujoco.mj_rne(self.model, d, 0, self._gravity)
+        return self._gravity[:N_ARM].copy()
 
     def forward_kinematics(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self._ik_data

@@ -4,9 +4,11 @@ A policy file (``.npz``, written atomically) holds the planner's and the three s
 weights (tanh hidden layers, linear output: the planner's option logits, each skill's mean
 residual action) and a JSON header with what the weights were trained for: the format
 version, the observation layout (field names and sizes), the model variant, the options,
-whether torque features were used, the residual scales and a SHA-256 of the weights. A file
-whose header does not match this code (another observation layout or format) is refused
-with a message that says what differs.
+whether torque features were used, the residual scales, how the weights are stored (float32,
+or int8 per tensor / per output channel: ``ds_robot.deploy.quantize``) and a SHA-256 of the
+stored arrays. A file whose header does not match this code (another observation layout or
+format) is refused with a message that says what differs. int8 files are dequantized once at
+load; the runtime is the same.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ds_robot.deploy.quantize import dequantize, quantize
 from ds_robot.errors import ConfigError
 from ds_robot.hier.env import HIER_FIELDS, HIER_OBS_SIZE, SKILLS
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
 
 POLICY_FORMAT = "ds-robot-hier-policy"
 POLICY_VERSION = 1
+QUANTIZATIONS = ("fp32", "int8_tensor", "int8_channel")
 
 
 class PolicyFileError(ConfigError):
@@ -66,6 +70,7 @@ class HierPolicy:
     gripper_scale: float
     variant: str = "ur5e"
     meta: dict = field(default_factory=dict)  # how it was trained: command, steps, metrics
+    quantization: str = "fp32"  # how the file it came from stored the weights
 
     def __post_init__(self):
         self.options = validate_options(self.options)
@@ -82,26 +87,54 @@ class HierPolicy:
 
     # -- file io --------------------------------------------------------------------------------
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for prefix, net in (("planner", self.planner), *((f"skill_{n}", s) for n, s in zip(SKILLS, self.skills,
-                                                                                          strict=True))):
-            for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
-                out[f"{prefix}.w{i}"] = w.astype(np.float32)
-                out[f"{prefix}.b{i}"] = b.astype(np.float32)
-        return out
+    def _nets(self):
+        return (("planner", self.planner), *((f"skill_{n}", s) for n, s in zip(SKILLS, self.skills, strict=True)))
 
-    def header(self) -> dict:
+    def arrays(self, quantization: str = "fp32") -> tuple[dict[str, np.ndarray], list]:
+        """The stored arrays and, for int8, the table that unpacks them.
+
+        float32: one array per weight and bias. int8: every weight and bias quantized (per
+        tensor, or per output channel for weights) and packed into one int8 array ``q``, their
+        ``Delta`` and ``w_min`` into one float32 array ``scales`` (fewer zip entries: at this
+        size each entry's ~250 bytes of headers would be 10% of the file). Each table row is
+        ``[name, shape, q_offset, scale_offset, n_scales]``.
+        """
+        if quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+        tensors = {}
+        for prefix, net in self._nets():
+            for i, (w, b) in enumerate(zip(net.weights, net.biases, strict=True)):
+                tensors[f"{prefix}.w{i}"] = w
+                tensors[f"{prefix}.b{i}"] = b
+        if quantization == "fp32":
+            return {k: v.astype(np.float32) for k, v in tensors.items()}, []
+        qs, scales, table, q_at, s_at = [], [], [], 0, 0
+        for name, t in tensors.items():
+            per_channel = quantization == "int8_channel" and t.ndim == 2
+            q, delta, w_min = quantize(t, per_channel=per_channel)
+            n = delta.size
+            table.append([name, list(t.shape), q_at, s_at, n])
+            qs.append(q.ravel())
+            scales += [delta.ravel(), w_min.ravel()]
+            q_at += q.size
+            s_at += 2 * n
+        return {"q": np.concatenate(qs), "scales": np.concatenate(scales).astype(np.float32)}, table
+
+    def header(self, arrays: dict[str, np.ndarray], quantization: str = "fp32", table: list | None = None) -> dict:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "obs_layout": [list(f) for f in HIER_FIELDS],
                 "variant": self.variant, "options": options_to_list(self.options),
                 "torque_features": self.torque_features, "residual_scale": self.residual_scale,
-                "gripper_scale": self.gripper_scale, "sha256": _digest(self.arrays()), "meta": self.meta}
+                "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
+                "obs_normalization": "none: hier_observation scales every feature to about unit range",
+                "sha256": _digest(arrays), "meta": self.meta}
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, quantization: str = "fp32") -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        arrays, table = self.arrays(quantization)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, header=np.array(json.dumps(self.header())), **self.arrays())
+        header = json.dumps(self.header(arrays, quantization, table), separators=(",", ":"))
+        np.savez_compressed(tmp, header=np.array(header), **arrays)
         os.replace(tmp, path)
 
     @classmethod
@@ -126,15 +159,44 @@ class HierPolicy:
         if header.get("sha256") != _digest(arrays):
             raise PolicyFileError(f"{path}: weights do not match their recorded SHA-256 (file modified or corrupt)")
 
+        quantization = header.get("weights", "fp32")
+        if quantization not in QUANTIZATIONS:
+            raise PolicyFileError(f"{path}: weights stored as {quantization!r}; this ds-robot reads "
+                                  f"{', '.join(QUANTIZATIONS)}")
+
+        if quantization != "fp32":
+            try:
+                arrays = _unpack(arrays, header["tensors"])
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                raise PolicyFileError(f"{path}: the int8 tensor table does not match the stored arrays: "
+                                      f"{exc!r}") from exc
+
         def net(prefix: str) -> NumpyMLP:
-            n = sum(1 for k in arrays if k.startswith(prefix + ".w"))
-            return NumpyMLP([arrays[f"{prefix}.w{i}"].astype(np.float64) for i in range(n)],
-                            [arrays[f"{prefix}.b{i}"].astype(np.float64) for i in range(n)])
+            n = sum(1 for k in arrays if k.startswith(prefix + ".b"))
+            try:
+                return NumpyMLP([arrays[f"{prefix}.w{i}"].astype(np.float64) for i in range(n)],
+                                [arrays[f"{prefix}.b{i}"].astype(np.float64) for i in range(n)])
+            except KeyError as exc:
+                raise PolicyFileError(f"{path}: array {exc} is missing") from exc
 
         return cls(planner=net("planner"), skills=[net(f"skill_{n}") for n in SKILLS],
                    options=options_from_list(header["options"]), torque_features=bool(header["torque_features"]),
                    residual_scale=float(header["residual_scale"]), gripper_scale=float(header["gripper_scale"]),
-                   variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})))
+                   variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})),
+                   quantization=quantization)
+
+
+def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:
+    q, scales, out = arrays["q"], arrays["scales"], {}
+    for name, shape, q_at, s_at, n in table:
+        size = int(np.prod(shape))
+        if q_at + size > q.size or s_at + 2 * n > scales.size:
+            raise ValueError(f"{name} runs past the end of the packed arrays")
+        delta, w_min = scales[s_at : s_at + n], scales[s_at + n : s_at + 2 * n]
+        if n == 1:
+            delta, w_min = delta[0], w_min[0]
+        out[name] = dequantize(q[q_at : q_at + size].reshape(shape), np.asarray(delta), np.asarray(w_min))
+    return out
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> str:

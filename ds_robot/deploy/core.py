@@ -1,0 +1,367 @@
+"""The policy node's control core: pure Python, no ROS, tested on its own.
+
+The rclpy node (``policy_node.py``) is a thin shell: it turns messages into calls to
+:class:`ControlCore` and publishes what :meth:`ControlCore.tick` returns. Everything that
+decides what reaches the arm lives here:
+
+- **Joint states** are matched by name (``tf_prefix`` + UR joint names, plus the gripper's
+  finger joints), never by index. A message with a missing joint, mismatched array lengths,
+  NaN/Inf, no efforts while the policy uses torque features, or a stamp older than the last
+  accepted one is rejected with a reason and changes nothing.
+- **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
+  stamp, against the node's clock) or none has arrived, or the object pose is older than
+  ``object_timeout_s``, every tick returns the stop command.
+- **Policy** at ``policy_rate_hz`` (the rate it was trained at, 100 Hz); between policy steps
+  the last command is held, as the training environment holds torques over its physics steps.
+- **Command interfaces**: ``effort`` (UR e-Series direct torque; the controller box adds its
+  own gravity compensation, so the model's gravity torque is removed unless
+  ``robot_adds_gravity`` is false) or ``velocity`` (CB3, which cannot take torques: the
+  torque becomes an acceleration through the model, ``qdd = M^-1 (tau - bias)``, and the
+  command is the velocity the joint would have one policy period later).
+- **Safety**: NaN/Inf never leave the core (stop + reason); torques are clamped to
+  ``max_torque_fraction`` of the joint limits, velocity commands to ``max_velocity_rad_s``;
+  near a joint limit (within ``joint_limit_margin_rad``) or above the velocity limit, the part
+  of the command that pushes further out is removed; an e-stop latches the stop command until
+  :meth:`reset`.
+- **Stop command**: zeros on either interface — for ``effort`` that is "gravity compensation
+  only" on a UR (the arm holds its pose against gravity and coasts to rest under its joint
+  friction), for ``velocity`` it is "hold still". ros2_control's forward controllers hold the
+  last command forever, so the node sends a stop on shutdown and on any exception.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import mujoco
+import numpy as np
+
+from ds_robot.control.robot_model import RobotModel
+from ds_robot.envs.grasp_task import OBS_SIZE, OBS_SLICES
+from ds_robot.errors import ConfigError
+from ds_robot.model.params import ARM_JOINT_NAMES, default_description
+from ds_robot.sim import scene
+
+N_ARM = 6
+COMMAND_INTERFACES = ("effort", "velocity")
+# Rates the UR drivers run their real-time interface at: e-Series 500 Hz, CB3 125 Hz.
+UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
+            "ur5": {"series": "CB3", "rate_hz": 125.0, "effort": False}}
+
+
+class MessageError(ValueError):
+    """An input message the core refuses (the reason is in the text); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    ur_type: str = "ur5e"
+    command_interface: str = "effort"
+    rate_hz: float = 500.0
+    policy_rate_hz: float = 100.0
+    tf_prefix: str = ""
+    joint_names: tuple[str, ...] = ARM_JOINT_NAMES
+    gripper_joints: tuple[str, ...] = ("left_finger_joint", "right_finger_joint")
+    robot_adds_gravity: bool = True
+    state_timeout_s: float = 0.004  # 2 periods at 500 Hz
+    object_timeout_s: float = 0.5
+    max_torque_fraction: float = 1.0
+    max_velocity_rad_s: float = math.pi
+    joint_limit_margin_rad: float = 0.05
+    goal_height_m: float = 0.10
+    object_half_extents_m: tuple[float, ...] = ()  # used until a message gives them
+
+    def __post_init__(self):
+        if self.ur_type not in UR_TYPES:
+            raise ConfigError(f"ur_type {self.ur_type!r}: supported are {', '.join(UR_TYPES)}")
+        if self.command_interface not in COMMAND_INTERFACES:
+            raise ConfigError(f"command_interface {self.command_interface!r}: choose effort or velocity")
+        if self.command_interface == "effort" and not UR_TYPES[self.ur_type]["effort"]:
+            raise ConfigError(f"command_interface effort on {self.ur_type} ({UR_TYPES[self.ur_type]['series']}): "
+                              "CB3 controllers cannot take joint torques; use command_interface:=velocity")
+        if not (0 < self.policy_rate_hz <= self.rate_hz <= 5000):
+            raise ConfigError(f"need 0 < policy_rate_hz <= rate_hz <= 5000, got policy_rate_hz={self.policy_rate_hz}, "
+                              f"rate_hz={self.rate_hz}")
+        if len(self.joint_names) != N_ARM or len(set(self.joint_names)) != N_ARM:
+            raise ConfigError(f"joint_names must name {N_ARM} distinct arm joints, got {list(self.joint_names)}")
+        for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not (0 < self.max_torque_fraction <= 1):
+            raise ConfigError(f"max_torque_fraction must be in (0, 1], got {self.max_torque_fraction}")
+        if self.joint_limit_margin_rad < 0:
+            raise ConfigError(f"joint_limit_margin_rad must be >= 0, got {self.joint_limit_margin_rad}")
+        if self.object_half_extents_m and (len(self.object_half_extents_m) != 3
+                                           or not all(e > 0 for e in self.object_half_extents_m)):
+            raise ConfigError(f"object_half_extents_m must be 3 positive numbers, got {self.object_half_extents_m}")
+
+    @property
+    def arm_joints(self) -> tuple[str, ...]:
+        return tuple(self.tf_prefix + name for name in self.joint_names)
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass
+class ArmState:
+    stamp_s: float
+    q: np.ndarray
+    qd: np.ndarray
+    tau: np.ndarray  # zeros when the message had no efforts
+    gripper_opening_m: float
+    gripper_speed_m_s: float
+
+
+@dataclass
+class ObjectPose:
+    stamp_s: float
+    pos: np.ndarray
+    quat_wxyz: np.ndarray
+
+
+@dataclass
+class Command:
+    values: np.ndarray  # 6 joint torques (N m) or velocities (rad/s), what goes to the arm controller
+    gripper: float  # -1 open .. 1 closed
+    stop: bool
+    reason: str = ""
+
+
+@dataclass
+class Stats:
+    ticks: int = 0
+    policy_steps: int = 0
+    stops: int = 0
+    rejected: dict = field(default_factory=dict)
+    policy_step_s: deque = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def reject(self, reason: str) -> None:
+        key = reason.split(":")[0]
+        self.rejected[key] = self.rejected.get(key, 0) + 1
+
+
+def parse_joint_state(config: NodeConfig, names, positions, velocities, efforts, stamp_s: float,
+                      need_effort: bool) -> ArmState:
+    """Arm and gripper state from a JointState message's fields, matched by joint name."""
+    names = list(names)
+    positions, velocities, efforts = (np.asarray(a, dtype=float) for a in (positions, velocities, efforts))
+    if len(positions) != len(names):
+        raise MessageError(f"malformed joint_states: {len(names)} names but {len(positions)} positions")
+    for label, arr in (("velocities", velocities), ("efforts", efforts)):
+        if len(arr) not in (0, len(names)):
+            raise MessageError(f"malformed joint_states: {len(names)} names but {len(arr)} {label}")
+    if len(velocities) == 0:
+        raise MessageError("malformed joint_states: no velocities")
+    if need_effort and len(efforts) == 0:
+        raise MessageError("malformed joint_states: no efforts, and the policy uses measured joint torques")
+    index = {n: i for i, n in enumerate(names)}
+    missing = [n for n in (*config.arm_joints, *config.gripper_joints) if n not in index]
+    if missing:
+        raise MessageError(f"malformed joint_states: missing joints {missing} (have {names})")
+    arm = [index[n] for n in config.arm_joints]
+    grip = [index[n] for n in config.gripper_joints]
+    used = arm + grip
+    for label, arr in (("positions", positions), ("velocities", velocities), ("efforts", efforts)):
+        if len(arr) and not np.all(np.isfinite(arr[used])):
+            raise MessageError(f"non-finite joint_states {label}")
+    if not math.isfinite(stamp_s):
+        raise MessageError("non-finite joint_states stamp")
+    tau = efforts[arm] if len(efforts) else np.zeros(N_ARM)
+    return ArmState(stamp_s, positions[arm].copy(), velocities[arm].copy(), tau.copy(),
+                    float(positions[grip].sum()), float(velocities[grip].sum()))
+
+
+class ControlCore:
+    """``on_joint_state`` / ``on_object_pose`` / ``estop`` / ``reset`` in, ``tick(now)`` out.
+
+    ``controller`` is anything with ``reset(obs)`` and ``act(obs) -> 7 actions in [-1, 1]``
+    (6 normalised joint torques, gripper) over the grasp env's observation — the hierarchical
+    controller or the scripted baseline.
+    """
+
+    def __init__(self, config: NodeConfig, controller, torque_features: bool = True):
+        self.config = config
+        self.controller = controller
+        self.need_effort = torque_features
+        desc = default_description()
+        variant = config.ur_type
+        self.joint_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
+        self.torque_limit = self.joint_limit_nm * config.max_torque_fraction
+        self._inv_limit = 1.0 / self.joint_limit_nm
+        self.max_gripper_opening_m = desc.gripper.max_opening_m
+        self.model = RobotModel(variant)
+        m = self.model.model
+        ranges = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
+        self.q_low = ranges[:, 0] + config.joint_limit_margin_rad
+        self.q_high = ranges[:, 1] - config.joint_limit_margin_rad
+        self.policy_period_s = 1.0 / config.policy_rate_hz
+        self.stats = Stats()
+        self.state: ArmState | None = None
+        self.object: ObjectPose | None = None
+        self.object_extents = (np.array(config.object_half_extents_m, dtype=float)
+                               if config.object_half_extents_m else None)
+        self.estopped = False
+        self.reset()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def on_joint_state(self, names, positions, velocities, efforts, stamp_s: float) -> None:
+        try:
+            state = parse_joint_state(self.config, names, positions, velocities, efforts, stamp_s, self.need_effort)
+            if self.state is not None and state.stamp_s < self.state.stamp_s:
+                raise MessageError(f"out-of-order joint_states: stamp {state.stamp_s:.6f} s is older than the last "
+                                   f"accepted {self.state.stamp_s:.6f} s")
+        except MessageError as exc:
+            self.stats.reject(str(exc))
+            raise
+        self.state = state
+
+    def on_object_pose(self, pos, quat_wxyz, stamp_s: float) -> None:
+        try:
+            pos, quat = np.asarray(pos, dtype=float), np.asarray(quat_wxyz, dtype=float)
+            if pos.shape != (3,) or quat.shape != (4,):
+                raise MessageError(f"malformed object pose: position {pos.shape}, orientation {quat.shape}")
+            if not (np.all(np.isfinite(pos)) and np.all(np.isfinite(quat)) and math.isfinite(stamp_s)):
+                raise MessageError("non-finite object pose")
+            norm = float(np.linalg.norm(quat))
+            if not 0.9 < norm < 1.1:
+                raise MessageError(f"object pose orientation is not a unit quaternion (norm {norm:.3f})")
+            if self.object is not None and stamp_s < self.object.stamp_s:
+                raise MessageError("out-of-order object pose")
+        except MessageError as exc:
+            self.stats.reject(str(exc))
+            raise
+        self.object = ObjectPose(stamp_s, pos, quat / norm)
+
+    def on_object_extents(self, extents) -> None:
+        extents = np.asarray(extents, dtype=float)
+        if extents.shape != (3,) or not np.all(np.isfinite(extents)) or not np.all(extents > 0):
+            self.stats.reject("malformed object extents")
+            raise MessageError(f"object extents must be 3 positive half-sizes in m, got {extents.tolist()}")
+        self.object_extents = extents
+
+    def estop(self, reason: str = "e-stop") -> None:
+        self.estopped = True
+        self.estop_reason = reason
+
+    def reset(self) -> None:
+        """Clear the e-stop and start a new grasp at the next tick with fresh inputs."""
+        self.estopped = False
+        self.estop_reason = ""
+        self._started = False
+        self._next_policy_s = -math.inf
+        self._held: Command | None = None
+        self._resting_pos: np.ndarray | None = None
+        self._gripper_cmd: float | None = None
+
+    # -- output --------------------------------------------------------------------------------
+
+    def stop_command(self, reason: str) -> Command:
+        self.stats.stops += 1
+        self._held = None
+        self._next_policy_s = -math.inf
+        return Command(np.zeros(N_ARM), self._hold_gripper(), True, reason)
+
+    def _hold_gripper(self) -> float:
+        """Keep squeezing what is held: the last gripper command, else the present opening."""
+        if self._gripper_cmd is not None:
+            return self._gripper_cmd
+        if self.state is None:
+            return -1.0  # nothing known: open
+        return float(np.clip(1.0 - 2.0 * self.state.gripper_opening_m / self.max_gripper_opening_m, -1.0, 1.0))
+
+    def tick(self, now_s: float) -> Command:
+        """The command for this control period. Never raises on bad inputs: it stops."""
+        self.stats.ticks += 1
+        cfg = self.config
+        if self.estopped:
+            return self.stop_command(self.estop_reason)
+        if self.state is None:
+            return self.stop_command("no joint_states yet")
+        age = now_s - self.state.stamp_s
+        if age > cfg.state_timeout_s:
+            return self.stop_command(f"joint_states stale: {age * 1e3:.1f} ms old > {cfg.state_timeout_s * 1e3:.1f} ms")
+        if self.object is None:
+            return self.stop_command("no object pose yet")
+        if now_s - self.object.stamp_s > cfg.object_timeout_s:
+            return self.stop_command(f"object pose stale: {(now_s - self.object.stamp_s) * 1e3:.0f} ms old")
+        if self.object_extents is None:
+            return self.stop_command("object extents unknown")
+        if self._held is not None and now_s < self._next_policy_s:
+            return self._held
+        try:
+            command = self._policy_step()
+        except Exception as exc:  # a policy that throws must not leave a torque on the arm
+            return self.stop_command(f"policy error: {exc!r}")
+        if command.stop:
+            return command
+        self._next_policy_s = (now_s if self._next_policy_s == -math.inf else self._next_policy_s) + self.policy_period_s
+        if self._next_policy_s < now_s:  # fell behind by more than a period: do not try to catch up
+            self._next_policy_s = now_s + self.policy_period_s
+        self._held = command
+        return command
+
+    def observation(self) -> np.ndarray:
+        """The grasp env's 35-D observation from the latest joint state and object pose."""
+        s, o = self.state, self.object
+        if self._resting_pos is None:
+            self._resting_pos = o.pos.copy()
+        tcp_pos, tcp_rot = self.model.forward_kinematics(s.q)
+        obs = np.empty(OBS_SIZE, dtype=np.float32)
+        sl = OBS_SLICES
+        obs[sl["q"]] = s.q
+        obs[sl["qd"]] = s.qd / math.pi
+        obs[sl["tau"]] = s.tau * self._inv_limit if self.need_effort else 0.0
+        obs[sl["gripper"]] = (s.gripper_opening_m / self.max_gripper_opening_m, s.gripper_speed_m_s * 10.0)
+        rot = np.empty(9)
+        mujoco.mju_quat2Mat(rot, o.quat_wxyz)
+        rot = rot.reshape(3, 3)
+        rows = np.vstack([o.pos - tcp_pos, rot[:, 0], rot[:, 1]])
+        obs[sl["object_pos"].start: sl["object_rot"].stop] = (rows @ tcp_rot).ravel()
+        obs[sl["object_size"]] = self.object_extents
+        goal = self._resting_pos + np.array([0.0, 0.0, self.config.goal_height_m])
+        obs[sl["goal"]] = goal - o.pos
+        return obs
+
+    def _policy_step(self) -> Command:
+        start = time.perf_counter()
+        obs = self.observation()
+        if not self._started:
+            self.controller.reset(obs)
+            self._started = True
+        action = np.asarray(self.controller.act(obs), dtype=float)
+        self.stats.policy_step_s.append(time.perf_counter() - start)
+        self.stats.policy_steps += 1
+        if action.shape != (N_ARM + 1,) or not np.all(np.isfinite(action)):
+            return self.stop_command(f"policy output rejected: shape {action.shape}, "
+                                     f"finite={bool(np.all(np.isfinite(action)))}")
+        values = self._to_interface(np.clip(action[:N_ARM], -1.0, 1.0) * self.joint_limit_nm)
+        if not np.all(np.isfinite(values)):
+            return self.stop_command("command conversion produced NaN/Inf")
+        self._gripper_cmd = float(np.clip(action[N_ARM], -1.0, 1.0))
+        return Command(values, self._gripper_cmd, False)
+
+    def _to_interface(self, tau: np.ndarray) -> np.ndarray:
+        s, cfg = self.state, self.config
+        self.model.update(s.q, s.qd, s.gripper_opening_m)
+        low, high = s.q <= self.q_low, s.q >= self.q_high
+        if cfg.command_interface == "effort":
+            tau = np.clip(tau, -self.torque_limit, self.torque_limit)
+            fast = np.abs(s.qd) > cfg.max_velocity_rad_s
+            # Remove what pushes further past a joint limit or further above the velocity limit.
+            gravity = self.model.gravity_torque()
+            push = tau - gravity
+            outward = (low & (push < 0)) | (high & (push > 0)) | (fast & (np.sign(push) == np.sign(s.qd)))
+            tau = np.where(outward, gravity, tau)
+            return tau - gravity if cfg.robot_adds_gravity else tau
+        qdd = np.linalg.solve(self.model.mass_matrix(), tau - self.model.bias_torque())
+        v = s.qd + qdd * self.policy_period_s
+        v = np.clip(v, -cfg.max_velocity_rad_s, cfg.max_velocity_rad_s)
+        v = np.where(low, np.maximum(v, 0.0), v)
+        return np.where(high, np.minimum(v, 0.0), v)
+
