@@ -1,0 +1,306 @@
+"""The ROS 2 policy node: a thin rclpy shell over :class:`ds_robot.deploy.core.ControlCore`.
+
+Subscribes ``joint_states`` (sensor_msgs/JointState), ``object_pose``
+(geometry_msgs/PoseStamped, base frame), ``object_extents`` (std_msgs/Float64MultiArray, the
+object's half-sizes; transient local) and ``estop`` (std_msgs/Bool); publishes the arm command
+(std_msgs/Float64MultiArray) on ``/forward_effort_controller/commands`` or
+``/forward_velocity_controller/commands``, the gripper command, and diagnostics
+(diagnostic_msgs/DiagnosticArray: loop period and policy-step percentiles, late cycles, stops,
+rejected messages). Services ``~/estop`` and ``~/reset`` (std_srvs/Trigger).
+
+On SIGINT/SIGTERM, and on any exception in the loop, the last command it sends is a stop.
+Runs without torch: the policy is a NumPy (fp32 or int8) file.
+
+    python -m ds_robot.deploy.policy_node --ros-args --params-file config/ur5e_sim.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import deque
+
+import numpy as np
+
+from ds_robot.deploy.core import UR_TYPES, ControlCore, MessageError, NodeConfig
+from ds_robot.errors import ConfigError
+
+DEFAULT_TOPICS = {
+    "joint_states_topic": "/joint_states",
+    "object_pose_topic": "/object_pose",
+    "object_extents_topic": "/ds_robot/object_extents",
+    "estop_topic": "/ds_robot/estop",
+    "effort_command_topic": "/forward_effort_controller/commands",
+    "velocity_command_topic": "/forward_velocity_controller/commands",
+    "gripper_command_topic": "/gripper_controller/commands",
+    "diagnostics_topic": "/diagnostics",
+}
+
+
+def default_policy_path() -> str:
+    from ds_robot.paths import policies_dir
+
+    return str(policies_dir() / "grasp_hier_int8.npz")
+
+
+def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float):
+    """The controller the core runs and whether it reads measured torques."""
+    if kind == "hier":
+        from ds_robot.hier.controller import HierarchicalController
+        from ds_robot.hier.policy import HierPolicy
+
+        policy = HierPolicy.load(policy_path)
+        return HierarchicalController(policy, control_dt_s, ur_type), policy.torque_features
+    if kind == "scripted":
+        from ds_robot.control.scripted import ScriptedGraspController
+
+        return ScriptedGraspController(control_dt_s, ur_type), False
+    raise ConfigError(f"controller {kind!r}: choose hier or scripted")
+
+
+class LoopTimer:
+    """Period and policy-step statistics over a sliding window, for diagnostics and the bench."""
+
+    def __init__(self, period_s: float, window: int = 5000):
+        self.period_s = period_s
+        self.periods = deque(maxlen=window)
+        self.late = 0
+        self.cycles = 0
+        self._last: float | None = None
+
+    def tick(self, t: float) -> None:
+        if self._last is not None:
+            dt = t - self._last
+            self.periods.append(dt)
+            self.cycles += 1
+            if dt > 1.25 * self.period_s:
+                self.late += 1
+        self._last = t
+
+    def summary(self) -> dict:
+        p = np.array(self.periods) * 1e3 if self.periods else np.zeros(1)
+        return {"cycles": self.cycles, "late": self.late, "late_rate": self.late / max(self.cycles, 1),
+                "period_p50_ms": float(np.percentile(p, 50)), "period_p99_ms": float(np.percentile(p, 99)),
+                "period_max_ms": float(p.max())}
+
+
+def build_node():
+    """Create the node (rclpy must be initialised). Raises ConfigError on bad parameters."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float64MultiArray
+    from std_srvs.srv import Trigger
+
+    class PolicyNode(Node):
+        def __init__(self):
+            super().__init__("ds_robot_policy")
+            d = NodeConfig()
+            p = self.declare_parameter
+            ur_type = p("ur_type", d.ur_type).value
+            rate_default = UR_TYPES.get(ur_type, UR_TYPES["ur5e"])["rate_hz"]
+            self.config = NodeConfig(
+                ur_type=ur_type,
+                command_interface=p("command_interface", d.command_interface).value,
+                rate_hz=float(p("rate_hz", rate_default).value),
+                policy_rate_hz=float(p("policy_rate_hz", d.policy_rate_hz).value),
+                tf_prefix=p("tf_prefix", d.tf_prefix).value,
+                joint_names=tuple(p("joint_names", list(d.joint_names)).value),
+                gripper_joints=tuple(p("gripper_joints", list(d.gripper_joints)).value),
+                robot_adds_gravity=bool(p("robot_adds_gravity", d.robot_adds_gravity).value),
+                state_timeout_s=float(p("state_timeout_s", 2.0 / rate_default).value),
+                object_timeout_s=float(p("object_timeout_s", d.object_timeout_s).value),
+                max_torque_fraction=float(p("max_torque_fraction", d.max_torque_fraction).value),
+                max_velocity_rad_s=float(p("max_velocity_rad_s", d.max_velocity_rad_s).value),
+                joint_limit_margin_rad=float(p("joint_limit_margin_rad", d.joint_limit_margin_rad).value),
+                goal_height_m=float(p("goal_height_m", d.goal_height_m).value),
+            )
+            extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
+            kind = p("controller", "hier").value
+            policy = p("policy", "").value or default_policy_path()
+            self.topics = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
+            controller, torque_features = make_controller(kind, policy, self.config.ur_type,
+                                                          1.0 / self.config.policy_rate_hz)
+            self.core = ControlCore(self.config, controller, torque_features)
+            if any(e > 0 for e in extents):
+                try:
+                    self.core.on_object_extents(extents)
+                except MessageError as exc:
+                    raise ConfigError(f"parameter object_half_extents_m: {exc}") from exc
+            self.get_logger().info(
+                f"{kind} controller ({policy if kind == 'hier' else 'model-based'}) on {self.config.ur_type} "
+                f"{UR_TYPES[self.config.ur_type]['series']}, {self.config.command_interface} interface at "
+                f"{self.config.rate_hz:g} Hz, policy at {self.config.policy_rate_hz:g} Hz")
+
+            t = self.topics
+            command_topic = t[f"{self.config.command_interface}_command_topic"]
+            self.pub_command = self.create_publisher(Float64MultiArray, command_topic, 10)
+            self.pub_gripper = self.create_publisher(Float64MultiArray, t["gripper_command_topic"], 10)
+            self.pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics_topic"], 10)
+            sensor_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state, sensor_qos)
+            self.create_subscription(PoseStamped, t["object_pose_topic"], self._on_object_pose, sensor_qos)
+            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+            self.create_subscription(Float64MultiArray, t["object_extents_topic"], self._on_extents, latched)
+            self.create_subscription(Bool, t["estop_topic"], self._on_estop, 10)
+            self.create_service(Trigger, "~/estop", self._srv_estop)
+            self.create_service(Trigger, "~/reset", self._srv_reset)
+            self.loop = LoopTimer(self.config.period_s)
+            self._last_reason = None
+            self._command_msg = Float64MultiArray()
+            self._gripper_msg = Float64MultiArray()
+            self.create_timer(self.config.period_s, self._tick)
+            self.create_timer(1.0, self._publish_diagnostics)
+
+        def now_s(self) -> float:
+            return self.get_clock().now().nanoseconds * 1e-9
+
+        # -- inputs ------------------------------------------------------------------------
+
+        def _warn(self, text: str) -> None:
+            self.get_logger().warning(text, throttle_duration_sec=1.0)
+
+        def _on_joint_state(self, msg) -> None:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            try:
+                self.core.on_joint_state(msg.name, msg.position, msg.velocity, msg.effort, stamp)
+            except MessageError as exc:
+                self._warn(f"joint_states ignored: {exc}")
+
+        def _on_object_pose(self, msg) -> None:
+            stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            pos, q = msg.pose.position, msg.pose.orientation
+            try:
+                self.core.on_object_pose((pos.x, pos.y, pos.z), (q.w, q.x, q.y, q.z), stamp)
+            except MessageError as exc:
+                self._warn(f"object pose ignored: {exc}")
+
+        def _on_extents(self, msg) -> None:
+            try:
+                self.core.on_object_extents(msg.data)
+            except MessageError as exc:
+                self._warn(f"object extents ignored: {exc}")
+
+        def _on_estop(self, msg) -> None:
+            if msg.data:
+                self.core.estop("e-stop topic")
+                self.get_logger().error("E-STOP (topic): stop command latched until ~/reset")
+                self._tick()  # stop now, not at the next period
+
+        def _srv_estop(self, request, response):
+            self.core.estop("e-stop service")
+            self.get_logger().error("E-STOP (service): stop command latched until ~/reset")
+            self._tick()
+            response.success, response.message = True, "stop command latched"
+            return response
+
+        def _srv_reset(self, request, response):
+            self.core.reset()
+            self.get_logger().info("reset: e-stop cleared, a new grasp starts with fresh inputs")
+            response.success, response.message = True, "reset"
+            return response
+
+        # -- output ------------------------------------------------------------------------
+
+        def publish(self, values, gripper: float) -> None:
+            self._command_msg.data = [float(v) for v in values]
+            self.pub_command.publish(self._command_msg)
+            self._gripper_msg.data = [float(gripper)]
+            self.pub_gripper.publish(self._gripper_msg)
+
+        def send_stop(self, reason: str) -> None:
+            command = self.core.stop_command(reason)
+            self.publish(command.values, command.gripper)
+
+        def _tick(self) -> None:
+            now = self.now_s()
+            self.loop.tick(time.perf_counter())
+            try:
+                command = self.core.tick(now)
+            except Exception as exc:  # the core does not raise on inputs; anything else is a bug: stop
+                self.send_stop(f"internal error {exc!r}")
+                self.get_logger().error(f"control loop error, stop sent: {exc!r}")
+                return
+            self.publish(command.values, command.gripper)
+            reason = command.reason if command.stop else None
+            if reason != self._last_reason:
+                if reason:
+                    self.get_logger().error(f"STOP: {reason}")
+                elif self._last_reason:
+                    self.get_logger().info("running the policy")
+                self._last_reason = reason
+
+        def _publish_diagnostics(self) -> None:
+            summary = self.diagnostics()
+            status = DiagnosticStatus(name="ds_robot_policy: control loop", hardware_id=self.config.ur_type)
+            status.level = DiagnosticStatus.OK if self._last_reason is None else DiagnosticStatus.ERROR
+            status.message = self._last_reason or "running"
+            status.values = [KeyValue(key=k, value=json.dumps(v)) for k, v in summary.items()]
+            msg = DiagnosticArray(status=[status])
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.pub_diag.publish(msg)
+
+        def diagnostics(self) -> dict:
+            steps = np.array(self.core.stats.policy_step_s) * 1e6 if self.core.stats.policy_step_s else np.zeros(1)
+            return {**self.loop.summary(), "policy_steps": self.core.stats.policy_steps,
+                    "policy_step_p50_us": float(np.percentile(steps, 50)),
+                    "policy_step_p99_us": float(np.percentile(steps, 99)),
+                    "stops": self.core.stats.stops, "rejected": self.core.stats.rejected}
+
+    return PolicyNode()
+
+
+def run_until_signal(node, on_exit) -> int:
+    """Spin ``node`` until SIGINT/SIGTERM; ``on_exit()`` runs before the context shuts down
+    (so a final message can still be published)."""
+    import rclpy
+
+    stopping = []
+
+    def request_stop(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    code = 0
+    try:
+        while not stopping and rclpy.ok():
+            rclpy.spin_once(node, timeout_sec=0.05)
+    except Exception as exc:
+        node.get_logger().error(f"fatal: {exc!r}")
+        code = 1
+    finally:
+        on_exit()
+        time.sleep(0.1)  # let DDS deliver the last messages
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = build_node()
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"ds_robot_policy: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+
+    def final_stop():
+        for _ in range(3):
+            node.send_stop("shutdown")
+        node.get_logger().info("shutdown: stop command sent")
+
+    return run_until_signal(node, final_stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

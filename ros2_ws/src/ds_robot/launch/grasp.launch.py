@@ -1,0 +1,63 @@
+"""ros2 launch ds_robot grasp.launch.py [use_sim:=true|false] [ur_type:=ur5e|ur5] [robot_ip:=...]
+[command_interface:=effort|velocity] [policy:=FILE] [config:=FILE]
+
+use_sim:=true (default): the MuJoCo sim node plays the arm, gripper and object.
+use_sim:=false: includes ur_robot_driver's ur_control.launch.py for the arm at robot_ip, with
+forward_effort_controller (e-Series) or forward_velocity_controller (CB3) as the initial
+controller. The object pose must then come from your perception on /object_pose.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.conditions import IfCondition, UnlessCondition
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def _nodes(context):
+    share = get_package_share_directory("ds_robot")
+    ur_type = LaunchConfiguration("ur_type").perform(context)
+    interface = LaunchConfiguration("command_interface").perform(context)
+    if not interface:
+        interface = "effort" if ur_type.endswith("e") else "velocity"
+    if interface == "effort" and not ur_type.endswith("e"):
+        raise RuntimeError(f"command_interface:=effort on {ur_type} (CB3): CB3 controllers cannot take joint "
+                           "torques; use command_interface:=velocity")
+    config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", f"{ur_type}.yaml")
+    overrides = {"ur_type": ur_type, "command_interface": interface,
+                 "policy": LaunchConfiguration("policy").perform(context)}
+    use_sim = LaunchConfiguration("use_sim")
+    actions = [
+        Node(package="ds_robot", executable="sim_node", name="ds_robot_sim", output="screen",
+             parameters=[config, {"ur_type": ur_type, "command_interface": interface}],
+             condition=IfCondition(use_sim)),
+        Node(package="ds_robot", executable="policy_node", name="ds_robot_policy", output="screen",
+             parameters=[config, overrides]),
+    ]
+    controller = f"forward_{interface}_controller"
+    driver_launch = os.path.join(get_package_share_directory("ur_robot_driver"), "launch", "ur_control.launch.py") \
+        if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0") else None
+    if driver_launch:
+        actions.append(IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(driver_launch),
+            launch_arguments={"ur_type": ur_type, "robot_ip": LaunchConfiguration("robot_ip"),
+                              "initial_joint_controller": controller, "launch_rviz": "false"}.items(),
+            condition=UnlessCondition(use_sim)))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("use_sim", default_value="true", description="MuJoCo sim node instead of the arm"),
+        DeclareLaunchArgument("robot_ip", default_value="192.168.56.101", description="the UR controller's address"),
+        DeclareLaunchArgument("ur_type", default_value="ur5e", description="ur5e (e-Series) or ur5 (CB3)"),
+        DeclareLaunchArgument("command_interface", default_value="",
+                              description="effort (e-Series direct torque) or velocity (CB3); empty: by ur_type"),
+        DeclareLaunchArgument("policy", default_value="", description="policy file; empty: the shipped int8 policy"),
+        DeclareLaunchArgument("config", default_value="", description="parameter YAML; empty: config/<ur_type>.yaml"),
+        OpaqueFunction(function=_nodes),
+    ])

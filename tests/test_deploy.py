@@ -1,0 +1,248 @@
+"""Deployment without ROS: int8 quantization and policy files, the policy node's control core
+(safety, watchdog, interfaces) closed-loop against the sim arm, and the torch-free runtime."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ds_robot.deploy.core import ControlCore, MessageError, NodeConfig
+from ds_robot.deploy.quantize import dequantize, quantize
+from ds_robot.deploy.sim_core import SimArm
+from ds_robot.errors import ConfigError
+from ds_robot.hier.controller import HierarchicalController
+from ds_robot.hier.policy import HierPolicy, PolicyFileError
+from ds_robot.paths import policies_dir
+
+SHIPPED = policies_dir() / "grasp_hier.npz"
+SHIPPED_INT8 = policies_dir() / "grasp_hier_int8.npz"
+
+
+# -- quantization --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantize_error_is_at_most_half_a_level_on_any_range(per_channel):
+    rng = np.random.default_rng(0)
+    for w in (rng.normal(size=(47, 64)), rng.uniform(0.1, 0.9, size=(64, 7)), np.full((3, 4), 0.37)):
+        q, delta, w_min = quantize(w, per_channel)
+        assert q.dtype == np.int8 and q.shape == w.shape
+        error = np.abs(dequantize(q, delta, w_min) - w)
+        span = (w.max(axis=0) - w.min(axis=0)) if per_channel else (w.max() - w.min())
+        assert np.all(error <= np.maximum(span / 255 / 2, 0) * (1 + 1e-5) + 1e-7)
+    with pytest.raises(ValueError, match="NaN"):
+        quantize(np.array([[0.0, np.nan]]))
+
+
+def test_int8_policy_file_is_a_quarter_of_fp32_and_acts_the_same(tmp_path):
+    fp32 = HierPolicy.load(SHIPPED)
+    for scheme in ("int8_tensor", "int8_channel"):
+        path = tmp_path / f"{scheme}.npz"
+        fp32.save(path, scheme)
+        int8 = HierPolicy.load(path)
+        assert int8.quantization == scheme
+        assert path.stat().st_size < 0.31 * SHIPPED.stat().st_size
+        x = np.random.default_rng(1).normal(size=(500, 47))
+        for a, b in zip([fp32.planner, *fp32.skills], [int8.planner, *int8.skills], strict=True):
+            assert np.abs(a(x) - b(x)).max() < 0.05
+        assert np.mean(fp32.planner(x).argmax(1) == int8.planner(x).argmax(1)) > 0.95
+
+
+def test_int8_file_damage_is_refused(tmp_path):
+    path = tmp_path / "p.npz"
+    HierPolicy.load(SHIPPED).save(path, "int8_tensor")
+    with np.load(path) as data:
+        header, q, scales = json.loads(str(data["header"])), data["q"], data["scales"]
+
+    def write(name, header, q):
+        out = tmp_path / name
+        np.savez(out, header=np.array(json.dumps(header)), q=q, scales=scales)
+        return out
+
+    bad_table = json.loads(json.dumps(header))
+    bad_table["tensors"][0][1] = [48, 64]  # a shape that does not fit the packed array
+    with pytest.raises(PolicyFileError, match="tensor table|maps"):
+        HierPolicy.load(write("table.npz", bad_table, q))
+    flipped = q.copy()
+    flipped[10] ^= 1
+    with pytest.raises(PolicyFileError, match="SHA-256"):
+        HierPolicy.load(write("flipped.npz", header, flipped))
+    with pytest.raises(PolicyFileError, match="weights stored as"):
+        HierPolicy.load(write("int4.npz", {**header, "weights": "int4"}, q))
+    with pytest.raises(ConfigError, match="quantization"):
+        HierPolicy.load(SHIPPED).save(tmp_path / "x.npz", "int4")
+
+
+def test_robot_side_path_never_imports_torch():
+    code = ("import sys; from ds_robot.deploy.core import ControlCore, NodeConfig; "
+            "from ds_robot.deploy.sim_core import SimArm; import ds_robot.deploy.policy_node, ds_robot.deploy.sim_node; "
+            "from ds_robot.hier.controller import HierarchicalController; from ds_robot.hier.policy import HierPolicy; "
+            f"p = HierPolicy.load({str(SHIPPED_INT8)!r}); "
+            "core = ControlCore(NodeConfig(), HierarchicalController(p)); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- the control core ------------------------------------------------------------------------------
+
+def _feed(core, arm, t, names=None):
+    s = arm.env.state
+    names = names or [*arm.arm_joint_names, *arm.gripper_joint_names]
+    half, half_speed = s.gripper_opening_m / 2, s.gripper_speed_m_s / 2
+    core.on_joint_state(names, [*s.q_rad, half, half], [*s.qd_rad_s, half_speed, half_speed],
+                        [*s.tau_measured_nm, 0.0, 0.0], t)
+    core.on_object_pose(s.object_pos_m, s.object_quat, t)
+
+
+def _closed_loop(ur_type, interface, rate_hz, seed, policy=SHIPPED_INT8, seconds=6.0):
+    arm = SimArm(ur_type, interface)
+    arm.reset(seed)
+    config = NodeConfig(ur_type=ur_type, command_interface=interface, rate_hz=rate_hz,
+                        object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m))
+    core = ControlCore(config, HierarchicalController(HierPolicy.load(policy), 0.01, ur_type))
+    every = round(1 / rate_hz / arm.dt)
+    for k in range(int(seconds / arm.dt)):
+        if k % every == 0:
+            _feed(core, arm, arm.time_s)
+            command = core.tick(arm.time_s)
+            arm.set_command(command.values, command.gripper)
+        arm.step()
+        if arm.done:
+            break
+    return arm, core
+
+
+@pytest.mark.parametrize("ur_type,interface,rate_hz", [("ur5e", "effort", 500.0), ("ur5", "velocity", 125.0)])
+def test_core_grasps_through_each_command_interface(ur_type, interface, rate_hz):
+    arm, core = _closed_loop(ur_type, interface, rate_hz, seed=0)
+    assert arm.info["success"], arm.info
+    assert core.stats.stops == 0 and core.stats.policy_steps > 250
+
+
+def test_config_refusals():
+    with pytest.raises(ConfigError, match="CB3 controllers cannot take joint torques"):
+        NodeConfig(ur_type="ur5", command_interface="effort")
+    with pytest.raises(ConfigError, match="ur_type"):
+        NodeConfig(ur_type="ur10")
+    with pytest.raises(ConfigError, match="policy_rate_hz"):
+        NodeConfig(rate_hz=50.0, policy_rate_hz=100.0)
+    with pytest.raises(ConfigError, match="joint_names"):
+        NodeConfig(joint_names=("a", "a", "b", "c", "d", "e"))
+    with pytest.raises(ConfigError, match="max_torque_fraction"):
+        NodeConfig(max_torque_fraction=1.5)
+
+
+@pytest.fixture()
+def running():
+    """A core that has run the policy for a few ticks on live inputs."""
+    arm = SimArm()
+    arm.reset(0)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m)),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    for _ in range(20):
+        _feed(core, arm, arm.time_s)
+        command = core.tick(arm.time_s)
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+    assert not command.stop
+    return core, arm
+
+
+def test_watchdog_stops_on_stale_or_missing_inputs(running):
+    core, arm = running
+    t = core.state.stamp_s
+    assert not core.tick(t + 0.003).stop
+    stale = core.tick(t + 0.0045)  # newest joint state 4.5 ms old > 4 ms
+    assert stale.stop and "joint_states stale" in stale.reason and not np.any(stale.values)
+    fresh = SimArm()
+    fresh.reset(0)
+    blank = ControlCore(NodeConfig(), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    assert "no joint_states" in blank.tick(0.0).reason
+    _feed(blank, fresh, 0.0)
+    assert "object extents unknown" in blank.tick(0.0).reason
+    blank.on_object_extents([0.02, 0.02, 0.02])
+    assert not blank.tick(0.001).stop
+    assert "joint_states stale" in blank.tick(0.6).reason
+    names = [*fresh.arm_joint_names, *fresh.gripper_joint_names]
+    s = fresh.env.state
+    blank.on_joint_state(names, [*s.q_rad, 0, 0], [*s.qd_rad_s, 0, 0], [*s.tau_measured_nm, 0, 0], 0.6)
+    assert "object pose stale" in blank.tick(0.6).reason
+
+
+def test_malformed_messages_are_rejected_and_change_nothing(running):
+    core, arm = running
+    before = core.state
+    s = arm.env.state
+    names = [*arm.arm_joint_names, *arm.gripper_joint_names]
+    q, qd, tau = [*s.q_rad, 0, 0], [*s.qd_rad_s, 0, 0], [*s.tau_measured_nm, 0, 0]
+    t = arm.time_s + 0.001
+    cases = {
+        "missing joints": (names[:5] + names[6:], q[:7], qd[:7], tau[:7], t),
+        "names but": (names, q[:7], qd, tau, t),
+        "efforts": (names, q, qd, tau[:3], t),
+        "non-finite joint_states positions": (names, [np.nan] + q[1:], qd, tau, t),
+        "non-finite joint_states efforts": (names, q, qd, [np.inf] + tau[1:], t),
+        "no velocities": (names, q, [], tau, t),
+        "no efforts": (names, q, qd, [], t),
+        "out-of-order": (names, q, qd, tau, before.stamp_s - 0.01),
+    }
+    for reason, message in cases.items():
+        with pytest.raises(MessageError, match=reason):
+            core.on_joint_state(*message)
+        assert core.state is before
+    # Names are matched, not indexed: a shuffled message gives the same state.
+    order = np.random.default_rng(0).permutation(len(names))
+    core.on_joint_state([names[i] for i in order], [q[i] for i in order], [qd[i] for i in order],
+                        [tau[i] for i in order], t)
+    np.testing.assert_allclose(core.state.q, s.q_rad)
+    for pos, quat, match in (([0, 0], [1, 0, 0, 0], "malformed"), ([0, 0, np.nan], [1, 0, 0, 0], "non-finite"),
+                             ([0, 0, 0], [2, 0, 0, 0], "unit quaternion")):
+        with pytest.raises(MessageError, match=match):
+            core.on_object_pose(pos, quat, t)
+    with pytest.raises(MessageError, match="extents"):
+        core.on_object_extents([0.1, -0.1, 0.1])
+    assert not core.tick(t).stop  # still running on the last good inputs
+    assert sum(core.stats.rejected.values()) == len(cases) + 4
+
+
+def test_nan_policy_output_estop_and_reset(running):
+    core, arm = running
+    t = arm.time_s
+
+    class Broken:
+        def reset(self, obs):
+            pass
+
+        def act(self, obs):
+            return np.full(7, np.nan)
+
+    good = core.controller
+    core.controller = Broken()
+    core._held = None  # the next tick runs the policy
+    command = core.tick(t)
+    assert command.stop and "policy output rejected" in command.reason and np.all(command.values == 0)
+    core.controller = good
+    assert not core.tick(t).stop
+    core.estop("test")
+    assert core.tick(t).stop and core.tick(t).reason == "test"
+    core.reset()
+    assert not core.tick(t).stop
+
+
+def test_effort_command_removes_gravity_and_respects_limits(running):
+    core, arm = running
+    s = core.state
+    core.model.update(s.q, s.qd, s.gripper_opening_m)
+    gravity = core.model.gravity_torque()
+    tau = np.full(6, 1e4)  # far beyond the limits
+    out = core._to_interface(tau)
+    np.testing.assert_allclose(out, core.torque_limit - gravity)
+    # At the upper joint limit the part that pushes further out is removed (gravity is kept).
+    core.state.q = core.q_high + 0.01
+    core.state.qd = np.zeros(6)
+    out = core._to_interface(np.full(6, 10.0))
+    core.model.update(core.state.q, core.state.qd, core.state.gripper_opening_m)
+    pushes_out = 10.0 - core.model.gravity_torque() > 0
+    np.testing.assert_allclose(out[pushes_out], 0.0, atol=1e-9)
