@@ -17,7 +17,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 CONTROLLERS = ("scripted", "hier", "flat")
 ALGOS = ("a2c", "ppo", "sac")
 SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node")
 
 
 def policy_path(name: str, given: Path | None) -> Path:
@@ -268,11 +268,24 @@ def cmd_bench(args) -> int:
             raise ConfigError("bench grasp-curve needs --run DIR (a train grasp run directory)")
         return run_grasp_curve(args.run, args.episodes or (10 if args.quick else 100), args.json, args.plot,
                                workers=args.workers)
+    if args.name == "node":
+        from ds_robot.bench.node import run_node_benchmark
+
+        seconds = args.seconds or (5.0 if args.quick else 60.0)
+        episodes = args.episodes if args.episodes is not None else (10 if args.quick else 200)
+        return run_node_benchmark(seconds=seconds, quick=args.quick, json_path=args.json, episodes=episodes)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 
         return run_per_benchmark(quick=args.quick, json_path=args.json, repeats=args.repeats)
     raise ConfigError(f"unknown benchmark '{args.name}'")
+
+
+def cmd_quantize(args) -> int:
+    from ds_robot.bench.node import quantize_report
+
+    scheme = "int8_channel" if args.per_channel else "int8_tensor"
+    return quantize_report(args.policy, args.out, scheme, args.episodes, args.success_episodes, args.json)
 
 
 def cmd_model(args) -> int:
@@ -324,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="humanoid/grasp: runs in parallel processes (default: 2)")
     p.add_argument("--run", type=Path, default=None, help="grasp-curve: the train grasp run directory")
     p.add_argument("--episodes", type=positive_int, default=None,
-                   help="grasp: episodes per seed and variant (default: 200; --quick: 10)")
+                   help="grasp: episodes per seed and variant; node: offline grasp episodes per runtime "
+                        "(default: 200; --quick: 10)")
+    p.add_argument("--seconds", type=positive_float, default=None,
+                   help="node: seconds per variant beside the sim node (default: 60; --quick: 5)")
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
@@ -361,6 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("quantize", help="int8-quantize a hierarchical policy (.npz) and report error, size, latency")
+    p.add_argument("policy", type=Path, help="the fp32 policy file, e.g. models/policies/grasp_hier.npz")
+    p.add_argument("--out", type=Path, required=True, help="the int8 policy file to write")
+    p.add_argument("--per-channel", action="store_true", help="one scale per output channel instead of per tensor")
+    p.add_argument("--episodes", type=positive_int, default=10,
+                   help="fp32 episodes whose observations measure the action error (default: 10)")
+    p.add_argument("--success-episodes", type=int, default=50,
+                   help="grasp episodes to compare success of fp32 and int8 (default: 50; 0: skip)")
+    p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")
     p.add_argument("action", choices=("generate",))

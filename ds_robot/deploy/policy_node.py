@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 
@@ -45,27 +46,38 @@ def default_policy_path() -> str:
     return str(policies_dir() / "grasp_hier_int8.npz")
 
 
-def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float):
+def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str = "numpy"):
     """The controller the core runs and whether it reads measured torques."""
     if kind == "hier":
         from ds_robot.hier.controller import HierarchicalController
         from ds_robot.hier.policy import HierPolicy
 
         policy = HierPolicy.load(policy_path)
+        if runtime == "torch":  # the same weights in torch eager (benchmark comparison only)
+            from ds_robot.deploy.torch_runtime import torch_policy
+
+            policy = torch_policy(policy)
+        elif runtime != "numpy":
+            raise ConfigError(f"runtime {runtime!r}: choose numpy or torch")
         return HierarchicalController(policy, control_dt_s, ur_type), policy.torque_features
+    if kind == "none":
+        return IdleController(), False
     if kind == "scripted":
         from ds_robot.control.scripted import ScriptedGraspController
 
         return ScriptedGraspController(control_dt_s, ur_type), False
-    raise ConfigError(f"controller {kind!r}: choose hier or scripted")
+    raise ConfigError(f"controller {kind!r}: choose hier, scripted or none")
 
 
 class LoopTimer:
-    """Period and policy-step statistics over a sliding window, for diagnostics and the bench."""
+    """Loop periods and command latencies: a sliding window for diagnostics, and the whole run
+    (up to ``keep`` samples) for the stats file ``ds-robot bench node`` reads."""
 
-    def __init__(self, period_s: float, window: int = 5000):
+    def __init__(self, period_s: float, window: int = 5000, keep: int = 0):
         self.period_s = period_s
-        self.periods = deque(maxlen=window)
+        self.window = deque(maxlen=window)
+        self.all_periods = deque(maxlen=keep) if keep else None
+        self.state_age = deque(maxlen=keep) if keep else None
         self.late = 0
         self.cycles = 0
         self._last: float | None = None
@@ -73,17 +85,24 @@ class LoopTimer:
     def tick(self, t: float) -> None:
         if self._last is not None:
             dt = t - self._last
-            self.periods.append(dt)
+            self.window.append(dt)
+            if self.all_periods is not None:
+                self.all_periods.append(dt)
             self.cycles += 1
             if dt > 1.25 * self.period_s:
                 self.late += 1
         self._last = t
 
     def summary(self) -> dict:
-        p = np.array(self.periods) * 1e3 if self.periods else np.zeros(1)
+        p = np.array(self.window) * 1e3 if self.window else np.zeros(1)
         return {"cycles": self.cycles, "late": self.late, "late_rate": self.late / max(self.cycles, 1),
                 "period_p50_ms": float(np.percentile(p, 50)), "period_p99_ms": float(np.percentile(p, 99)),
                 "period_max_ms": float(p.max())}
+
+
+class IdleController:
+    """``controller: none``: the loop runs and publishes nothing but diagnostics (the floor
+    ``ds-robot bench node`` compares against)."""
 
 
 def build_node():
@@ -122,9 +141,12 @@ def build_node():
             extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
             kind = p("controller", "hier").value
             policy = p("policy", "").value or default_policy_path()
+            runtime = p("runtime", "numpy").value
+            self.stats_file = p("stats_file", "").value
             self.topics = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
             controller, torque_features = make_controller(kind, policy, self.config.ur_type,
-                                                          1.0 / self.config.policy_rate_hz)
+                                                          1.0 / self.config.policy_rate_hz, runtime)
+            self.idle = isinstance(controller, IdleController)
             self.core = ControlCore(self.config, controller, torque_features)
             if any(e > 0 for e in extents):
                 try:
@@ -150,7 +172,7 @@ def build_node():
             self.create_subscription(Bool, t["estop_topic"], self._on_estop, 10)
             self.create_service(Trigger, "~/estop", self._srv_estop)
             self.create_service(Trigger, "~/reset", self._srv_reset)
-            self.loop = LoopTimer(self.config.period_s)
+            self.loop = LoopTimer(self.config.period_s, keep=2_000_000 if self.stats_file else 0)
             self._last_reason = None
             self._command_msg = Float64MultiArray()
             self._gripper_msg = Float64MultiArray()
@@ -220,6 +242,8 @@ def build_node():
         def _tick(self) -> None:
             now = self.now_s()
             self.loop.tick(time.perf_counter())
+            if self.idle:
+                return
             try:
                 command = self.core.tick(now)
             except Exception as exc:  # the core does not raise on inputs; anything else is a bug: stop
@@ -227,10 +251,12 @@ def build_node():
                 self.get_logger().error(f"control loop error, stop sent: {exc!r}")
                 return
             self.publish(command.values, command.gripper)
-            reason = command.reason if command.stop else None
+            if self.loop.state_age is not None and self.core.state is not None:
+                self.loop.state_age.append(self.now_s() - self.core.state.stamp_s)
+            reason = command.reason.split(":")[0] if command.stop else None  # log changes of kind, not of ms
             if reason != self._last_reason:
                 if reason:
-                    self.get_logger().error(f"STOP: {reason}")
+                    self.get_logger().error(f"STOP: {command.reason}")
                 elif self._last_reason:
                     self.get_logger().info("running the policy")
                 self._last_reason = reason
@@ -251,6 +277,17 @@ def build_node():
                     "policy_step_p50_us": float(np.percentile(steps, 50)),
                     "policy_step_p99_us": float(np.percentile(steps, 99)),
                     "stops": self.core.stats.stops, "rejected": self.core.stats.rejected}
+
+        def write_stats(self) -> None:
+            """The whole run's loop periods, command latencies and policy-step times (bench node)."""
+            if not self.stats_file:
+                return
+            data = {**self.diagnostics(), "late_total": self.loop.late,
+                    "periods_s": list(self.loop.all_periods),
+                    "state_age_s": list(self.loop.state_age),
+                    "policy_step_s": list(self.core.stats.policy_step_s)}
+            Path(self.stats_file).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.stats_file).write_text(json.dumps(data))
 
     return PolicyNode()
 
@@ -295,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def final_stop():
-        for _ in range(3):
-            node.send_stop("shutdown")
-        node.get_logger().info("shutdown: stop command sent")
+        if not node.idle:
+            for _ in range(3):
+                node.send_stop("shutdown")
+            node.get_logger().info("shutdown: stop command sent")
+        node.write_stats()
 
     return run_until_signal(node, final_stop)
 
