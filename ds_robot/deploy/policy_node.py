@@ -323,10 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    from rclpy.exceptions import ParameterException
+
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = build_node()
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, ParameterException) as exc:
         print(f"ds_robot_policy: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2

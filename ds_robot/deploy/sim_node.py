@@ -160,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
+    from rclpy.exceptions import ParameterException
+
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = build_node()
-    except ConfigError as exc:
+    except (ConfigError, ParameterException) as exc:
         print(f"ds_robot_sim: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
