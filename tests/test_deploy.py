@@ -220,15 +220,16 @@ def test_nan_policy_output_estop_and_reset(running):
 
     good = core.controller
     core.controller = Broken()
-    core._held = None  # the next tick runs the policy
+    t = core._next_policy_s  # the next policy step
     command = core.tick(t)
     assert command.stop and "policy output rejected" in command.reason and np.all(command.values == 0)
+    assert core.tick(t + 0.002).stop  # stays stopped until the next policy step
     core.controller = good
-    assert not core.tick(t).stop
+    assert not core.tick(t + 0.0101).stop
     core.estop("test")
-    assert core.tick(t).stop and core.tick(t).reason == "test"
+    assert core.tick(t + 0.0102).stop and core.tick(t + 0.0102).reason == "test"
     core.reset()
-    assert not core.tick(t).stop
+    assert not core.tick(t + 0.0103).stop
 
 
 def test_effort_command_removes_gravity_and_respects_limits(running):

@@ -167,8 +167,8 @@ def test_node_refuses_bad_parameters(ros):
                         (["-p", "policy:=/nonexistent.npz"], "policy file not found"),
                         (["-p", "rate_hz:=50.0"], "policy_rate_hz")):
         proc = ros.start("policy_node", *args)
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 2 and match in out, out
+        assert proc.wait(timeout=60) == 2
+        assert match in ros.log(proc), ros.log(proc)
 
 
 @pytest.mark.skipif(shutil.which("colcon") is None, reason="colcon is not installed (the [ros] extra)")

@@ -262,9 +262,10 @@ class ControlCore:
     # -- output --------------------------------------------------------------------------------
 
     def stop_command(self, reason: str) -> Command:
+        """The stop command. The policy's 100 Hz schedule is kept: when fresh inputs return
+        within a policy period, the command of that period resumes (the skill machine's clock
+        advances once per policy step, never faster)."""
         self.stats.stops += 1
-        self._held = None
-        self._next_policy_s = -math.inf
         return Command(np.zeros(N_ARM), self._hold_gripper(), True, reason)
 
     def _hold_gripper(self) -> float:
@@ -297,9 +298,8 @@ class ControlCore:
         try:
             command = self._policy_step()
         except Exception as exc:  # a policy that throws must not leave a torque on the arm
-            return self.stop_command(f"policy error: {exc!r}")
-        if command.stop:
-            return command
+            command = self.stop_command(f"policy error: {exc!r}")
+        # A rejected output stays a stop until the next policy step.
         self._next_policy_s = (now_s if self._next_policy_s == -math.inf else self._next_policy_s) + self.policy_period_s
         if self._next_policy_s < now_s:  # fell behind by more than a period: do not try to catch up
             self._next_policy_s = now_s + self.policy_period_s

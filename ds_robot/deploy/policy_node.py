@@ -253,12 +253,14 @@ def build_node():
             self.publish(command.values, command.gripper)
             if self.loop.state_age is not None and self.core.state is not None:
                 self.loop.state_age.append(self.now_s() - self.core.state.stamp_s)
-            reason = command.reason.split(":")[0] if command.stop else None  # log changes of kind, not of ms
+            # Log changes of kind (not of milliseconds), at most once a second each: a watchdog
+            # flickering at 500 Hz must not flood the log.
+            reason = command.reason.split(":")[0] if command.stop else None
             if reason != self._last_reason:
                 if reason:
-                    self.get_logger().error(f"STOP: {command.reason}")
+                    self.get_logger().error(f"STOP: {command.reason}", throttle_duration_sec=1.0)
                 elif self._last_reason:
-                    self.get_logger().info("running the policy")
+                    self.get_logger().info("running the policy", throttle_duration_sec=1.0)
                 self._last_reason = reason
 
         def _publish_diagnostics(self) -> None:
@@ -296,6 +298,7 @@ def run_until_signal(node, on_exit) -> int:
     """Spin ``node`` until SIGINT/SIGTERM; ``on_exit()`` runs before the context shuts down
     (so a final message can still be published)."""
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
 
     stopping = []
 
@@ -304,16 +307,22 @@ def run_until_signal(node, on_exit) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    # One executor for the node's lifetime: it works through every callback that was ready in a
+    # wait before waiting again. (rclpy.spin_once(node) re-adds the node each call and starts
+    # over with the timers, so a loop whose tick overruns its period starves services.)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     code = 0
     try:
         while not stopping and rclpy.ok():
-            rclpy.spin_once(node, timeout_sec=0.05)
+            executor.spin_once(timeout_sec=0.05)
     except Exception as exc:
         node.get_logger().error(f"fatal: {exc!r}")
         code = 1
     finally:
         on_exit()
         time.sleep(0.1)  # let DDS deliver the last messages
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return code
@@ -321,9 +330,8 @@ def run_until_signal(node, on_exit) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     import rclpy
-    from rclpy.signals import SignalHandlerOptions
-
     from rclpy.exceptions import ParameterException
+    from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -21,17 +22,22 @@ class RosSession:
         self.domain = domain
         self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain)
+        rclpy.init(args=[], context=self.context, domain_id=domain)  # not this process's argv
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.procs: list[subprocess.Popen] = []
+        self._clients: dict = {}
+        self._logs: dict = {}
 
     def start(self, module: str, *params: str) -> subprocess.Popen:
         """``python -m ds_robot.deploy.<module> --ros-args <params>`` on this session's domain."""
+        # Output goes to a file, not a pipe: a node must never block on a full pipe nobody reads.
+        log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the node runs; closed in close())
         proc = subprocess.Popen([sys.executable, "-m", f"ds_robot.deploy.{module}", "--ros-args", *params],
-                                env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
+        self._logs[proc.pid] = log
         return proc
 
     def listen(self, msg_type, topic: str, latched: bool = False, keep: bool = True) -> list:
@@ -51,15 +57,21 @@ class RosSession:
         self.node.create_subscription(msg_type, topic, store, qos)
         return box
 
-    def call(self, srv_type, name: str, timeout_s: float = 10.0):
-        client = self.node.create_client(srv_type, name)
+    def call(self, srv_type, name: str, timeout_s: float = 10.0, attempts: int = 3):
+        """Call a service and return its response. Clients are created once and kept: a request
+        sent by a client that discovery has not fully matched yet can lose its response, so a
+        call that gets no answer within ``timeout_s / attempts`` is sent again."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(srv_type, name)
         if not client.wait_for_service(timeout_sec=timeout_s):
             raise TimeoutError(f"service {name} not available after {timeout_s} s")
-        future = client.call_async(srv_type.Request())
-        if not self.spin(timeout_s, until=future.done):
-            raise TimeoutError(f"service {name} did not answer in {timeout_s} s")
-        self.node.destroy_client(client)
-        return future.result()
+        for _ in range(attempts):
+            future = client.call_async(srv_type.Request())
+            if self.spin(timeout_s / attempts, until=future.done):
+                return future.result()
+            client.remove_pending_request(future)
+        raise TimeoutError(f"service {name} did not answer {attempts} requests in {timeout_s} s")
 
     def spin(self, seconds: float, until=None) -> bool:
         """Process callbacks for up to ``seconds``; True as soon as ``until()`` holds (or at the end
@@ -72,18 +84,26 @@ class RosSession:
         return until is None
 
     def stop(self, proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 15.0) -> str:
+        """Signal ``proc`` (SIGINT: a clean shutdown), wait, SIGKILL after ``timeout_s``; its log."""
         if proc.poll() is None:
             proc.send_signal(sig)
         try:
-            out, _ = proc.communicate(timeout=timeout_s)
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-        return out or ""
+            proc.wait()
+        return self.log(proc)
+
+    def log(self, proc: subprocess.Popen) -> str:
+        log = self._logs[proc.pid]
+        log.seek(0)
+        return log.read()
 
     def close(self) -> str:
         """Stop every node (SIGINT, then SIGKILL after 15 s) and return their logs."""
         logs = [self.stop(proc) for proc in self.procs]
+        for log in self._logs.values():
+            log.close()
         self.executor.shutdown()
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.context)

@@ -158,9 +158,8 @@ def build_node():
 
 def main(argv: list[str] | None = None) -> int:
     import rclpy
-    from rclpy.signals import SignalHandlerOptions
-
     from rclpy.exceptions import ParameterException
+    from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
