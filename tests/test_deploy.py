@@ -225,6 +225,7 @@ def test_nan_policy_output_estop_and_reset(running):
     assert command.stop and "policy output rejected" in command.reason and np.all(command.values == 0)
     assert core.tick(t + 0.002).stop  # stays stopped until the next policy step
     core.controller = good
+    _feed(core, arm, t + 0.01)  # fresh inputs at the next policy step
     assert not core.tick(t + 0.0101).stop
     core.estop("test")
     assert core.tick(t + 0.0102).stop and core.tick(t + 0.0102).reason == "test"
