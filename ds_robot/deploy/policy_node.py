@@ -17,6 +17,7 @@ Runs without torch: the policy is a NumPy (fp32 or int8) file.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import time
@@ -163,7 +164,9 @@ def build_node():
             self.pub_command = self.create_publisher(Float64MultiArray, command_topic, 10)
             self.pub_gripper = self.create_publisher(Float64MultiArray, t["gripper_command_topic"], 10)
             self.pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics_topic"], 10)
-            sensor_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            # Depth 1: a controller wants the newest state, never a backlog of old ones (with a
+            # deeper queue, a loop that falls behind once keeps acting on states several periods old).
+            sensor_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
             self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state, sensor_qos)
             self.create_subscription(PoseStamped, t["object_pose_topic"], self._on_object_pose, sensor_qos)
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -176,7 +179,14 @@ def build_node():
             self._last_reason = None
             self._command_msg = Float64MultiArray()
             self._gripper_msg = Float64MultiArray()
-            self.create_timer(self.config.period_s, self._tick)
+            # trigger "joint_states": a control step runs as each joint state arrives (the driver
+            # publishes at the control rate), the timer only covers silence (watchdog). "timer":
+            # steps on the timer alone, one executor round after the state arrived.
+            self.trigger = p("trigger", "joint_states").value
+            if self.trigger not in ("joint_states", "timer"):
+                raise ConfigError(f"trigger {self.trigger!r}: choose joint_states or timer")
+            self._last_tick = -math.inf
+            self.create_timer(self.config.period_s, self._on_timer)
             self.create_timer(1.0, self._publish_diagnostics)
 
         def now_s(self) -> float:
@@ -193,6 +203,14 @@ def build_node():
                 self.core.on_joint_state(msg.name, msg.position, msg.velocity, msg.effort, stamp)
             except MessageError as exc:
                 self._warn(f"joint_states ignored: {exc}")
+                return
+            if self.trigger == "joint_states":
+                self._tick()
+
+        def _on_timer(self) -> None:
+            # Event-driven: tick here only when no joint state drove a tick for 1.5 periods.
+            if self.trigger == "timer" or time.perf_counter() - self._last_tick > 1.5 * self.config.period_s:
+                self._tick()
 
         def _on_object_pose(self, msg) -> None:
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
@@ -241,7 +259,8 @@ def build_node():
 
         def _tick(self) -> None:
             now = self.now_s()
-            self.loop.tick(time.perf_counter())
+            self._last_tick = time.perf_counter()
+            self.loop.tick(self._last_tick)
             if self.idle:
                 return
             try:

@@ -57,6 +57,9 @@ def build_node():
             self.rate_hz = float(p("rate_hz", UR_TYPES[robot]["rate_hz"]).value)
             self.factor = float(p("real_time_factor", 1.0).value)
             self.max_catch_up = int(p("max_catch_up_steps", 10).value)
+            # A camera-based pose estimate comes at tens of Hz, not at the joint-state rate.
+            self.pose_every = max(1, round(self.rate_hz / float(p("object_pose_rate_hz", 100.0).value)))
+            self._ticks = 0
             if not (0 < self.rate_hz <= 1.0 / self.arm.dt) or self.factor <= 0 or self.max_catch_up < 1:
                 raise ConfigError(f"need 0 < rate_hz <= {1 / self.arm.dt:g}, real_time_factor > 0 and "
                                   f"max_catch_up_steps >= 1, got {self.rate_hz}, {self.factor}, {self.max_catch_up}")
@@ -136,12 +139,14 @@ def build_node():
                             effort=[*map(float, s.tau_measured_nm), 0.0, 0.0])
             js.header.stamp = stamp
             self.pub_joints.publish(js)
-            pose = PoseStamped()
-            pose.header.stamp, pose.header.frame_id = stamp, self.frame_id
-            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, s.object_pos_m)
-            o = pose.pose.orientation
-            o.w, o.x, o.y, o.z = map(float, s.object_quat)
-            self.pub_pose.publish(pose)
+            if self._ticks % self.pose_every == 0:
+                pose = PoseStamped()
+                pose.header.stamp, pose.header.frame_id = stamp, self.frame_id
+                pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, s.object_pos_m)
+                o = pose.pose.orientation
+                o.w, o.x, o.y, o.z = map(float, s.object_quat)
+                self.pub_pose.publish(pose)
+            self._ticks += 1
             if self.factor != 1.0:
                 self.pub_clock.publish(Clock(clock=stamp))
 
