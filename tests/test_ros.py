@@ -51,11 +51,14 @@ def _status(box) -> dict:
     return json.loads(box[-1][1].data) if box else {}
 
 
-def test_closed_loop_grasp_through_ros(ros):
+@pytest.mark.parametrize("config,interface", [("ur5e.yaml", "effort"), ("ur5.yaml", "velocity")])
+def test_closed_loop_grasp_through_ros(ros, config, interface):
+    """The shipped parameter files, both nodes, over DDS: e-Series torques and CB3 velocities."""
+    params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config" / config)]
     status = ros.listen(String, "/ds_robot/sim/status", latched=True)
-    commands = ros.listen(Float64MultiArray, "/forward_effort_controller/commands")
-    sim = ros.start("sim_node", "-p", "seed:=0")
-    policy = ros.start("policy_node", *LOOP_PARAMS)
+    commands = ros.listen(Float64MultiArray, f"/forward_{interface}_controller/commands")
+    sim = ros.start("sim_node", *params, "-p", "seed:=0")
+    policy = ros.start("policy_node", *params, *LOOP_PARAMS)
     ok = ros.spin(90, until=lambda: _status(status).get("success"))
     assert sim.poll() is None and policy.poll() is None
     assert ok, f"no successful grasp through ROS; last status {_status(status)}"
@@ -63,6 +66,18 @@ def test_closed_loop_grasp_through_ros(ros):
     assert final["object"] == "ball" and 2.5 < final["time_to_lift_s"] < 6.0, final
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
+
+
+def test_sim_time_follows_the_sim_clock(ros):
+    """real_time_factor 0.5 with /clock: the policy node on use_sim_time still grasps (the sim
+    node ignores use_sim_time: it is the clock)."""
+    status = ros.listen(String, "/ds_robot/sim/status", latched=True)
+    ros.start("sim_node", "-p", "seed:=0", "-p", "real_time_factor:=0.5", "-p", "use_sim_time:=true")
+    ros.start("policy_node", "-p", "use_sim_time:=true", *LOOP_PARAMS)
+    t0 = time.monotonic()
+    assert ros.spin(90, until=lambda: _status(status).get("success")), _status(status)
+    final = _status(status)
+    assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
 
 
 def test_watchdog_stops_the_arm_when_the_sim_dies_or_stalls(ros):

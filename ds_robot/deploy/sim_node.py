@@ -36,6 +36,7 @@ def build_node():
     from builtin_interfaces.msg import Time
     from geometry_msgs.msg import PoseStamped
     from rclpy.node import Node
+    from rclpy.parameter import Parameter
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import JointState
@@ -45,6 +46,10 @@ def build_node():
     class SimNode(Node):
         def __init__(self):
             super().__init__("ds_robot_sim")
+            if self.get_parameter("use_sim_time").value:
+                # This node is the clock: on /clock time its own timers would wait for itself.
+                self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
+                self.get_logger().warning("use_sim_time ignored: the sim node publishes /clock and runs on wall time")
             p = self.declare_parameter
             robot = p("ur_type", "ur5e").value
             if robot not in UR_TYPES:
