@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -51,33 +52,31 @@ def _status(box) -> dict:
     return json.loads(box[-1][1].data) if box else {}
 
 
+# The closed-loop tests run the world at half speed on /clock (use_sim_time on the policy node,
+# at most 2 physics steps of catch-up per sim tick): under the suite's CPU load a real-time
+# world would run ahead of a starved controller, and this test is about correctness over ROS,
+# not timing (that is `ds-robot bench node`).
+SIM_TIME = (["-p", "real_time_factor:=0.5", "-p", "max_catch_up_steps:=2"], ["-p", "use_sim_time:=true"])
+
+
 @pytest.mark.parametrize("config,interface", [("ur5e.yaml", "effort"), ("ur5.yaml", "velocity")])
 def test_closed_loop_grasp_through_ros(ros, config, interface):
-    """The shipped parameter files, both nodes, over DDS: e-Series torques and CB3 velocities."""
+    """The shipped parameter files, both nodes, over DDS: e-Series torques and CB3 velocities,
+    on the sim node's /clock (the sim node ignores use_sim_time: it is the clock)."""
     params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config" / config)]
     status = ros.listen(String, "/ds_robot/sim/status", latched=True)
     commands = ros.listen(Float64MultiArray, f"/forward_{interface}_controller/commands")
-    sim = ros.start("sim_node", *params, "-p", "seed:=0")
-    policy = ros.start("policy_node", *params, *LOOP_PARAMS)
-    ok = ros.spin(90, until=lambda: _status(status).get("success"))
+    sim = ros.start("sim_node", *params, "-p", "seed:=0", "-p", "use_sim_time:=true", *SIM_TIME[0])
+    policy = ros.start("policy_node", *params, *LOOP_PARAMS, *SIM_TIME[1])
+    t0 = time.monotonic()
+    ok = ros.spin(120, until=lambda: _status(status).get("success"))
     assert sim.poll() is None and policy.poll() is None
     assert ok, f"no successful grasp through ROS; last status {_status(status)}"
     final = _status(status)
     assert final["object"] == "ball" and 2.5 < final["time_to_lift_s"] < 6.0, final
+    assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
-
-
-def test_sim_time_follows_the_sim_clock(ros):
-    """real_time_factor 0.5 with /clock: the policy node on use_sim_time still grasps (the sim
-    node ignores use_sim_time: it is the clock)."""
-    status = ros.listen(String, "/ds_robot/sim/status", latched=True)
-    ros.start("sim_node", "-p", "seed:=0", "-p", "real_time_factor:=0.5", "-p", "use_sim_time:=true")
-    ros.start("policy_node", "-p", "use_sim_time:=true", *LOOP_PARAMS)
-    t0 = time.monotonic()
-    assert ros.spin(90, until=lambda: _status(status).get("success")), _status(status)
-    final = _status(status)
-    assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
 
 
 def test_watchdog_stops_the_arm_when_the_sim_dies_or_stalls(ros):
@@ -186,10 +185,13 @@ def test_node_refuses_bad_parameters(ros):
         assert match in ros.log(proc), ros.log(proc)
 
 
-@pytest.mark.skipif(shutil.which("colcon") is None, reason="colcon is not installed (the [ros] extra)")
+COLCON = shutil.which("colcon") or shutil.which("colcon", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(COLCON is None, reason="colcon is not installed (the [ros] extra)")
 def test_ros2_ws_builds_and_installs(tmp_path):
     shutil.copytree(REPO / "ros2_ws" / "src", tmp_path / "src")
-    out = subprocess.run(["colcon", "build"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([COLCON, "build"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     install = tmp_path / "install" / "ds_robot"
     for path in ("lib/ds_robot/policy_node", "lib/ds_robot/sim_node", "share/ds_robot/launch/grasp.launch.py",
