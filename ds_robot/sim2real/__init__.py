@@ -1,0 +1,2 @@
+"""Sim-to-real: worlds that differ from the controller's model, and the online estimator
+that corrects the model while the arm runs."""

@@ -1,0 +1,113 @@
+"""A "real" world that differs from the controller's model: MuJoCo with hidden physics shifts.
+
+Each episode draws a :class:`PhysicsShift` (the truth the estimator is scored against) from
+the ranges of the sim-to-real issue and applies it to the compiled scene before the reset:
+
+- joint viscous damping x0.5–2 and armature (rotor inertia) x0.5–2, per arm joint;
+- joint friction loss: the nominal value plus 0–1 N m (shoulder/elbow) or 0–0.2 N m (wrist);
+- motor gain x0.8–1.2 per joint (the actuator's gear: commanded torque -> applied torque);
+- a payload of 0–0.5 kg on the gripper body (at its centre of mass, just below the flange);
+- object mass x0.5–2 and friction x0.7–1.3;
+- control latency of 0–2 control steps (the command applied is the one sent ``latency`` steps
+  earlier; a step is the env's control period, 10 ms by default).
+
+The controller never sees the shift; :attr:`ShiftedMuJoCoBackend.shift` holds it for scoring.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ds_robot.physics.backend import EpisodeSetup, RobotState
+from ds_robot.physics.mujoco_backend import N_ARM, MuJoCoBackend
+from ds_robot.sim import scene
+
+RANGES = {"damping_scale": (0.5, 2.0), "armature_scale": (0.5, 2.0), "gain": (0.8, 1.2),
+          "payload_kg": (0.0, 0.5), "object_mass_scale": (0.5, 2.0), "object_friction_scale": (0.7, 1.3)}
+FRICTION_ADD_NM = np.array([1.0, 1.0, 1.0, 0.2, 0.2, 0.2])  # upper end of the added friction loss
+PAYLOAD_BODY = scene.GRIPPER_PREFIX + "gripper"
+
+
+@dataclass(frozen=True)
+class PhysicsShift:
+    damping_scale: tuple[float, ...] = (1.0,) * N_ARM
+    armature_scale: tuple[float, ...] = (1.0,) * N_ARM
+    friction_add_nm: tuple[float, ...] = (0.0,) * N_ARM
+    gain: tuple[float, ...] = (1.0,) * N_ARM
+    payload_kg: float = 0.0
+    object_mass_scale: float = 1.0
+    object_friction_scale: float = 1.0
+    latency_steps: int = 0
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, max_latency_steps: int = 2) -> PhysicsShift:
+        def per_joint(key):
+            lo, hi = RANGES[key]
+            return tuple(float(v) for v in rng.uniform(lo, hi, N_ARM))
+
+        return cls(damping_scale=per_joint("damping_scale"), armature_scale=per_joint("armature_scale"),
+                   friction_add_nm=tuple(float(v) for v in rng.uniform(0.0, 1.0, N_ARM) * FRICTION_ADD_NM),
+                   gain=per_joint("gain"), payload_kg=float(rng.uniform(*RANGES["payload_kg"])),
+                   object_mass_scale=float(rng.uniform(*RANGES["object_mass_scale"])),
+                   object_friction_scale=float(rng.uniform(*RANGES["object_friction_scale"])),
+                   latency_steps=int(rng.integers(0, max_latency_steps + 1)))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class ShiftedMuJoCoBackend(MuJoCoBackend):
+    """MuJoCo with a hidden :class:`PhysicsShift` per episode (drawn from ``seed``'s stream), or a
+    fixed ``shift`` for every episode."""
+
+    def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0,
+                 shift: PhysicsShift | None = None, max_latency_steps: int = 2):
+        super().__init__(variant, physics_dt_s)
+        self._rng = np.random.default_rng(seed)
+        self._fixed = shift
+        self.max_latency_steps = max_latency_steps
+        self.shift = shift or PhysicsShift()
+        self._nominal: dict[int, dict[str, np.ndarray]] = {}
+        self._pending: deque = deque()
+
+    def reset(self, setup: EpisodeSetup) -> RobotState:
+        self.shift = self._fixed or PhysicsShift.sample(self._rng, self.max_latency_steps)
+        self._load(setup.obj)
+        self._apply(self.shift)
+        self._pending.clear()
+        return super().reset(setup)
+
+    def _apply(self, shift: PhysicsShift) -> None:
+        m = self.model
+        key = id(m)
+        payload = m.body(PAYLOAD_BODY).id
+        obj = m.body(scene.OBJECT_BODY).id
+        obj_geoms = np.flatnonzero(m.geom_bodyid == obj)
+        if key not in self._nominal:  # the compiled values, before any shift
+            self._nominal[key] = {"damping": m.dof_damping[:N_ARM].copy(), "armature": m.dof_armature[:N_ARM].copy(),
+                                  "friction": m.dof_frictionloss[:N_ARM].copy(), "gear": m.actuator_gear[:N_ARM, 0].copy(),
+                                  "payload": m.body_mass[payload].copy(), "object": m.body_mass[obj].copy(),
+                                  "object_inertia": m.body_inertia[obj].copy(),
+                                  "object_friction": m.geom_friction[obj_geoms, 0].copy()}
+        n = self._nominal[key]
+        m.dof_damping[:N_ARM] = n["damping"] * np.array(shift.damping_scale)
+        m.dof_armature[:N_ARM] = n["armature"] * np.array(shift.armature_scale)
+        m.dof_frictionloss[:N_ARM] = n["friction"] + np.array(shift.friction_add_nm)
+        m.actuator_gear[:N_ARM, 0] = n["gear"] * np.array(shift.gain)
+        m.body_mass[payload] = n["payload"] + shift.payload_kg
+        m.body_mass[obj] = n["object"] * shift.object_mass_scale
+        m.body_inertia[obj] = n["object_inertia"] * shift.object_mass_scale
+        m.geom_friction[obj_geoms, 0] = n["object_friction"] * shift.object_friction_scale
+
+    def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
+        """Apply the command sent ``latency_steps`` calls ago (at the start of an episode, the
+        first command until the pipeline has filled)."""
+        self._pending.append((np.array(arm_torque_nm, dtype=float), float(gripper_command)))
+        if len(self._pending) > self.shift.latency_steps:
+            torque, gripper = self._pending.popleft()
+        else:
+            torque, gripper = self._pending[0]
+        return super().step(torque, gripper, duration_s)
