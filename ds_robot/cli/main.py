@@ -49,7 +49,23 @@ def make_controller(name: str, env, policy: Path | None = None):
 def make_env(args, **kwargs):
     from ds_robot.envs.grasp_env import UR5GraspEnv
 
+    if getattr(args, "world", "nominal") == "shifted":
+        from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
+
+        kwargs["backend"] = ShiftedMuJoCoBackend(args.robot, seed=args.world_seed)
     return UR5GraspEnv(objects=args.objects, robot=args.robot, **kwargs)
+
+
+def with_correction(args, env, controller):
+    """``--correction on``: the online estimator corrects the controller's model while it runs."""
+    if getattr(args, "correction", "off") != "on":
+        return controller
+    from ds_robot.sim2real.correction import CorrectedController
+
+    try:
+        return CorrectedController.for_env(env, controller)
+    except TypeError as exc:
+        raise ConfigError(f"--correction on: {exc}") from exc
 
 
 def positive_int(text: str) -> int:
@@ -74,6 +90,12 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
                    help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
     p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
+    p.add_argument("--world", choices=("nominal", "shifted"), default="nominal",
+                   help="nominal: the controller's own model; shifted: MuJoCo with hidden physics changes per "
+                        "episode (damping, friction, armature, motor gain, payload, object, latency)")
+    p.add_argument("--world-seed", type=int, default=0, help="shifted: the world's seed (default: 0)")
+    p.add_argument("--correction", choices=("on", "off"), default="off",
+                   help="on: online physics correction of the controller's model (hier and scripted)")
     if many_seeds:
         p.add_argument("--seed", type=int, nargs="+", default=[0],
                        help="base seed(s); each runs --episodes episodes whose seeds derive from it (default: 0)")
@@ -91,7 +113,7 @@ def cmd_eval(args) -> int:
     from ds_robot.evaluate import per_object, plot_evaluation, run_episodes, summarise
 
     env = make_env(args)
-    controller = make_controller(args.controller, env, args.policy)
+    controller = with_correction(args, env, make_controller(args.controller, env, args.policy))
     by_seed = {seed: run_episodes(env, controller, args.episodes, seed, progress=not args.quiet) for seed in args.seed}
     results = [r for seed_results in by_seed.values() for r in seed_results]
     overall = summarise(args.controller, results)
@@ -110,11 +132,14 @@ def cmd_eval(args) -> int:
     ]
     seed_text = " ".join(str(s) for s in args.seed)
     print(f"\ngrasp evaluation: controller={args.controller} robot={args.robot} object set={env.object_set.name} "
-          f"seeds={seed_text}")
+          f"seeds={seed_text} world={args.world} correction={args.correction}")
     print(format_table(headers, rows))
     print(f"controller step: {overall['control_step_us']:.0f} us mean")
     config = {
         "controller": args.controller,
+        "world": args.world,
+        "world_seed": args.world_seed,
+        "correction": args.correction,
         "robot": args.robot,
         "objects": str(env.object_set.source),
         "episodes_per_seed": args.episodes,
@@ -222,7 +247,7 @@ def cmd_render(args) -> int:
     if suffix not in (".mp4", ".gif", ".png"):
         raise ConfigError(f"--out {args.out}: the file must end in .mp4, .gif or .png")
     env = make_env(args, render_mode="rgb_array", render_size=(args.height, args.width), camera=args.camera)
-    controller = make_controller(args.controller, env, args.policy)
+    controller = with_correction(args, env, make_controller(args.controller, env, args.policy))
     info = render_episode(env, controller, args.out, seed=args.seed, fps=args.fps)
     print(f"wrote {args.out} ({info['frames']} frames; object {info['object']}, success={info['success']})")
     return 0

@@ -60,13 +60,15 @@ class PhysicsShift:
 
 
 class ShiftedMuJoCoBackend(MuJoCoBackend):
-    """MuJoCo with a hidden :class:`PhysicsShift` per episode (drawn from ``seed``'s stream), or a
-    fixed ``shift`` for every episode."""
+    """MuJoCo with a hidden :class:`PhysicsShift` per episode, or a fixed ``shift`` for every
+    episode. The per-episode shift is a function of the world's ``seed`` and the episode's setup
+    (object and placement, which the episode seed determines): every controller evaluated on the
+    same episode seeds meets the same physics."""
 
     def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0,
                  shift: PhysicsShift | None = None, max_latency_steps: int = 2):
         super().__init__(variant, physics_dt_s)
-        self._rng = np.random.default_rng(seed)
+        self.seed = seed
         self._fixed = shift
         self.max_latency_steps = max_latency_steps
         self.shift = shift or PhysicsShift()
@@ -74,11 +76,16 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         self._pending: deque = deque()
 
     def reset(self, setup: EpisodeSetup) -> RobotState:
-        self.shift = self._fixed or PhysicsShift.sample(self._rng, self.max_latency_steps)
+        self.shift = self._fixed or PhysicsShift.sample(self._episode_rng(setup), self.max_latency_steps)
         self._load(setup.obj)
         self._apply(self.shift)
         self._pending.clear()
         return super().reset(setup)
+
+    def _episode_rng(self, setup: EpisodeSetup) -> np.random.Generator:
+        placement = np.array([setup.object_x_m, setup.object_y_m, setup.object_yaw_rad, *setup.arm_qpos_rad])
+        words = np.frombuffer(placement.astype(np.float64).tobytes(), dtype=np.uint32)
+        return np.random.default_rng([self.seed, *words.tolist(), *setup.obj.name.encode()])
 
     def _apply(self, shift: PhysicsShift) -> None:
         m = self.model
