@@ -17,7 +17,7 @@ from ds_robot.errors import ConfigError, DsRobotError
 CONTROLLERS = ("scripted", "hier", "flat")
 ALGOS = ("a2c", "ppo", "sac")
 SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real")
 
 
 def policy_path(name: str, given: Path | None) -> Path:
@@ -293,6 +293,12 @@ def cmd_bench(args) -> int:
             raise ConfigError("bench grasp-curve needs --run DIR (a train grasp run directory)")
         return run_grasp_curve(args.run, args.episodes or (10 if args.quick else 100), args.json, args.plot,
                                workers=args.workers)
+    if args.name == "sim2real":
+        from ds_robot.bench.sim2real import run_sim2real_benchmark
+
+        return run_sim2real_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
+                                      seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
+                                      workers=args.workers)
     if args.name == "node":
         from ds_robot.bench.node import run_node_benchmark
 

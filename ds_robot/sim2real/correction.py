@@ -43,13 +43,14 @@ def controller_model(controller):
 
 class CorrectedController:
     def __init__(self, controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
-                 warmup_steps: int = 50, config: EstimatorConfig | None = None):
+                 warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False):
         self.inner = controller
         self.name = f"{controller.name}+correction"
         self.variant, self.control_dt_s = variant, control_dt_s
         self.config = config
         self.limit = np.asarray(torque_limit_nm, dtype=float)
         self.warmup_steps = warmup_steps
+        self.track_prediction = track_prediction
         robot = controller_model(controller)
         self.model = robot.model
         self._payload = self.model.body(PAYLOAD_BODY).id
@@ -64,7 +65,7 @@ class CorrectedController:
     def reset(self, obs: np.ndarray) -> None:
         """A new episode: the world's hidden physics may have changed, so the estimate restarts
         from the nominal model."""
-        self.estimator = OnlineEstimator(self.variant, self.control_dt_s, self.config)
+        self.estimator = OnlineEstimator(self.variant, self.control_dt_s, self.config, self.track_prediction)
         self.estimator.set_torque_limit(self.limit)
         self._write(None)
         self.inner.reset(obs)

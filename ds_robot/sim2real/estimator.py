@@ -109,7 +109,8 @@ class RLS:
 class OnlineEstimator:
     """Feed ``update(q, qd, tau_cmd)`` once per control step, in order; read ``estimate()``."""
 
-    def __init__(self, variant: str = "ur5e", control_dt_s: float = 0.01, config: EstimatorConfig | None = None):
+    def __init__(self, variant: str = "ur5e", control_dt_s: float = 0.01, config: EstimatorConfig | None = None,
+                 track_prediction: bool = False):
         self.config = config or EstimatorConfig()
         self.dt = control_dt_s
         self.model = RobotModel(variant)  # nominal: never corrected
@@ -129,6 +130,12 @@ class OnlineEstimator:
         self.steps = 0
         self.skipped = 0
         self.cost_s: list[float] = []
+        # One-step-ahead velocity prediction (benchmark only): the nominal model vs the model with
+        # the current estimate; errors (rad/s, norm over the 6 joints) per step.
+        self.track_prediction = track_prediction
+        self.pred_error = {"nominal": [], "corrected": []}
+        self._pred: dict | None = None
+        self.estimate_2s: dict | None = None
 
     def set_torque_limit(self, limit_nm: np.ndarray) -> None:
         self.limit = np.asarray(limit_nm, dtype=float)
@@ -162,6 +169,9 @@ class OnlineEstimator:
             return False
         if self.limit is not None:
             tau_cmd = np.clip(tau_cmd, -self.limit, self.limit)
+        if self._pred is not None:
+            for key, pred in self._pred.items():
+                self.pred_error[key].append(float(np.linalg.norm(qd - pred)))
         if self._last is not None:
             q0, qd0 = self._last
             qdd = (qd - qd0) / self.dt
@@ -180,7 +190,33 @@ class OnlineEstimator:
         self._last = (q, qd)
         self.steps += 1
         self.cost_s.append(time.perf_counter() - start)
+        if self.track_prediction:
+            if self.steps == round(2.0 / self.dt):
+                self.estimate_2s = self.estimate()  # before the grasp's contacts (benchmark scoring)
+            lat = self.latency_steps
+            applied = self._commands[-1 - lat] if len(self._commands) > lat else self._commands[0]
+            self._pred = {"nominal": self.predict_qd(q, qd, tau_cmd, None),
+                          "corrected": self.predict_qd(q, qd, applied, self.estimate())}
         return True
+
+    def predict_qd(self, q, qd, tau_applied, estimate: dict | None) -> np.ndarray:
+        """Joint velocities one control step ahead under ``tau_applied`` (explicit Euler), by the
+        nominal model (``estimate=None``) or the model with ``estimate`` folded in."""
+        rm, m, d = self.model, self.model.model, self.model.data
+        rm.update(q, qd)
+        mass, bias = rm.mass_matrix(), rm.bias_torque()
+        damping, friction, gain = self.nominal_damping, self.nominal_friction, 1.0
+        if estimate is not None:
+            damping = damping + estimate["damping"]
+            friction = friction + estimate["friction"]
+            gain = estimate["gain"]
+            mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
+            jc = self._jacp[:, :N_ARM]
+            mass = mass + np.diag(estimate["armature"]) + estimate["payload_kg"] * jc.T @ jc
+            bias = bias + estimate["payload_kg"] * jc.T @ GRAVITY_UP
+        moving = np.abs(qd) >= self.config.min_speed_for_friction
+        qdd = np.linalg.solve(mass, gain * tau_applied - bias - damping * qd - friction * np.sign(qd) * moving)
+        return qd + qdd * self.dt
 
     @property
     def latency_steps(self) -> int:
