@@ -97,6 +97,6 @@ def test_bad_arguments_are_refused_by_the_parser():
 
 
 def test_help_everywhere():
-    for args in ([], ["eval"], ["render"], ["bench"], ["model"]):
+    for args in ([], ["eval"], ["render"], ["bench"], ["model"], ["quantize"], ["train"]):
         result = run_cli(*args, "--help")
         assert result.returncode == 0 and "usage: ds-robot" in result.stdout

@@ -1,7 +1,7 @@
 """``ds-robot bench sim2real``: the shipped hierarchical controller with and without online
 physics correction, on the nominal world and on physics-shifted MuJoCo.
 
-Per world (``nominal``, ``shifted``) and mode (``none``, ``correction``), ``seeds`` x
+Per world (``nominal``, ``shifted``, ``pybullet``) and mode (``none``, ``correction``), ``seeds`` x
 ``episodes`` episodes (the same episode seeds, hence the same hidden shifts, for every mode):
 success (Wilson 95% CI), time to lift, energy, control-step time; with correction also the
 estimator's cost per step (``estimator_us``), the one-step joint-velocity prediction error of
@@ -10,7 +10,7 @@ each episode, nominal / corrected, median over episodes; > 1 means the correctio
 better), and on the shifted world the estimate's error against the hidden truth at 2 s, before
 the grasp's contacts (motor gain of joints 1–5, payload; latency identified).
 
-Not yet here (next steps of the sim-to-real issue): the PyBullet world and domain randomisation.
+Not yet here (next step of the sim-to-real issue): domain randomisation.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-WORLDS = ("nominal", "shifted")
+WORLDS = ("nominal", "shifted", "pybullet")
 MODES = ("none", "correction")
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
 GOALS = {"pred_error_ratio": 5.0, "success_gap": 0.03, "estimator_share": 0.2}
@@ -48,7 +48,12 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
     from ds_robot.sim2real.correction import CorrectedController
     from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
 
-    backend = ShiftedMuJoCoBackend(seed=0) if world == "shifted" else None
+    if world == "pybullet":
+        from ds_robot.sim2real.pybullet_world import PyBulletBackend
+
+        backend = PyBulletBackend()
+    else:
+        backend = ShiftedMuJoCoBackend(seed=0) if world == "shifted" else None
     env = UR5GraspEnv(backend=backend)
     controller = HierarchicalController.for_env(env, HierPolicy.load(policies_dir() / "grasp_hier.npz"))
     if mode == "correction":
@@ -157,6 +162,11 @@ def verdict(results: list[dict]) -> list[str]:
                      f"(gap {gap * 100:+.1f} points; goal <= {GOALS['success_gap'] * 100:g}: "
                      f"{'met' if gap <= GOALS['success_gap'] else 'not met'}); without correction "
                      f"{by['shifted_none']['success_rate']:.3f}")
+    pb_on, pb_off = by.get("pybullet_correction"), by.get("pybullet_none")
+    if pb_on and pb_off:
+        lines.append(f"pybullet: success {pb_off['success_rate']:.3f} -> {pb_on['success_rate']:.3f}, energy "
+                     f"{pb_off['energy_j']:.1f} -> {pb_on['energy_j']:.1f} J with correction; prediction error ratio "
+                     f"{pb_on['pred_error_ratio_2s']:.2f}x")
     return lines
 
 
@@ -166,14 +176,15 @@ def plot(results: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     names = [r["name"] for r in results]
+    colors = ["#888888", "#4c72b0"] * len(WORLDS)
     axes[0].bar(names, [r["success_rate"] for r in results],
                 yerr=np.array([[r["success_rate"] - r["success_rate_ci95"][0], r["success_rate_ci95"][1] - r["success_rate"]]
-                               for r in results]).T, capsize=3, color=["#888", "#4c72b0", "#c44e52", "#55a868"])
+                               for r in results]).T, capsize=3, color=colors)
     axes[0].set_ylabel("grasp success (95% Wilson CI)")
     axes[0].set_ylim(0, 1.05)
-    axes[1].bar(names, [r["energy_j"] for r in results], color=["#888", "#4c72b0", "#c44e52", "#55a868"])
+    axes[1].bar(names, [r["energy_j"] for r in results], color=colors)
     axes[1].set_ylabel("energy per episode, J")
     for ax in axes:
         ax.tick_params(axis="x", rotation=20)

@@ -49,10 +49,15 @@ def make_controller(name: str, env, policy: Path | None = None):
 def make_env(args, **kwargs):
     from ds_robot.envs.grasp_env import UR5GraspEnv
 
-    if getattr(args, "world", "nominal") == "shifted":
+    world = getattr(args, "world", "nominal")
+    if world == "shifted":
         from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
 
         kwargs["backend"] = ShiftedMuJoCoBackend(args.robot, seed=args.world_seed)
+    elif world == "pybullet":
+        from ds_robot.sim2real.pybullet_world import PyBulletBackend
+
+        kwargs["backend"] = PyBulletBackend(args.robot)
     return UR5GraspEnv(objects=args.objects, robot=args.robot, **kwargs)
 
 
@@ -90,9 +95,10 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
                    help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
     p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
-    p.add_argument("--world", choices=("nominal", "shifted"), default="nominal",
+    p.add_argument("--world", choices=("nominal", "shifted", "pybullet"), default="nominal",
                    help="nominal: the controller's own model; shifted: MuJoCo with hidden physics changes per "
-                        "episode (damping, friction, armature, motor gain, payload, object, latency)")
+                        "episode (damping, friction, armature, motor gain, payload, object, latency); pybullet: "
+                        "PyBullet from the same URDF")
     p.add_argument("--world-seed", type=int, default=0, help="shifted: the world's seed (default: 0)")
     p.add_argument("--correction", choices=("on", "off"), default="off",
                    help="on: online physics correction of the controller's model (hier and scripted)")

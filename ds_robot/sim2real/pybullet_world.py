@@ -1,0 +1,183 @@
+"""PyBullet as a second "real" world: another engine built from the same URDF as the MuJoCo
+scene (``models/ur5/<variant>.urdf``, from ``models_dir()``), the same table plane (top at z = 0), objects and
+placements, torque control of the arm.
+
+What is the same: links, masses, inertias, joint limits and viscous damping (from the URDF),
+the 2 ms physics step, the motor torque limits, object shapes, masses and friction (PyBullet
+multiplies the two bodies' friction coefficients, so the fingers and the table get 1.0 and
+the contact uses the object's value, as MuJoCo's priority rule does).
+
+What differs, on purpose or because PyBullet has no equivalent:
+- the default velocity motors are switched off (zero force) and torques are applied with
+  ``TORQUE_CONTROL``;
+- joint friction loss is applied as a smooth Coulomb torque ``-f tanh(qd / 0.01)`` inside the
+  commanded torque (PyBullet has no joint friction loss in torque mode);
+- rotor inertia (armature) does not exist in PyBullet: it is added to each child link's inertia
+  about its joint axis (without it the wrist joints are ~50x lighter than the controller's model
+  says and a computed-torque controller at 100 Hz chatters: measured);
+- the gripper's fingers are position-controlled with the same 60 N force limit, each finger
+  on its own (no equality coupling);
+- contact: PyBullet's rigid LCP contacts instead of MuJoCo's soft contacts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ds_robot.errors import ConfigError
+from ds_robot.model.params import ARM_JOINT_NAMES, default_description
+from ds_robot.paths import models_dir
+from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
+
+N_ARM = 6
+FRICTION_SMOOTHING_RAD_S = 0.01
+
+
+class PyBulletBackend(PhysicsBackend):
+    def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002):
+        try:
+            import pybullet as p
+        except ImportError as exc:  # pragma: no cover - pybullet is a core dependency
+            raise ConfigError("the pybullet world needs the pybullet package") from exc
+        self.p = p
+        desc = default_description()
+        self.variant = variant
+        self.physics_dt_s = physics_dt_s
+        self.joint_torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
+        self.max_gripper_opening_m = desc.gripper.max_opening_m
+        self.finger_travel_m = desc.gripper.finger_travel_m
+        self.grip_force_n = desc.gripper.grip_force_limit_n
+        self.client = p.connect(p.DIRECT)
+        p.setGravity(0, 0, -9.81, physicsClientId=self.client)
+        p.setTimeStep(physics_dt_s, physicsClientId=self.client)
+        urdf = models_dir() / f"{variant}.urdf"
+        if not urdf.is_file():
+            raise ConfigError(f"missing robot description {urdf}: run `ds-robot model generate`")
+        self.robot = p.loadURDF(str(urdf), useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE,
+                                physicsClientId=self.client)
+        names = {p.getJointInfo(self.robot, i, physicsClientId=self.client)[1].decode(): i
+                 for i in range(p.getNumJoints(self.robot, physicsClientId=self.client))}
+        links = {p.getJointInfo(self.robot, i, physicsClientId=self.client)[12].decode(): i
+                 for i in range(p.getNumJoints(self.robot, physicsClientId=self.client))}
+        # Frame-only links (flange, tcp) have no <inertial> in the URDF; PyBullet would give each
+        # 1 kg and unit inertia. Make them (nearly) massless, as they are in MuJoCo.
+        for link in (links["flange"], links["tcp"]):
+            p.changeDynamics(self.robot, link, mass=0.01, localInertiaDiagonal=[1e-6] * 3, physicsClientId=self.client)
+        self.arm = [names[n] for n in ARM_JOINT_NAMES]
+        self._add_armature(desc.joint_dynamics.armature_kg_m2)
+        self.fingers = [names["left_finger_joint"], names["right_finger_joint"]]
+        self.tcp = links["tcp"]
+        self.friction_nm = np.array([p.getJointInfo(self.robot, j, physicsClientId=self.client)[7] for j in self.arm])
+        # Torque control: the default velocity motors would otherwise hold every joint.
+        p.setJointMotorControlArray(self.robot, self.arm, p.VELOCITY_CONTROL, forces=[0.0] * N_ARM,
+                                    physicsClientId=self.client)
+        for link in (*self.fingers, links["gripper"]):
+            p.changeDynamics(self.robot, link, lateralFriction=1.0, physicsClientId=self.client)
+        table = p.createCollisionShape(p.GEOM_BOX, halfExtents=[1.5, 1.5, 0.05], physicsClientId=self.client)
+        self.table = p.createMultiBody(0, table, basePosition=[0.5, 0, -0.05], physicsClientId=self.client)
+        p.changeDynamics(self.table, -1, lateralFriction=1.0, physicsClientId=self.client)
+        self.object: int | None = None
+
+    def _add_armature(self, armature) -> None:
+        """PyBullet has no rotor inertia: add each joint's armature to its child link's inertia
+        about the joint axis (exact for that joint's own diagonal of M when the link's inertial
+        frame is aligned with the joint axis, as in this URDF; it also adds a little inertia seen
+        by the joints upstream, which the real rotor does not)."""
+        p, c = self.p, self.client
+        for joint, value in zip(self.arm, armature, strict=True):
+            axis = np.abs(np.array(p.getJointInfo(self.robot, joint, physicsClientId=c)[13]))
+            dyn = p.getDynamicsInfo(self.robot, joint, physicsClientId=c)
+            if not np.allclose(dyn[4], [0, 0, 0, 1], atol=1e-6):
+                raise ConfigError("pybullet world: a link's inertial frame is rotated; armature emulation assumes "
+                                  "aligned frames")
+            p.changeDynamics(self.robot, joint, localInertiaDiagonal=(np.array(dyn[2]) + value * axis).tolist(),
+                             physicsClientId=c)
+
+    def _make_object(self, setup: EpisodeSetup) -> None:
+        p, c, obj = self.p, self.client, setup.obj
+        if self.object is not None:
+            p.removeBody(self.object, physicsClientId=c)
+        size = obj.size_m
+        orientation = [0, 0, 0, 1]
+        if obj.shape == "box":
+            shape = p.createCollisionShape(p.GEOM_BOX, halfExtents=list(size), physicsClientId=c)
+        elif obj.shape == "cylinder":
+            shape = p.createCollisionShape(p.GEOM_CYLINDER, radius=size[0], height=2 * size[1], physicsClientId=c)
+        elif obj.shape == "sphere":
+            shape = p.createCollisionShape(p.GEOM_SPHERE, radius=size[0], physicsClientId=c)
+        elif obj.shape == "capsule":  # lying along the body's x axis, as in the MuJoCo scene
+            shape = p.createCollisionShape(p.GEOM_CAPSULE, radius=size[0], height=2 * size[1],
+                                           collisionFrameOrientation=p.getQuaternionFromEuler([0, math.pi / 2, 0]),
+                                           physicsClientId=c)
+        else:
+            raise ConfigError(f"object shape {obj.shape!r} has no PyBullet equivalent here")
+        yaw = p.getQuaternionFromEuler([0, 0, setup.object_yaw_rad])
+        self.object = p.createMultiBody(obj.mass_kg, shape, basePosition=[setup.object_x_m, setup.object_y_m,
+                                                                          obj.resting_height_m],
+                                        baseOrientation=p.multiplyTransforms([0, 0, 0], yaw, [0, 0, 0], orientation)[1],
+                                        physicsClientId=c)
+        p.changeDynamics(self.object, -1, lateralFriction=obj.friction, spinningFriction=0.005,
+                         rollingFriction=0.0001, physicsClientId=c)
+
+    def reset(self, setup: EpisodeSetup) -> RobotState:
+        p, c = self.p, self.client
+        for joint, q in zip(self.arm, setup.arm_qpos_rad, strict=True):
+            p.resetJointState(self.robot, joint, float(q), 0.0, physicsClientId=c)
+        finger = float(np.clip(setup.gripper_opening_m / 2, 0.0, self.finger_travel_m))
+        for joint in self.fingers:
+            p.resetJointState(self.robot, joint, finger, 0.0, physicsClientId=c)
+        self._finger_target = finger
+        self._make_object(setup)
+        self._time = 0.0
+        self._tau = np.zeros(N_ARM)
+        return self._read(0.0)
+
+    def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
+        p, c = self.p, self.client
+        motor = np.clip(np.asarray(arm_torque_nm, dtype=float), -self.joint_torque_limit_nm, self.joint_torque_limit_nm)
+        self._finger_target = self.finger_travel_m * (1.0 - gripper_command) / 2.0
+        p.setJointMotorControlArray(self.robot, self.fingers, p.POSITION_CONTROL,
+                                    targetPositions=[self._finger_target] * 2, forces=[self.grip_force_n] * 2,
+                                    physicsClientId=c)
+        work = 0.0
+        for _ in range(max(1, round(duration_s / self.physics_dt_s))):
+            q, qd = self._arm_state()
+            friction = self.friction_nm * np.tanh(qd / FRICTION_SMOOTHING_RAD_S)
+            p.setJointMotorControlArray(self.robot, self.arm, p.TORQUE_CONTROL, forces=(motor - friction).tolist(),
+                                        physicsClientId=c)
+            p.stepSimulation(physicsClientId=c)
+            q_after, _ = self._arm_state()
+            work += float(np.abs(motor * (q_after - q)).sum())
+            self._time += self.physics_dt_s
+        self._tau = motor
+        return self._read(work)
+
+    def _arm_state(self) -> tuple[np.ndarray, np.ndarray]:
+        states = self.p.getJointStates(self.robot, self.arm, physicsClientId=self.client)
+        return np.array([s[0] for s in states]), np.array([s[1] for s in states])
+
+    def _read(self, work_j: float) -> RobotState:
+        p, c = self.p, self.client
+        q, qd = self._arm_state()
+        fingers = p.getJointStates(self.robot, self.fingers, physicsClientId=c)
+        tcp = p.getLinkState(self.robot, self.tcp, computeForwardKinematics=True, physicsClientId=c)
+        pos, quat = p.getBasePositionAndOrientation(self.object, physicsClientId=c)
+        damping = np.array([p.getJointInfo(self.robot, j, physicsClientId=c)[6] for j in self.arm])
+        friction = self.friction_nm * np.tanh(qd / FRICTION_SMOOTHING_RAD_S)
+        return RobotState(
+            time_s=self._time, q_rad=q, qd_rad_s=qd,
+            tau_measured_nm=self._tau - friction - damping * qd,  # output side: what reaches the links
+            tau_applied_nm=self._tau.copy(),
+            gripper_opening_m=float(fingers[0][0] + fingers[1][0]),
+            gripper_speed_m_s=float(fingers[0][1] + fingers[1][1]),
+            tcp_pos_m=np.array(tcp[4]), tcp_rot=np.array(p.getMatrixFromQuaternion(tcp[5])).reshape(3, 3),
+            object_pos_m=np.array(pos), object_quat=np.array([quat[3], quat[0], quat[1], quat[2]]),
+            step_work_j=work_j,
+        )
+
+    def close(self) -> None:
+        if self.client is not None and self.p.isConnected(self.client):
+            self.p.disconnect(self.client)
+        self.client = None
