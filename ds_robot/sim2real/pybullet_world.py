@@ -22,7 +22,10 @@ What differs, on purpose or because PyBullet has no equivalent:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 
 import numpy as np
 
@@ -33,6 +36,20 @@ from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 
 N_ARM = 6
 FRICTION_SMOOTHING_RAD_S = 0.01
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence C-level stdout (file descriptor 1) for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class PyBulletBackend(PhysicsBackend):
@@ -55,8 +72,9 @@ class PyBulletBackend(PhysicsBackend):
         urdf = models_dir() / f"{variant}.urdf"
         if not urdf.is_file():
             raise ConfigError(f"missing robot description {urdf}: run `ds-robot model generate`")
-        self.robot = p.loadURDF(str(urdf), useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE,
-                                physicsClientId=self.client)
+        with _quiet_stdout():  # the C importer prints a warning per frame-only link (fixed below)
+            self.robot = p.loadURDF(str(urdf), useFixedBase=True, flags=p.URDF_USE_INERTIA_FROM_FILE,
+                                    physicsClientId=self.client)
         names = {p.getJointInfo(self.robot, i, physicsClientId=self.client)[1].decode(): i
                  for i in range(p.getNumJoints(self.robot, physicsClientId=self.client))}
         links = {p.getJointInfo(self.robot, i, physicsClientId=self.client)[12].decode(): i
