@@ -199,6 +199,7 @@ def cmd_train_grasp(args) -> int:
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     _, summary = train_grasp(args.out, resume=args.resume, budget_s=budget_s, progress=not args.quiet,
                              seed=args.seed, workers=workers, torque_features=not args.no_torque_features,
+                             randomize_physics=True if args.randomize_physics else None,
                              objects=str(args.objects) if args.objects else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
@@ -216,8 +217,8 @@ def cmd_train(args) -> int:
         return cmd_train_grasp(args)
     if args.env is None:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
-    if args.no_torque_features or args.objects is not None:
-        raise ConfigError("--no-torque-features and --objects apply to train grasp")
+    if args.no_torque_features or args.randomize_physics or args.objects is not None:
+        raise ConfigError("--no-torque-features, --randomize-physics and --objects apply to train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -389,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default=None, help="a2c|ppo|sac: Gymnasium environment id, e.g. CartPole-v1")
     p.add_argument("--no-torque-features", action="store_true",
                    help="grasp: train without the measured-torque observations (the ablation)")
+    p.add_argument("--randomize-physics", action="store_true",
+                   help="grasp: domain randomisation, the shifted-MuJoCo physics drawn anew every episode")
     p.add_argument("--objects", type=Path, default=None, help="grasp: object-set YAML (default: the default set)")
     p.add_argument("--steps", type=positive_int, default=None, help="total environment steps (default: per algo)")
     p.add_argument("--budget-minutes", type=positive_float, default=None,

@@ -53,6 +53,7 @@ class UR5GraspEnv(gym.Env):
         render_size: tuple[int, int] = (480, 640),
         camera: str = "front",
         torque_features: bool = True,
+        randomize_physics: bool = False,
     ):
         if isinstance(objects, ObjectSet):
             self.object_set = objects
@@ -67,6 +68,12 @@ class UR5GraspEnv(gym.Env):
             raise ConfigError(f"episode_s={episode_s} is shorter than one control step ({control_dt_s} s)")
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")
+        if randomize_physics:  # domain randomisation: a new hidden physics shift every episode
+            if backend is not None:
+                raise ConfigError("randomize_physics builds its own backend; do not pass one")
+            from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
+
+            backend = ShiftedMuJoCoBackend(robot, physics_dt_s)
         self.backend = backend if backend is not None else MuJoCoBackend(robot, physics_dt_s)
         self.control_dt_s = control_dt_s
         self.episode_s = episode_s

@@ -68,6 +68,7 @@ class HierTrainConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     torque_features: bool = True
+    randomize_physics: bool = False  # domain randomisation: the shifted-MuJoCo physics, new every episode
     objects: str | None = None
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
     total_steps: int = 50_000_000
@@ -115,7 +116,8 @@ class HierTrainer:
         self.config = cfg = config
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
-        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features}
+        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features,
+                      "randomize_physics": cfg.randomize_physics}
         if cfg.objects is not None:
             env_kwargs["objects"] = cfg.objects
         factory = EnvFactory(ENV_ID, env_kwargs)
