@@ -174,7 +174,11 @@ def test_cli_worlds_and_correction(tmp_path):
     bench = tmp_path / "s.json"
     assert main(["bench", "sim2real", "--quick", "--episodes", "2", "--workers", "1", "--json", str(bench)]) == 0
     rows = {r["name"]: r for r in json.loads(bench.read_text())["results"]}
-    assert set(rows) == {f"{w}_{m}" for w in ("nominal", "shifted", "pybullet") for m in ("none", "correction")}
+    from ds_robot.bench.sim2real import DR_POLICY, MODES, WORLDS
+    from ds_robot.paths import policies_dir
+
+    modes = MODES if (policies_dir() / DR_POLICY).is_file() else ("none", "correction")
+    assert set(rows) == {f"{w}_{m}" for w in WORLDS for m in modes}
     assert rows["shifted_correction"]["estimator_us"] > 0 and "pred_error_ratio_2s" in rows["shifted_correction"]
 
 

@@ -1,7 +1,9 @@
 """``ds-robot bench sim2real``: the shipped hierarchical controller with and without online
 physics correction, on the nominal world and on physics-shifted MuJoCo.
 
-Per world (``nominal``, ``shifted``, ``pybullet``) and mode (``none``, ``correction``), ``seeds`` x
+Per world (``nominal``, ``shifted``, ``pybullet``) and mode (``none``: the shipped policy;
+``correction``: with online correction; ``randomisation``: the policy trained with domain
+randomisation, ``models/policies/grasp_hier_dr.npz``; ``both``), ``seeds`` x
 ``episodes`` episodes (the same episode seeds, hence the same hidden shifts, for every mode):
 success (Wilson 95% CI), time to lift, energy, control-step time; with correction also the
 estimator's cost per step (``estimator_us``), the one-step joint-velocity prediction error of
@@ -10,7 +12,7 @@ each episode, nominal / corrected, median over episodes; > 1 means the correctio
 better), and on the shifted world the estimate's error against the hidden truth at 2 s, before
 the grasp's contacts (motor gain of joints 1–5, payload; latency identified).
 
-Not yet here (next step of the sim-to-real issue): domain randomisation.
+The randomisation rows are skipped when the domain-randomised policy file is absent.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 WORLDS = ("nominal", "shifted", "pybullet")
-MODES = ("none", "correction")
+MODES = ("none", "correction", "randomisation", "both")
+DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
 GOALS = {"pred_error_ratio": 5.0, "success_gap": 0.03, "estimator_share": 0.2}
 
@@ -55,15 +58,16 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
     else:
         backend = ShiftedMuJoCoBackend(seed=0) if world == "shifted" else None
     env = UR5GraspEnv(backend=backend)
-    controller = HierarchicalController.for_env(env, HierPolicy.load(policies_dir() / "grasp_hier.npz"))
-    if mode == "correction":
+    policy_file = DR_POLICY if mode in ("randomisation", "both") else "grasp_hier.npz"
+    controller = HierarchicalController.for_env(env, HierPolicy.load(policies_dir() / policy_file))
+    if mode in ("correction", "both"):
         controller = CorrectedController.for_env(env, controller, track_prediction=True)
     rows = []
     for episode_seed in episode_seeds(seed, episodes):
         result = run_episode(env, controller, episode_seed)
         row = {"success": result.success, "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
                "control_step_us": result.control_step_us}
-        if mode == "correction":
+        if mode in ("correction", "both"):
             est = controller.estimator
             pe = est.pred_error
             row["estimator_us"] = float(np.mean(est.cost_s)) * 1e6
@@ -89,7 +93,7 @@ def _summarise(world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
                            "time_to_lift_s": float(np.mean(lifts)) if lifts else math.nan,
                            "energy_j": energy, "energy_j_ci95": energy_ci,
                            "control_step_us": float(np.mean([r["control_step_us"] for r in rows]))}
-    if mode == "correction":
+    if mode in ("correction", "both"):
         ratios = [r["pred_error_ratio_2s"] for r in rows if math.isfinite(r["pred_error_ratio_2s"])]
         out.update({"estimator_us": float(np.mean([r["estimator_us"] for r in rows])),
                     "pred_error_ratio_2s": float(np.median(ratios)) if ratios else math.nan,
@@ -111,15 +115,20 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     seeds = 1 if quick else seeds
     if episodes < 1 or seeds < 1 or workers < 1:
         raise ConfigError(f"need episodes, seeds and workers >= 1, got {episodes}, {seeds}, {workers}")
-    jobs = [(w, m, s) for w in WORLDS for m in MODES for s in range(seeds)]
-    print(f"bench sim2real: {len(WORLDS)} worlds x {len(MODES)} modes x {seeds} seeds x {episodes} episodes "
+    from ds_robot.paths import policies_dir
+
+    modes = MODES if (policies_dir() / DR_POLICY).is_file() else ("none", "correction")
+    if len(modes) < len(MODES):
+        print(f"bench sim2real: {policies_dir() / DR_POLICY} not found: randomisation rows skipped")
+    jobs = [(w, m, s) for w in WORLDS for m in modes for s in range(seeds)]
+    print(f"bench sim2real: {len(WORLDS)} worlds x {len(modes)} modes x {seeds} seeds x {episodes} episodes "
           f"(hier controller), {workers} processes")
-    rows: dict[tuple[str, str], list] = {(w, m): [] for w in WORLDS for m in MODES}
+    rows: dict[tuple[str, str], list] = {(w, m): [] for w in WORLDS for m in modes}
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_job, w, m, s, episodes): (w, m) for w, m, s in jobs}
         for future in tqdm(futures, desc="bench sim2real", unit="job"):
             rows[futures[future]].extend(future.result())
-    results = [_summarise(w, m, rows[(w, m)]) for w in WORLDS for m in MODES]
+    results = [_summarise(w, m, rows[(w, m)]) for w in WORLDS for m in modes]
     table = []
     for r in results:
         table.append([r["name"], r["episodes"], ci_text(r["success_rate"], r["success_rate_ci95"], digits=3),
@@ -162,6 +171,11 @@ def verdict(results: list[dict]) -> list[str]:
                      f"(gap {gap * 100:+.1f} points; goal <= {GOALS['success_gap'] * 100:g}: "
                      f"{'met' if gap <= GOALS['success_gap'] else 'not met'}); without correction "
                      f"{by['shifted_none']['success_rate']:.3f}")
+    for world in WORLDS:
+        dr, both = by.get(f"{world}_randomisation"), by.get(f"{world}_both")
+        if dr and both:
+            lines.append(f"{world}: domain randomisation {dr['success_rate']:.3f} success / {dr['energy_j']:.1f} J, "
+                         f"randomisation + correction {both['success_rate']:.3f} / {both['energy_j']:.1f} J")
     pb_on, pb_off = by.get("pybullet_correction"), by.get("pybullet_none")
     if pb_on and pb_off:
         lines.append(f"pybullet: success {pb_off['success_rate']:.3f} -> {pb_on['success_rate']:.3f}, energy "
@@ -176,19 +190,22 @@ def plot(results: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
     names = [r["name"] for r in results]
-    colors = ["#888888", "#4c72b0"] * len(WORLDS)
+    palette = {"none": "#888888", "correction": "#4c72b0", "randomisation": "#dd8452", "both": "#55a868"}
+    colors = [palette[r["mode"]] for r in results]
     axes[0].bar(names, [r["success_rate"] for r in results],
                 yerr=np.array([[r["success_rate"] - r["success_rate_ci95"][0], r["success_rate_ci95"][1] - r["success_rate"]]
                                for r in results]).T, capsize=3, color=colors)
     axes[0].set_ylabel("grasp success (95% Wilson CI)")
     axes[0].set_ylim(0, 1.05)
-    axes[1].bar(names, [r["energy_j"] for r in results], color=colors)
-    axes[1].set_ylabel("energy per episode, J")
+    axes[1].bar(names, [r["energy_j"] for r in results], color=colors, capsize=3,
+                yerr=np.array([[r["energy_j"] - r["energy_j_ci95"][0], r["energy_j_ci95"][1] - r["energy_j"]]
+                               for r in results]).T)
+    axes[1].set_ylabel("energy per episode, J (95% CI)")
     for ax in axes:
-        ax.tick_params(axis="x", rotation=20)
-    fig.suptitle("bench sim2real: hierarchical controller, online physics correction on/off")
+        ax.tick_params(axis="x", rotation=35)
+    fig.suptitle("bench sim2real: hierarchical controller; online correction, domain randomisation, both")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
