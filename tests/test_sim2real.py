@@ -8,7 +8,8 @@ import pytest
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.envs.grasp_task import OBS_SLICES as S
-from ds_robot.sim2real.estimator import N_PARAMS, SLICES, EstimatorConfig, OnlineEstimator
+from ds_robot.model.params import default_description
+from ds_robot.sim2real.estimator import N_PARAMS, SLICES, EstimatorConfig, GripperState, ModelPredictor, OnlineEstimator
 from ds_robot.sim2real.worlds import PhysicsShift, ShiftedMuJoCoBackend
 
 
@@ -108,6 +109,48 @@ def test_estimator_identifies_the_shifted_world_in_free_motion(latency):
     np.testing.assert_allclose(e["gain"][:5], shift.gain[:5], atol=0.08)
     assert abs(e["payload_kg"] - shift.payload_kg) < 0.15
     assert np.median(est.cost_s) < 0.002  # 20% of the 10 ms control period
+
+
+def _prediction_errors(shift, estimate_of_shift, steps=100):
+    """One-step velocity prediction errors (rad/s, max over joints) of the nominal model and of the
+    model with ``estimate_of_shift`` written in, in a world with ``shift``, under gravity
+    compensation plus a sinusoidal torque (free motion, gripper opening)."""
+    env = UR5GraspEnv(backend=ShiftedMuJoCoBackend(shift=shift))
+    lim, travel = env.backend.joint_torque_limit_nm, default_description().gripper.finger_travel_m
+    obs, _ = env.reset(seed=3)
+    model, predictor = RobotModel(), ModelPredictor()
+    errors = {"nominal": [], "estimate": []}
+    for k in range(steps):
+        q, qd = obs[S["q"]].astype(float), obs[S["qd"]].astype(float) * math.pi
+        model.update(q, qd)
+        tau = model.gravity_torque() + 0.05 * lim * np.sin(0.1 * k + np.arange(6))
+        opening, speed = obs[S["gripper"]].astype(float) * (env.backend.max_gripper_opening_m, 0.1)
+        gripper = GripperState(opening, speed, travel)  # command -1: fully open
+        pred = {"nominal": predictor.predict(q, qd, tau, None, gripper),
+                "estimate": predictor.predict(q, qd, tau, estimate_of_shift, gripper)}
+        obs, *_ = env.step(np.append(tau / lim, -1.0))
+        for key, value in pred.items():
+            errors[key].append(np.abs(obs[S["qd"]] * math.pi - value).max())
+    return {key: float(np.max(v)) for key, v in errors.items()}
+
+
+def test_model_predictor_reproduces_the_world_it_describes():
+    m = RobotModel().model
+    damping, armature = m.dof_damping[:6].copy(), m.dof_armature[:6].copy()
+    shift = PhysicsShift(damping_scale=(2.0, 0.5, 1.5, 1.2, 0.8, 1.0), armature_scale=(1.5, 0.7, 1.2, 2.0, 1.0, 0.5),
+                         friction_add_nm=(0.5, 0.8, 0.3, 0.1, 0.1, 0.1), gain=(0.85, 1.15, 0.9, 1.1, 1.0, 0.95),
+                         payload_kg=0.4)
+    truth = {"damping": damping * (np.array(shift.damping_scale) - 1), "armature": armature * (np.array(shift.armature_scale) - 1),
+             "friction": np.array(shift.friction_add_nm), "gain": np.array(shift.gain), "payload_kg": shift.payload_kg}
+    nominal_world = _prediction_errors(PhysicsShift(), truth)
+    shifted_world = _prediction_errors(shift, truth)
+    # The nominal model predicts the nominal world, and the true shift the shifted world, up to the observation's
+    # float32 rounding and the fingers (seen only as opening and speed: each finger is taken as half); the nominal
+    # model misses the shifted world by ~0.1 rad/s. (Past ~1.4 s this motion reaches the table: contact is not in
+    # the predictor's model.)
+    assert nominal_world["nominal"] < 3e-4 and shifted_world["estimate"] < 3e-4
+    assert shifted_world["nominal"] > 100 * shifted_world["estimate"]
+    assert nominal_world["estimate"] > 100 * nominal_world["nominal"]
 
 
 def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input():

@@ -12,6 +12,12 @@ each episode, nominal / corrected, median over episodes; > 1 means the correctio
 better), and on the shifted world the estimate's error against the hidden truth at 2 s, before
 the grasp's contacts (motor gain of joints 1–5, payload; latency identified).
 
+Predictions step the controller's MuJoCo model of the arm and gripper (nominal, or with the
+current estimate written in) over one control period exactly as the world is stepped
+(:class:`~ds_robot.sim2real.estimator.ModelPredictor`); they run between control steps, outside
+the timed control step. Per-step curves over the first 3 s (median over episodes: prediction
+errors, estimate errors) go into the JSON (``curves``) and the plot.
+
 The randomisation rows are skipped when the domain-randomised policy file is absent.
 """
 
@@ -34,7 +40,16 @@ WORLDS = ("nominal", "shifted", "pybullet")
 MODES = ("none", "correction", "randomisation", "both")
 DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
+CURVE_STEPS = 300  # per-step curves (prediction error, estimate error) over the first 3 s
 GOALS = {"pred_error_ratio": 5.0, "success_gap": 0.03, "estimator_share": 0.2}
+
+
+def _curve(values) -> np.ndarray:
+    """The first ``CURVE_STEPS`` values of a per-step series, NaN-padded."""
+    out = np.full(CURVE_STEPS, np.nan)
+    values = np.asarray(values[:CURVE_STEPS], dtype=float)
+    out[: len(values)] = values
+    return out
 
 
 def _rms(values) -> float:
@@ -64,7 +79,9 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
         controller = CorrectedController.for_env(env, controller, track_prediction=True)
     rows = []
     for episode_seed in episode_seeds(seed, episodes):
-        result = run_episode(env, controller, episode_seed)
+        # The one-step predictions (benchmark only) run between control steps, untimed.
+        flush = (lambda _env: controller.estimator.flush_prediction()) if mode in ("correction", "both") else None
+        result = run_episode(env, controller, episode_seed, on_step=flush)
         row = {"success": result.success, "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
                "control_step_us": result.control_step_us}
         if mode in ("correction", "both"):
@@ -74,6 +91,11 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
             nominal, corrected = _rms(pe["nominal"][WINDOW]), _rms(pe["corrected"][WINDOW])
             row["pred_error_nominal_2s"], row["pred_error_corrected_2s"] = nominal, corrected
             row["pred_error_ratio_2s"] = nominal / corrected if corrected > 0 else math.nan
+            row["curve_pred_nominal"], row["curve_pred_corrected"] = _curve(pe["nominal"]), _curve(pe["corrected"])
+            if world == "shifted":
+                truth = env.backend.shift
+                row["curve_gain_error"] = _curve([np.abs(h["gain"][:5] - truth.gain[:5]).mean() for h in est.history])
+                row["curve_payload_error_kg"] = _curve([abs(h["payload_kg"] - truth.payload_kg) for h in est.history])
             if world == "shifted" and est.estimate_2s is not None:
                 truth, e = env.backend.shift, est.estimate_2s
                 row["gain_error"] = float(np.abs(e["gain"][:5] - np.array(truth.gain[:5])).mean())
@@ -81,6 +103,14 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
                 row["latency_right"] = e["latency_steps"] == truth.latency_steps
         rows.append(row)
     return rows
+
+
+def _nanmedian(curves: list[np.ndarray]) -> np.ndarray:
+    stack = np.vstack(curves)
+    enough = np.isfinite(stack).sum(axis=0) >= 0.5 * len(curves)
+    out = np.full(stack.shape[1], np.nan)
+    out[enough] = np.nanmedian(stack[:, enough], axis=0)
+    return out
 
 
 def _summarise(world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
@@ -101,6 +131,10 @@ def _summarise(world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
                     if ratios else [math.nan, math.nan],
                     "pred_error_nominal_2s": float(np.median([r["pred_error_nominal_2s"] for r in rows])),
                     "pred_error_corrected_2s": float(np.median([r["pred_error_corrected_2s"] for r in rows]))})
+        keys = [k for k in rows[0] if k.startswith("curve_")]
+        # Median over episodes at each step; NaN where fewer than half the episodes still ran.
+        out["curves"] = {k[len("curve_"):]: [round(float(v), 6) if math.isfinite(v) else None
+                                            for v in _nanmedian([r[k] for r in rows])] for k in keys}
         scored = [r for r in rows if "gain_error" in r]
         if world == "shifted" and scored:
             out.update({"gain_error": float(np.mean([r["gain_error"] for r in scored])),
@@ -134,9 +168,11 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
         table.append([r["name"], r["episodes"], ci_text(r["success_rate"], r["success_rate_ci95"], digits=3),
                       f"{r['time_to_lift_s']:.2f}", ci_text(r["energy_j"], r["energy_j_ci95"], digits=1),
                       f"{r['control_step_us']:.0f}", f"{r['estimator_us']:.0f}" if "estimator_us" in r else "-",
-                      f"{r['pred_error_ratio_2s']:.2f}" if "pred_error_ratio_2s" in r else "-"])
+                      f"{r['pred_error_nominal_2s']:.2g} / {r['pred_error_corrected_2s']:.2g}"
+                      if "pred_error_ratio_2s" in r else "-",
+                      f"{r['pred_error_ratio_2s']:.3g}" if "pred_error_ratio_2s" in r else "-"])
     print(format_table(["variant", "episodes", "success [95% CI]", "lift s", "energy J", "step us", "estimator us",
-                        "pred err ratio 2s"], table))
+                        "pred err rad/s nom / corr", "pred err ratio 2s"], table))
     for line in verdict(results):
         print(line)
     if json_path:
@@ -190,7 +226,8 @@ def plot(results: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(15, 5))
+    fig, grid = plt.subplots(2, 2, figsize=(15, 10))
+    axes = grid.ravel()
     names = [r["name"] for r in results]
     palette = {"none": "#888888", "correction": "#4c72b0", "randomisation": "#dd8452", "both": "#55a868"}
     colors = [palette[r["mode"]] for r in results]
@@ -203,8 +240,29 @@ def plot(results: list[dict], path: str | Path) -> None:
                 yerr=np.array([[r["energy_j"] - r["energy_j_ci95"][0], r["energy_j_ci95"][1] - r["energy_j"]]
                                for r in results]).T)
     axes[1].set_ylabel("energy per episode, J (95% CI)")
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=35)
+    for ax in axes[:2]:
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    by = {r["name"]: r for r in results}
+    t = (np.arange(CURVE_STEPS) + 1) * 0.01
+    for world, color in (("shifted", "#c44e52"), ("pybullet", "#8172b3"), ("nominal", "#888888")):
+        curves = by.get(f"{world}_correction", {}).get("curves")
+        if not curves:
+            continue
+        as_array = {k: np.array([np.nan if v is None else v for v in c]) for k, c in curves.items()}
+        axes[2].plot(t, as_array["pred_nominal"], "--", color=color, label=f"{world}: nominal model")
+        axes[2].plot(t, as_array["pred_corrected"], "-", color=color, label=f"{world}: corrected model")
+        if world == "shifted":
+            axes[3].plot(t, as_array["gain_error"], color="#4c72b0", label="motor gain, joints 1-5 (mean |error|)")
+            axes[3].plot(t, as_array["payload_error_kg"], color="#dd8452", label="payload, kg (|error|)")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("time in episode, s")
+    axes[2].set_ylabel("one-step joint-velocity prediction error, rad/s (median)")
+    axes[2].axvspan(1.5, 2.0, color="#eeeeee", zorder=0)
+    axes[2].legend(fontsize=8)
+    axes[3].set_xlabel("time in episode, s")
+    axes[3].set_ylabel("estimate error against the hidden truth (median)")
+    axes[3].set_title("shifted MuJoCo, correction on")
+    axes[3].legend(fontsize=8)
     fig.suptitle("bench sim2real: hierarchical controller; online correction, domain randomisation, both")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

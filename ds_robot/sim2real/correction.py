@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 from ds_robot.envs.grasp_task import OBS_SLICES
-from ds_robot.sim2real.estimator import PAYLOAD_BODY, EstimatorConfig, OnlineEstimator
+from ds_robot.model.params import default_description
+from ds_robot.sim2real.estimator import PAYLOAD_BODY, EstimatorConfig, GripperState, OnlineEstimator
 
 PLAUSIBLE = {"gain": (0.75, 1.3), "payload_kg": (0.0, 1.0)}
 
@@ -51,6 +52,8 @@ class CorrectedController:
         self.limit = np.asarray(torque_limit_nm, dtype=float)
         self.warmup_steps = warmup_steps
         self.track_prediction = track_prediction
+        gripper = default_description().gripper
+        self._max_opening_m, self._finger_travel_m = gripper.max_opening_m, gripper.finger_travel_m
         robot = controller_model(controller)
         self.model = robot.model
         self._payload = self.model.body(PAYLOAD_BODY).id
@@ -96,6 +99,11 @@ class CorrectedController:
             tau = (tau + estimate["damping"] * qd + estimate["friction"] * np.sign(qd) * moving) / gain
             tau = np.clip(tau, -self.limit, self.limit)
             action[:6] = tau / self.limit
-        self.estimator.update(q, qd, tau)
+        gripper = None
+        if self.track_prediction:
+            g = obs[OBS_SLICES["gripper"]].astype(float)
+            command = float(np.clip(action[6], -1.0, 1.0))
+            gripper = GripperState(g[0] * self._max_opening_m, g[1] / 10.0, self._finger_travel_m * (1.0 - command) / 2.0)
+        self.estimator.update(q, qd, tau, gripper)
         self.cost_s.append(overhead + time.perf_counter() - start)
         return action
