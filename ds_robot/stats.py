@@ -41,4 +41,6 @@ def wilson_ci95(successes: int, trials: int) -> tuple[float, tuple[float, float]
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return p, (max(0.0, centre - half), min(1.0, centre + half))
+    # At p = 0 or 1 one end is exactly p; rounding would otherwise leave it a hair inside (an
+    # interval that excludes its own estimate, and a negative error bar in the plots).
+    return p, (min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half)))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="the [ros] extra (rclpy wheels) is not installed")
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
@@ -57,6 +58,7 @@ def _status(box) -> dict:
 # world would run ahead of a starved controller, and this test is about correctness over ROS,
 # not timing (that is `ds-robot bench node`).
 SIM_TIME = (["-p", "real_time_factor:=0.5", "-p", "max_catch_up_steps:=2"], ["-p", "use_sim_time:=true"])
+WORLD_SEED = 3  # the shifted sim world's hidden physics (episode seed 0): motor gains 0.8-1.2, a payload
 
 
 @pytest.mark.parametrize("config,interface", [("ur5e.yaml", "effort"), ("ur5.yaml", "velocity")])
@@ -77,6 +79,44 @@ def test_closed_loop_grasp_through_ros(ros, config, interface):
     assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
+
+
+def test_online_correction_identifies_a_shifted_arm_through_ros(ros):
+    """correction:=true on a sim node that runs the physics-shifted MuJoCo: the estimate the node
+    reports on /diagnostics approaches the sim's hidden truth while the loop keeps grasping."""
+    params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config/ur5e.yaml")]
+    status = ros.listen(String, "/ds_robot/sim/status", latched=True)
+    diagnostics = ros.listen(DiagnosticArray, "/diagnostics")
+    # A quarter speed (not half): identification needs commands that land when the world expects
+    # them, and under the suite's load a half-speed world often applies them a step late.
+    ros.start("sim_node", *params, "-p", "seed:=0", "-p", "world:=shifted", "-p", f"world_seed:={WORLD_SEED}",
+              "-p", "real_time_factor:=0.25", "-p", "max_catch_up_steps:=2")
+    policy = ros.start("policy_node", *params, "-p", "correction:=true", "-p", "diagnostics_period_s:=0.25",
+                       *LOOP_PARAMS, *SIM_TIME[1])
+
+    def estimates():
+        out = []
+        for _, msg in diagnostics:
+            values = {kv.key: json.loads(kv.value) for kv in msg.status[0].values}
+            if "estimate" in values:
+                out.append((values["estimator_steps"], values["estimate"], values["estimator_p99_us"]))
+        return out
+
+    ok = ros.spin(150, until=lambda: _status(status).get("done") and any(n >= 200 for n, *_ in estimates()))
+    assert policy.poll() is None, ros.log(policy)
+    assert ok, f"no grasp outcome or no estimate; status {_status(status)}, estimates {estimates()[-1:]}"
+    truth = _status(status)["shift"]
+    assert _status(status)["world"] == "shifted" and _status(status)["success"], _status(status)
+    # At ~2 s of control, before the grasp's contacts, as `bench sim2real` scores it. Over ROS the
+    # joint states' timing jitters (the measured intervals are used) and commands land up to a
+    # physics step late, so the estimate is rougher than in-process: the bounds are those of the
+    # bench's median episode with a margin; the nominal model is off by 0.151 (gains) and 0.306 kg.
+    steps, estimate, p99_us = min(estimates(), key=lambda e: abs(e[0] - 200))
+    assert 175 <= steps <= 225, steps
+    gain_error = np.abs(np.array(estimate["gain"][:5]) - truth["gain"][:5])
+    assert gain_error.mean() < 0.11, (estimate["gain"], truth["gain"])
+    assert abs(estimate["payload_kg"] - truth["payload_kg"]) < 0.25, (estimate["payload_kg"], truth["payload_kg"])
+    assert p99_us < 10_000  # inside the 10 ms policy period even under the suite's load
 
 
 def test_watchdog_stops_the_arm_when_the_sim_dies_or_stalls(ros):
@@ -179,7 +219,9 @@ def test_estop_latches_and_shutdown_sends_a_stop(ros):
 def test_node_refuses_bad_parameters(ros):
     for args, match in ((["-p", "ur_type:=ur5", "-p", "command_interface:=effort"], "CB3 controllers cannot"),
                         (["-p", "policy:=/nonexistent.npz"], "policy file not found"),
-                        (["-p", "rate_hz:=50.0"], "policy_rate_hz")):
+                        (["-p", "rate_hz:=50.0"], "policy_rate_hz"),
+                        (["-p", "command_interface:=velocity", "-p", "correction:=true"], "needs command_interface effort"),
+                        (["-p", "controller:=none", "-p", "correction:=true"], "correction needs a controller")):
         proc = ros.start("policy_node", *args)
         assert proc.wait(timeout=60) == 2
         assert match in ros.log(proc), ros.log(proc)

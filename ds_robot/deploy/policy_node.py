@@ -6,7 +6,14 @@ object's half-sizes; transient local) and ``estop`` (std_msgs/Bool); publishes t
 (std_msgs/Float64MultiArray) on ``/forward_effort_controller/commands`` or
 ``/forward_velocity_controller/commands``, the gripper command, and diagnostics
 (diagnostic_msgs/DiagnosticArray: loop period and policy-step percentiles, late cycles, stops,
-rejected messages). Services ``~/estop`` and ``~/reset`` (std_srvs/Trigger).
+rejected messages; with correction the current physics estimate). Services ``~/estop`` and
+``~/reset`` (std_srvs/Trigger).
+
+``correction:=true`` (effort interface only) runs the controller under online sim-to-real
+correction (:class:`ds_robot.sim2real.correction.CorrectedController`): an RLS estimator of the
+arm's motor gains, damping, friction, armature and payload from the measured joint states and
+the torques sent, written into the controller's MuJoCo model every policy step. The estimate
+restarts from the nominal model on ``~/reset``.
 
 On SIGINT/SIGTERM, and on any exception in the loop, the last command it sends is a stop.
 Runs without torch: the policy is a NumPy (fp32 or int8) file.
@@ -16,6 +23,7 @@ Runs without torch: the policy is a NumPy (fp32 or int8) file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import signal
@@ -47,8 +55,22 @@ def default_policy_path() -> str:
     return str(policies_dir() / "grasp_hier_int8.npz")
 
 
-def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str = "numpy"):
+def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str = "numpy",
+                    correction: bool = False):
     """The controller the core runs and whether it reads measured torques."""
+    controller, torque_features = _base_controller(kind, policy_path, ur_type, control_dt_s, runtime)
+    if not correction:
+        return controller, torque_features
+    if kind == "none":
+        raise ConfigError("correction needs a controller to correct: controller hier or scripted")
+    from ds_robot.model.params import default_description
+    from ds_robot.sim2real.correction import CorrectedController
+
+    limit = default_description().variant(ur_type).joint_torque_limit_nm
+    return CorrectedController(controller, ur_type, control_dt_s, limit), torque_features
+
+
+def _base_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str):
     if kind == "hier":
         from ds_robot.hier.controller import HierarchicalController
         from ds_robot.hier.policy import HierPolicy
@@ -145,17 +167,25 @@ def build_node():
             runtime = p("runtime", "numpy").value
             self.stats_file = p("stats_file", "").value
             self.topics = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
+            correction = bool(p("correction", False).value)
+            if correction and self.config.command_interface != "effort":
+                raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
+                                  "torques it sends")
             controller, torque_features = make_controller(kind, policy, self.config.ur_type,
-                                                          1.0 / self.config.policy_rate_hz, runtime)
+                                                          1.0 / self.config.policy_rate_hz, runtime, correction)
+            self.corrected = controller if correction else None
             self.idle = isinstance(controller, IdleController)
             self.core = ControlCore(self.config, controller, torque_features)
+            if self.corrected is not None:  # accelerations over the joint states' measured intervals
+                self.corrected.state_stamp = lambda: self.core.state.stamp_s
             if any(e > 0 for e in extents):
                 try:
                     self.core.on_object_extents(extents)
                 except MessageError as exc:
                     raise ConfigError(f"parameter object_half_extents_m: {exc}") from exc
             self.get_logger().info(
-                f"{kind} controller ({policy if kind == 'hier' else 'model-based'}) on {self.config.ur_type} "
+                f"{kind} controller ({policy if kind == 'hier' else 'model-based'}"
+                f"{', online correction' if correction else ''}) on {self.config.ur_type} "
                 f"{UR_TYPES[self.config.ur_type]['series']}, {self.config.command_interface} interface at "
                 f"{self.config.rate_hz:g} Hz, policy at {self.config.policy_rate_hz:g} Hz")
 
@@ -187,7 +217,10 @@ def build_node():
                 raise ConfigError(f"trigger {self.trigger!r}: choose joint_states or timer")
             self._last_tick = -math.inf
             self.create_timer(self.config.period_s, self._on_timer)
-            self.create_timer(1.0, self._publish_diagnostics)
+            diagnostics_period_s = float(p("diagnostics_period_s", 1.0).value)
+            if not diagnostics_period_s > 0:
+                raise ConfigError(f"diagnostics_period_s must be > 0, got {diagnostics_period_s}")
+            self.create_timer(diagnostics_period_s, self._publish_diagnostics)
 
         def now_s(self) -> float:
             return self.get_clock().now().nanoseconds * 1e-9
@@ -297,7 +330,20 @@ def build_node():
             return {**self.loop.summary(), "policy_steps": self.core.stats.policy_steps,
                     "policy_step_p50_us": float(np.percentile(steps, 50)),
                     "policy_step_p99_us": float(np.percentile(steps, 99)),
-                    "stops": self.core.stats.stops, "rejected": self.core.stats.rejected}
+                    "stops": self.core.stats.stops, "rejected": self.core.stats.rejected,
+                    **self.estimate_summary()}
+
+        def estimate_summary(self) -> dict:
+            """With correction: the current estimate (as differences from the nominal model, motor
+            gains as factors) and the estimator's cost per policy step."""
+            est = getattr(self.corrected, "estimator", None)  # created at the first policy step
+            if est is None or not est.steps:
+                return {}
+            e = est.estimate()
+            cost = np.array(list(itertools.islice(reversed(est.cost_s), 1000))) * 1e6  # the last 1000
+            return {"estimate": {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items()},
+                    "estimator_steps": est.steps, "estimator_p50_us": float(np.percentile(cost, 50)),
+                    "estimator_p99_us": float(np.percentile(cost, 99))}
 
         def write_stats(self) -> None:
             """The whole run's loop periods, command latencies and policy-step times (bench node)."""

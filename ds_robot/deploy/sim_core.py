@@ -12,6 +12,10 @@ way the robot would:
 Like ros2_control's forward controllers it holds the last command until a new one arrives.
 The world is a :class:`~ds_robot.envs.grasp_env.UR5GraspEnv` stepped one physics step
 (2 ms) at a time, so success, time to lift and energy are the task's own bookkeeping.
+``world="shifted"`` makes it the sim-to-real stand-in for a real arm: the physics-shifted MuJoCo
+of :mod:`ds_robot.sim2real.worlds` (hidden damping, armature, friction, motor gains, payload,
+object mass and friction, drawn per episode from ``world_seed``; no added command latency: the
+ROS loop has its own). ``shift`` holds the truth, for scoring only.
 """
 
 from __future__ import annotations
@@ -26,17 +30,28 @@ from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ConfigError
 from ds_robot.sim import scene
 
+WORLDS = ("nominal", "shifted")
+
 
 class SimArm:
     def __init__(self, robot: str = "ur5e", command_interface: str = "effort", adds_gravity: bool = True,
-                 objects=None, physics_dt_s: float = 0.002, velocity_gain: float = 60.0):
+                 objects=None, physics_dt_s: float = 0.002, velocity_gain: float = 60.0, world: str = "nominal",
+                 world_seed: int = 0):
         if command_interface not in COMMAND_INTERFACES:
             raise ConfigError(f"command_interface {command_interface!r}: choose effort or velocity")
         if velocity_gain * physics_dt_s >= 1.0 or velocity_gain <= 0:
             raise ConfigError(f"velocity_gain={velocity_gain} must be in (0, 1/physics_dt_s)")
+        if world not in WORLDS:
+            raise ConfigError(f"world {world!r}: choose {' or '.join(WORLDS)}")
+        self.world = world
+        backend = None
+        if world == "shifted":
+            from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
+
+            backend = ShiftedMuJoCoBackend(robot, physics_dt_s, seed=world_seed, max_latency_steps=0)
         # A real arm has no episode length: the env's time limit is out of reach (a day).
         self.env = UR5GraspEnv(objects=objects, robot=robot, control_dt_s=physics_dt_s, physics_dt_s=physics_dt_s,
-                               episode_s=86_400.0)
+                               episode_s=86_400.0, backend=backend)
         self.command_interface = command_interface
         self.adds_gravity = adds_gravity
         self.velocity_gain = velocity_gain
@@ -85,6 +100,11 @@ class SimArm:
         if not self.done:
             self.info = info
             self.done = terminated
+
+    @property
+    def shift(self) -> dict | None:
+        """The shifted world's hidden physics this episode (None in the nominal world)."""
+        return self.env.backend.shift.as_dict() if self.world == "shifted" else None
 
     @property
     def time_s(self) -> float:

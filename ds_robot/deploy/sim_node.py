@@ -5,7 +5,10 @@ Publishes ``/joint_states`` (sensor_msgs/JointState: the 6 UR joints by their dr
 with ``tf_prefix``, and the gripper's finger joints; efforts are the joint-torque sensors'
 readings) at ``rate_hz``, the object's pose (geometry_msgs/PoseStamped, frame ``base``) and
 half-sizes (std_msgs/Float64MultiArray, transient local), ``/clock``, and the grasp outcome on
-``/ds_robot/sim/status`` (std_msgs/String, JSON: object, success, time to lift, energy).
+``/ds_robot/sim/status`` (std_msgs/String, JSON: object, success, time to lift, energy; in the
+shifted world also the hidden ``shift``). ``world:=shifted`` (``world_seed``) runs the
+physics-shifted MuJoCo of the sim-to-real work instead of the nominal model: a stand-in for a
+real arm that is not what the controller's model says.
 Accepts the same command topics as the real controllers (``/forward_effort_controller/commands``
 or ``/forward_velocity_controller/commands``, and the gripper's) and holds the last command,
 as ros2_control's forward controllers do. ``~/reset`` (std_srvs/Trigger) starts the next
@@ -57,7 +60,8 @@ def build_node():
             self.command_interface = p("command_interface", "effort").value
             objects = p("objects", "").value or None
             self.arm = SimArm(robot, self.command_interface, bool(p("adds_gravity", True).value), objects,
-                              velocity_gain=float(p("velocity_gain", 60.0).value))
+                              velocity_gain=float(p("velocity_gain", 60.0).value), world=p("world", "nominal").value,
+                              world_seed=int(p("world_seed", 0).value))
             self.seed = int(p("seed", 0).value)
             self.rate_hz = float(p("rate_hz", UR_TYPES[robot]["rate_hz"]).value)
             self.factor = float(p("real_time_factor", 1.0).value)
@@ -87,7 +91,7 @@ def build_node():
             self._start_episode()
             self.create_timer(1.0 / self.rate_hz, self._tick)
             self.create_timer(0.1, self._publish_status)
-            self.get_logger().info(f"MuJoCo {robot} ({UR_TYPES[robot]['series']}) taking "
+            self.get_logger().info(f"MuJoCo {robot} ({UR_TYPES[robot]['series']}, {self.arm.world} world) taking "
                                    f"{self.command_interface} commands, {self.rate_hz:g} Hz, "
                                    f"real-time factor {self.factor:g}, episode seed {self.seed}")
 
@@ -160,7 +164,10 @@ def build_node():
             status = {"seed": self.seed, "object": self.arm.env.setup.obj.name, "sim_time_s": self.arm.time_s,
                       "done": self.arm.done, "success": bool(info.get("success", False)),
                       "time_to_lift_s": info.get("time_to_lift_s") if info.get("success") else None,
-                      "energy_j": info.get("energy_j", 0.0), "rejected_commands": self.rejected}
+                      "energy_j": info.get("energy_j", 0.0), "rejected_commands": self.rejected,
+                      "world": self.arm.world}
+            if self.arm.shift is not None:
+                status["shift"] = self.arm.shift  # the hidden truth, for scoring an estimator
             self.pub_status.publish(String(data=json.dumps(status)))
 
     return SimNode()

@@ -10,7 +10,10 @@ Each control step (:meth:`CorrectedController.act`):
 3. the command is corrected for what the model's torque law does not contain: the extra
    damping and friction are added (``+ dd qd + df sign(qd)``) and the result divided by the
    estimated motor gain;
-4. the estimator is fed the measured state and the command actually sent.
+4. the estimator is fed the measured state and the command actually sent — it learns from
+   free motion only: while the gripper closes on or holds the object (gripper command > 0)
+   the estimate holds, since contact and the object's load are not in its regressor and
+   would otherwise be read as a changed payload and motor gains (``hold_while_grasping``).
 
 Correction starts after ``warmup_steps`` (the estimate needs some motion first). The latency
 estimate is reported but not compensated (a predictor would be needed; not done). Cost per
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 
 import numpy as np
 
@@ -44,13 +48,15 @@ def controller_model(controller):
 
 class CorrectedController:
     def __init__(self, controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
-                 warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False):
+                 warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False,
+                 hold_while_grasping: bool = True):
         self.inner = controller
         self.name = f"{controller.name}+correction"
         self.variant, self.control_dt_s = variant, control_dt_s
         self.config = config
         self.limit = np.asarray(torque_limit_nm, dtype=float)
         self.warmup_steps = warmup_steps
+        self.hold_while_grasping = hold_while_grasping
         self.track_prediction = track_prediction
         gripper = default_description().gripper
         self._max_opening_m, self._finger_travel_m = gripper.max_opening_m, gripper.finger_travel_m
@@ -58,7 +64,11 @@ class CorrectedController:
         self.model = robot.model
         self._payload = self.model.body(PAYLOAD_BODY).id
         self._nominal = {"armature": self.model.dof_armature[:6].copy(), "payload": float(self.model.body_mass[self._payload])}
-        self.cost_s: list[float] = []
+        self.cost_s: deque[float] = deque(maxlen=100_000)  # bounded: a node runs for hours
+        # Where the measurements carry time stamps (a ROS node): a callable that returns the
+        # stamp (s) of the state the current observation was built from.
+        self.state_stamp = None
+        self._last_stamp: float | None = None
 
     @classmethod
     def for_env(cls, env, controller, **kwargs) -> CorrectedController:
@@ -71,6 +81,7 @@ class CorrectedController:
         self.estimator = OnlineEstimator(self.variant, self.control_dt_s, self.config, self.track_prediction)
         self.estimator.set_torque_limit(self.limit)
         self._write(None)
+        self._last_stamp = None
         self.inner.reset(obs)
 
     def _write(self, estimate: dict | None) -> None:
@@ -104,6 +115,14 @@ class CorrectedController:
             g = obs[OBS_SLICES["gripper"]].astype(float)
             command = float(np.clip(action[6], -1.0, 1.0))
             gripper = GripperState(g[0] * self._max_opening_m, g[1] / 10.0, self._finger_travel_m * (1.0 - command) / 2.0)
-        self.estimator.update(q, qd, tau, gripper)
+        interval = None
+        if self.state_stamp is not None:
+            stamp = float(self.state_stamp())
+            interval = None if self._last_stamp is None else stamp - self._last_stamp
+            self._last_stamp = stamp
+        # Closing on or holding the object: contact and the object's load are not in the
+        # regressor (they would be read as payload and gains); the estimate holds until release.
+        learn = not (self.hold_while_grasping and action[6] > 0.0)
+        self.estimator.update(q, qd, tau, gripper, interval, learn)
         self.cost_s.append(overhead + time.perf_counter() - start)
         return action

@@ -18,7 +18,11 @@ the one whose a-priori residuals are smallest (exponentially weighted) is the es
 Robustness: a forgetting factor (0.995 per step: a memory of ~2 s) tracks slow change; the
 prior (``theta0``, ``P0``) keeps unexcited parameters at their nominal values; a row whose
 normalised innovation exceeds ``outlier_sigma`` is skipped (contact, impacts, saturation the
-regressor does not model), as is any step with NaN/Inf inputs; commanded torques are
+regressor does not model), as is any step with NaN/Inf inputs; a filter that rejects a joint's
+row in most of the last ``restart_window_steps`` steps restarts from the prior (gating has a failure mode: one
+wrong row accepted while the prior is wide — e.g. the first command, which a real loop applies
+a little late — makes the estimate confidently wrong, and then every true row looks like an
+outlier); commanded torques are
 clipped to the motor limits before they enter the regressor; the covariance is kept
 symmetric and no parameter's variance may exceed its prior's (no wind-up when excitation
 stops).
@@ -34,11 +38,17 @@ finite differences of the measured velocities: with velocity noise of 1e-3 rad/s
 hold; at 1e-2 rad/s (141 rad/s^2 of acceleration noise at 10 ms) they are badly biased, and a
 filtered acceleration would be needed. Cost per
 step: three filters, each one regressor and one 25-parameter block update.
+
+How good the estimate is gets measured by prediction (:class:`ModelPredictor`, benchmark only):
+the controller's MuJoCo model, nominal or with the estimate written in, is stepped over one
+control period exactly as the world is, and its joint velocities are compared with the measured
+ones at the next step.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import mujoco
@@ -61,7 +71,15 @@ class EstimatorConfig:
     noise_std_nm: float = 0.5
     outlier_sigma: float = 5.0
     latencies: tuple[int, ...] = (0, 1, 2)
+    # The first intervals after a start are not used: there the torque steps from the hold
+    # command to the first one, and a command that lands even a fraction of a period late (as
+    # in any real loop) makes that row badly wrong — while the prior is at its widest.
+    settle_steps: int = 2
     min_speed_for_friction: float = 0.02
+    # A filter that rejects a joint's row in more than half of the last this many steps no longer
+    # explains the data (typically: one bad early row got in while the prior was wide, and the
+    # now-confident wrong estimate gates out every true row of that joint): it restarts from the prior.
+    restart_window_steps: int = 20
 
 
 class RLS:
@@ -72,9 +90,18 @@ class RLS:
         self.theta = theta0.astype(float).copy()
         self.P0_diag = p0_std.astype(float) ** 2
         self.P = np.diag(self.P0_diag)
+        self.theta0 = self.theta.copy()
         self.config = config
         self.rejected = 0
         self.updates = 0
+        self.restarts = 0
+        self._recent: deque[np.ndarray] = deque(maxlen=config.restart_window_steps)  # rejected rows per step
+
+    def restart(self) -> None:
+        self.theta = self.theta0.copy()
+        self.P = np.diag(self.P0_diag)
+        self._recent.clear()
+        self.restarts += 1
 
     def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
         """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
@@ -85,6 +112,13 @@ class RLS:
         s_diag = np.einsum("ij,ij->i", ph, phi) + r
         keep = e * e <= (self.config.outlier_sigma ** 2) * s_diag
         self.rejected += int((~keep).sum())
+        self._recent.append(~keep)
+        if len(self._recent) == self._recent.maxlen and (2 * np.sum(self._recent, axis=0) > len(self._recent)).any():
+            self.restart()
+            e = y - phi @ self.theta
+            ph = phi @ self.P
+            s_diag = np.einsum("ij,ij->i", ph, phi) + r
+            keep = e * e <= (self.config.outlier_sigma ** 2) * s_diag
         if keep.any():
             phi_k, ph_k = phi[keep], ph[keep]
             s = ph_k @ phi_k.T + r * np.eye(int(keep.sum()))
@@ -196,7 +230,8 @@ class OnlineEstimator:
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self.steps = 0
         self.skipped = 0
-        self.cost_s: list[float] = []
+        self.irregular = 0  # steps whose measured interval was too far from the period to use
+        self.cost_s: deque[float] = deque(maxlen=100_000)  # bounded: a node runs for hours
         # One-step-ahead velocity prediction (benchmark only): the nominal model vs the model with
         # the current estimate; errors (rad/s, norm over the 6 joints) per step.
         self.track_prediction = track_prediction
@@ -229,10 +264,16 @@ class OnlineEstimator:
         phi[:, SLICES["payload_kg"].start] = -payload
         return phi, tau_nom
 
-    def update(self, q, qd, tau_cmd, gripper: GripperState | None = None) -> bool:
+    def update(self, q, qd, tau_cmd, gripper: GripperState | None = None, interval_s: float | None = None,
+               learn: bool = True) -> bool:
         """One control step: the measured state after the previous step, and the torque command
         sent now (``gripper``: the gripper's state and command, used by the prediction tracking
-        only). Returns False (and changes nothing) for non-finite inputs."""
+        only). ``interval_s``: the time between this measurement and the previous one where it
+        is known (a real loop's joint states are not exactly one period apart: the accelerations
+        use it; an interval outside [0.5, 2] periods adds no rows). ``learn=False``: the step is
+        recorded (state, command) but adds no rows — the estimate holds (the caller knows of
+        contact the regressor does not model). Returns False (and changes nothing) for non-finite
+        inputs."""
         self.flush_prediction()  # tracking only, before the timed part
         start = time.perf_counter()
         q, qd, tau_cmd = (np.asarray(a, dtype=float) for a in (q, qd, tau_cmd))
@@ -244,18 +285,24 @@ class OnlineEstimator:
         if self._pred is not None:
             for key, pred in self._pred.items():
                 self.pred_error[key].append(float(np.linalg.norm(qd - pred)))
-        if self._last is not None:
+        dt = self.dt if interval_s is None else float(interval_s)
+        if self._last is not None and not 0.5 * self.dt <= dt <= 2.0 * self.dt:
+            self.irregular += 1
+        elif self._last is not None and learn:
             q0, qd0 = self._last
-            qdd = (qd - qd0) / self.dt
+            qdd = (qd - qd0) / dt
             qm, qdm = 0.5 * (q0 + q), 0.5 * (qd0 + qd)
             phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM))
             rows, gain_cols = np.arange(N_ARM), SLICES["gain"].start + np.arange(N_ARM)
             for lat, rls in self.filters.items():
-                if len(self._commands) <= lat:
+                if len(self._commands) <= lat + self.config.settle_steps - 1:
                     continue
                 phi[rows, gain_cols] = self._commands[-1 - lat]  # only the command column differs
                 rls.forget()
+                restarts = rls.restarts
                 err = float(np.sum(rls.update(phi, tau_nom) ** 2))
+                if rls.restarts != restarts:  # its record was of the wrong estimate: start level with the best
+                    self.residual[lat] = min(v for k, v in self.residual.items() if k != lat) if len(self.residual) > 1 else 0.0
                 self.residual[lat] = 0.98 * self.residual[lat] + 0.02 * err
         self._commands.append(tau_cmd)
         del self._commands[:-(max(self.config.latencies) + 2)]

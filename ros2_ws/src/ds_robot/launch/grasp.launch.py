@@ -1,10 +1,13 @@
 """ros2 launch ds_robot grasp.launch.py [use_sim:=true|false] [ur_type:=ur5e|ur5] [robot_ip:=...]
-[command_interface:=effort|velocity] [policy:=FILE] [config:=FILE]
+[command_interface:=effort|velocity] [policy:=FILE] [config:=FILE] [correction:=true|false]
+[world:=nominal|shifted]
 
 use_sim:=true (default): the MuJoCo sim node plays the arm, gripper and object.
 use_sim:=false: includes ur_robot_driver's ur_control.launch.py for the arm at robot_ip, with
 forward_effort_controller (e-Series) or forward_velocity_controller (CB3) as the initial
 controller. The object pose must then come from your perception on /object_pose.
+correction:=true: online sim-to-real physics correction in the policy node (effort only).
+world:=shifted (sim only): the sim node runs physics-shifted MuJoCo instead of the nominal model.
 """
 
 import os
@@ -28,12 +31,16 @@ def _nodes(context):
         raise RuntimeError(f"command_interface:=effort on {ur_type} (CB3): CB3 controllers cannot take joint "
                            "torques; use command_interface:=velocity")
     config = LaunchConfiguration("config").perform(context) or os.path.join(share, "config", f"{ur_type}.yaml")
+    correction = LaunchConfiguration("correction").perform(context).lower() in ("true", "1")
+    if correction and interface != "effort":
+        raise RuntimeError("correction:=true needs command_interface:=effort (it identifies the arm from its torques)")
     overrides = {"ur_type": ur_type, "command_interface": interface,
-                 "policy": LaunchConfiguration("policy").perform(context)}
+                 "policy": LaunchConfiguration("policy").perform(context), "correction": correction}
     use_sim = LaunchConfiguration("use_sim")
     actions = [
         Node(package="ds_robot", executable="sim_node", name="ds_robot_sim", output="screen",
-             parameters=[config, {"ur_type": ur_type, "command_interface": interface}],
+             parameters=[config, {"ur_type": ur_type, "command_interface": interface,
+                                  "world": LaunchConfiguration("world").perform(context)}],
              condition=IfCondition(use_sim)),
         Node(package="ds_robot", executable="policy_node", name="ds_robot_policy", output="screen",
              parameters=[config, overrides]),
@@ -59,5 +66,9 @@ def generate_launch_description():
                               description="effort (e-Series direct torque) or velocity (CB3); empty: by ur_type"),
         DeclareLaunchArgument("policy", default_value="", description="policy file; empty: the shipped int8 policy"),
         DeclareLaunchArgument("config", default_value="", description="parameter YAML; empty: config/<ur_type>.yaml"),
+        DeclareLaunchArgument("correction", default_value="false",
+                              description="online sim-to-real physics correction (effort interface only)"),
+        DeclareLaunchArgument("world", default_value="nominal",
+                              description="sim only: nominal, or shifted (hidden physics changes, world_seed)"),
         OpaqueFunction(function=_nodes),
     ])
