@@ -221,10 +221,14 @@ def test_node_refuses_bad_parameters(ros):
                         (["-p", "policy:=/nonexistent.npz"], "policy file not found"),
                         (["-p", "rate_hz:=50.0"], "policy_rate_hz"),
                         (["-p", "command_interface:=velocity", "-p", "correction:=true"], "needs command_interface effort"),
-                        (["-p", "controller:=none", "-p", "correction:=true"], "correction needs a controller")):
+                        (["-p", "controller:=none", "-p", "correction:=true"], "correction needs a controller"),
+                        (["-p", "diagnostics_period_s:=0.0"], "diagnostics_period_s must be > 0")):
         proc = ros.start("policy_node", *args)
         assert proc.wait(timeout=60) == 2
         assert match in ros.log(proc), ros.log(proc)
+    proc = ros.start("sim_node", "-p", "world:=mars")
+    assert proc.wait(timeout=60) == 2
+    assert "world 'mars': choose nominal or shifted" in ros.log(proc), ros.log(proc)
 
 
 COLCON = shutil.which("colcon") or shutil.which("colcon", path=str(Path(sys.executable).parent))

@@ -175,6 +175,79 @@ def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input():
     assert rls.rejected == rejected + 6 and np.allclose(rls.theta, theta)
 
 
+def test_a_confidently_wrong_filter_restarts_instead_of_locking_out():
+    """One bad row accepted while the prior is wide can leave the filter confident and wrong;
+    then every true row looks like an outlier and is gated out. The filter notices (most rows of
+    the last ``restart_window_steps`` rejected), restarts from the prior and converges."""
+    rng = np.random.default_rng(0)
+    est = OnlineEstimator()
+    theta = np.zeros(N_PARAMS)
+    theta[SLICES["gain"]] = rng.uniform(0.85, 1.15, 6)
+    theta[SLICES["payload_kg"]] = 0.3
+    rls = est.filters[0]
+    rls.theta[SLICES["gain"]] = 1.6
+    rls.P *= 1e-6
+    for k, (phi, y) in enumerate(_synthetic_rows(est, theta, rng, 300)):
+        rls.forget()
+        rls.update(phi, y + rng.normal(0, 0.2, 6))
+        if k == est.config.restart_window_steps - 2:
+            assert rls.restarts == 0 and rls.rejected > 0  # locked out so far
+    assert rls.restarts == 1
+    assert np.abs(rls.theta - theta)[SLICES["gain"]][:5].max() < 0.05
+    assert abs(rls.theta[SLICES["payload_kg"]][0] - 0.3) < 0.05
+
+
+def _jittered_free_motion(shift, use_intervals, seed, steps=200):
+    """Free motion where the measurements come 8, 10 or 12 ms apart (as joint states over a real
+    network do) and the command changes at each; the estimator is told the intervals or not."""
+    rng = np.random.default_rng(seed)
+    env = UR5GraspEnv(backend=ShiftedMuJoCoBackend(shift=shift, max_latency_steps=0), control_dt_s=0.002,
+                      physics_dt_s=0.002, episode_s=60)
+    lim = env.backend.joint_torque_limit_nm
+    est = OnlineEstimator()
+    est.set_torque_limit(lim)
+    obs, _ = env.reset(seed=seed)
+    model, q0 = RobotModel(), obs[S["q"]].astype(float)
+    freq, amp, phase = rng.uniform(0.3, 1.0, 6), np.array([0.4, 0.3, 0.4, 0.6, 0.6, 0.8]), rng.uniform(0, 6, 6)
+    t, previous = 0.0, None
+    for _ in range(steps):
+        q_des = q0 + amp * (np.sin(2 * np.pi * freq * t + phase) - np.sin(phase))
+        qd_des = amp * 2 * np.pi * freq * np.cos(2 * np.pi * freq * t + phase)
+        q, qd = obs[S["q"]].astype(float), obs[S["qd"]].astype(float) * math.pi
+        model.update(q, qd)
+        tau = model.mass_matrix() @ (100 * (q_des - q) + 20 * (qd_des - qd)) + model.bias_torque()
+        est.update(q, qd, tau, None, previous if use_intervals else None)
+        n = int(rng.choice([4, 5, 6]))  # physics steps until the next measurement
+        for _ in range(n):
+            obs, *_ = env.step(np.append(np.clip(tau / lim, -1, 1), -1.0))
+        t, previous = t + n * env.control_dt_s, n * env.control_dt_s
+    return est.estimate()
+
+
+def test_estimator_uses_the_measured_intervals():
+    shift = PhysicsShift(damping_scale=(0.6, 0.9, 1.7, 1.4, 0.7, 1.1), gain=(1.08, 0.92, 0.85, 1.15, 0.9, 1.0),
+                         payload_kg=0.45)
+    told = _jittered_free_motion(shift, True, seed=1)
+    assert told["latency_steps"] == 0
+    np.testing.assert_allclose(told["gain"][:5], shift.gain[:5], atol=0.08)
+    assert abs(told["payload_kg"] - shift.payload_kg) < 0.1
+    # Taking every interval as the nominal period ruins the accelerations, and the estimate.
+    untold = _jittered_free_motion(shift, False, seed=1)
+    assert np.abs(untold["gain"][:5] - shift.gain[:5]).max() > 0.2
+
+
+def test_estimator_holds_when_told_not_to_learn():
+    est = _free_motion(PhysicsShift(gain=(0.9,) * 6, payload_kg=0.3), 150)
+    before = {lat: rls.theta.copy() for lat, rls in est.filters.items()}
+    steps = est.steps
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # a grasp: contact torques the regressor does not model
+        assert est.update(rng.uniform(-1, 1, 6), rng.uniform(-1, 1, 6), rng.uniform(-50, 50, 6), learn=False)
+    assert est.steps == steps + 20
+    for lat, rls in est.filters.items():
+        np.testing.assert_array_equal(rls.theta, before[lat])
+
+
 def test_estimator_config_is_used():
     est = OnlineEstimator(config=EstimatorConfig(latencies=(0, 1)))
     assert sorted(est.filters) == [0, 1]

@@ -262,7 +262,7 @@ def plot(results: list[dict], path: str | Path) -> None:
     axes[3].set_xlabel("time in episode, s")
     axes[3].set_ylabel("estimate error against the hidden truth (median)")
     axes[3].set_title("shifted MuJoCo, correction on (from ~2.2 s the fingers close on the object:\n"
-                      "the estimate holds while grasping)", fontsize=10)
+                      "contact and the object's load enter the estimate)", fontsize=10)
     axes[3].legend(fontsize=8)
     fig.suptitle("bench sim2real: hierarchical controller; online correction, domain randomisation, both")
     fig.tight_layout()

@@ -18,14 +18,18 @@ the one whose a-priori residuals are smallest (exponentially weighted) is the es
 Robustness: a forgetting factor (0.995 per step: a memory of ~2 s) tracks slow change; the
 prior (``theta0``, ``P0``) keeps unexcited parameters at their nominal values; a row whose
 normalised innovation exceeds ``outlier_sigma`` is skipped (contact, impacts, saturation the
-regressor does not model), as is any step with NaN/Inf inputs; a filter that rejects a joint's
-row in most of the last ``restart_window_steps`` steps restarts from the prior (gating has a failure mode: one
-wrong row accepted while the prior is wide — e.g. the first command, which a real loop applies
-a little late — makes the estimate confidently wrong, and then every true row looks like an
-outlier); commanded torques are
-clipped to the motor limits before they enter the regressor; the covariance is kept
-symmetric and no parameter's variance may exceed its prior's (no wind-up when excitation
-stops).
+regressor does not model), as is any step with NaN/Inf inputs; commanded torques are clipped
+to the motor limits before they enter the regressor; the covariance is kept symmetric and no
+parameter's variance may exceed its prior's (no wind-up when excitation stops).
+Gating has a failure mode: one wrong row accepted while the prior is wide makes the estimate
+confidently wrong, and then every true row looks like an outlier. Two guards: the first
+``settle_steps`` intervals are not used (there the torque steps from the hold command to the
+first one, so a command that lands a fraction of a period late — as in any real loop — makes
+the row badly wrong), and a filter that rejects a joint's row in most of the last
+``restart_window_steps`` steps restarts from the prior. Where the measurements are stamped
+(a ROS loop: joint states are not exactly one period apart) the caller passes the measured
+interval and the accelerations use it. A caller that knows of contact (grasping) can pass
+``learn=False``: the step is recorded but the estimate holds.
 
 Limits: contact forces and the object's load are not in the model (they show up as outliers
 or bias the estimate while grasping); friction is Coulomb only (MuJoCo's friction loss is a
