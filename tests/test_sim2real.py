@@ -274,6 +274,13 @@ def test_correction_rescues_a_grasp_the_shift_breaks():
         assert env.backend.shift.latency_steps == 2
     assert not results[False].success and results[False].energy_j > 200
     assert results[True].success and results[True].energy_j < 40
+    # Through the grasp's contacts and the lift the estimator keeps learning and does not diverge.
+    est = controller.estimator
+    assert est.steps > 250
+    for rls in est.filters.values():
+        assert np.all(np.isfinite(rls.theta)) and np.all(np.isfinite(rls.P))
+    e = est.estimate()
+    assert np.all((e["gain"] > 0.5) & (e["gain"] < 2.0)) and -1.0 < e["payload_kg"] < 1.5, e
 
 
 def test_cli_worlds_and_correction(tmp_path):
