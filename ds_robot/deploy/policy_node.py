@@ -56,7 +56,7 @@ def default_policy_path() -> str:
 
 
 def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str = "numpy",
-                    correction: bool = False):
+                    correction: bool = False, max_torque_fraction: float = 1.0):
     """The controller the core runs and whether it reads measured torques."""
     controller, torque_features = _base_controller(kind, policy_path, ur_type, control_dt_s, runtime)
     if not correction:
@@ -67,7 +67,8 @@ def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: flo
     from ds_robot.sim2real.correction import CorrectedController
 
     limit = default_description().variant(ur_type).joint_torque_limit_nm
-    return CorrectedController(controller, ur_type, control_dt_s, limit), torque_features
+    return CorrectedController(controller, ur_type, control_dt_s, limit,
+                               command_limit_nm=np.asarray(limit) * max_torque_fraction), torque_features
 
 
 def _base_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str):
@@ -172,7 +173,8 @@ def build_node():
                 raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
                                   "torques it sends")
             controller, torque_features = make_controller(kind, policy, self.config.ur_type,
-                                                          1.0 / self.config.policy_rate_hz, runtime, correction)
+                                                          1.0 / self.config.policy_rate_hz, runtime, correction,
+                                                          self.config.max_torque_fraction)
             self.corrected = controller if correction else None
             self.idle = isinstance(controller, IdleController)
             self.core = ControlCore(self.config, controller, torque_features)

@@ -53,12 +53,15 @@ def controller_model(controller):
 class CorrectedController:
     def __init__(self, controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
                  warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False,
-                 hold_while_grasping: bool = False):
+                 hold_while_grasping: bool = False, command_limit_nm=None):
         self.inner = controller
         self.name = f"{controller.name}+correction"
         self.variant, self.control_dt_s = variant, control_dt_s
         self.config = config
-        self.limit = np.asarray(torque_limit_nm, dtype=float)
+        self.limit = np.asarray(torque_limit_nm, dtype=float)  # action 1.0 = this torque
+        # What the command is clipped to downstream, if tighter (a ROS node's max_torque_fraction):
+        # the estimator must see the torque that reaches the motors.
+        self.command_limit = self.limit if command_limit_nm is None else np.minimum(self.limit, command_limit_nm)
         self.warmup_steps = warmup_steps
         self.hold_while_grasping = hold_while_grasping
         self.track_prediction = track_prediction
@@ -83,7 +86,7 @@ class CorrectedController:
         """A new episode: the world's hidden physics may have changed, so the estimate restarts
         from the nominal model."""
         self.estimator = OnlineEstimator(self.variant, self.control_dt_s, self.config, self.track_prediction)
-        self.estimator.set_torque_limit(self.limit)
+        self.estimator.set_torque_limit(self.command_limit)
         self._write(None)
         self._last_stamp = None
         self.inner.reset(obs)

@@ -22,10 +22,10 @@ regressor does not model), as is any step with NaN/Inf inputs; commanded torques
 to the motor limits before they enter the regressor; the covariance is kept symmetric and no
 parameter's variance may exceed its prior's (no wind-up when excitation stops).
 Gating has a failure mode: one wrong row accepted while the prior is wide makes the estimate
-confidently wrong, and then every true row looks like an outlier. Two guards: the first
-``settle_steps`` intervals are not used (there the torque steps from the hold command to the
-first one, so a command that lands a fraction of a period late — as in any real loop — makes
-the row badly wrong), and a filter that rejects a joint's row in most of the last
+confidently wrong, and then every true row looks like an outlier. Two guards: the intervals
+of the first ``settle_steps`` commands are not used (there the torque steps from the hold
+command to the first one, so a command that lands a fraction of a period late — as in any real
+loop — makes the row badly wrong), and a filter that rejects a joint's row in most of the last
 ``restart_window_steps`` steps restarts from the prior. Where the measurements are stamped
 (a ROS loop: joint states are not exactly one period apart) the caller passes the measured
 interval and the accelerations use it. A caller that knows of contact (grasping) can pass
@@ -75,10 +75,10 @@ class EstimatorConfig:
     noise_std_nm: float = 0.5
     outlier_sigma: float = 5.0
     latencies: tuple[int, ...] = (0, 1, 2)
-    # The first intervals after a start are not used: there the torque steps from the hold
-    # command to the first one, and a command that lands even a fraction of a period late (as
-    # in any real loop) makes that row badly wrong — while the prior is at its widest.
-    settle_steps: int = 2
+    # The intervals of the first commands after a start are not used: there the torque steps
+    # from the hold command to the first one, and a command that lands even a fraction of a
+    # period late (as in any real loop) makes that row badly wrong — while the prior is at its widest.
+    settle_steps: int = 1
     min_speed_for_friction: float = 0.02
     # A filter that rejects a joint's row in more than half of the last this many steps no longer
     # explains the data (typically: one bad early row got in while the prior was wide, and the
@@ -299,7 +299,7 @@ class OnlineEstimator:
             phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM))
             rows, gain_cols = np.arange(N_ARM), SLICES["gain"].start + np.arange(N_ARM)
             for lat, rls in self.filters.items():
-                if len(self._commands) <= lat + self.config.settle_steps - 1:
+                if len(self._commands) <= lat + self.config.settle_steps:  # the applied command's index < settle_steps
                     continue
                 phi[rows, gain_cols] = self._commands[-1 - lat]  # only the command column differs
                 rls.forget()
