@@ -337,14 +337,16 @@ def build_node():
 
         def estimate_summary(self) -> dict:
             """With correction: the current estimate (as differences from the nominal model, motor
-            gains as factors) and the estimator's cost per policy step."""
+            gains as factors), the steps whose joint-state interval was too irregular to learn
+            from, and the estimator's cost per policy step."""
             est = getattr(self.corrected, "estimator", None)  # created at the first policy step
             if est is None or not est.steps:
                 return {}
             e = est.estimate()
             cost = np.array(list(itertools.islice(reversed(est.cost_s), 1000))) * 1e6  # the last 1000
             return {"estimate": {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items()},
-                    "estimator_steps": est.steps, "estimator_p50_us": float(np.percentile(cost, 50)),
+                    "estimator_steps": est.steps, "estimator_irregular_intervals": est.irregular,
+                    "estimator_p50_us": float(np.percentile(cost, 50)),
                     "estimator_p99_us": float(np.percentile(cost, 99))}
 
         def write_stats(self) -> None:

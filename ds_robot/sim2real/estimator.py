@@ -100,29 +100,37 @@ class RLS:
         self.updates = 0
         self.restarts = 0
         self._recent: deque[np.ndarray] = deque(maxlen=config.restart_window_steps)  # rejected rows per step
+        self._recent_count: np.ndarray | int = 0  # their sum per row
 
     def restart(self) -> None:
         self.theta = self.theta0.copy()
         self.P = np.diag(self.P0_diag)
         self._recent.clear()
+        self._recent_count = 0
         self.restarts += 1
+
+    def _gate(self, phi: np.ndarray, y: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A-priori innovations, ``phi P``, and which rows pass the innovation gate."""
+        e = y - phi @ self.theta
+        ph = phi @ self.P
+        s_diag = np.einsum("ij,ij->i", ph, phi) + r
+        return e, ph, e * e <= (self.config.outlier_sigma ** 2) * s_diag
 
     def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
         """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
         innovations (all rows, gated or not)."""
         r = self.config.noise_std_nm ** 2
-        e = y - phi @ self.theta
-        ph = phi @ self.P
-        s_diag = np.einsum("ij,ij->i", ph, phi) + r
-        keep = e * e <= (self.config.outlier_sigma ** 2) * s_diag
-        self.rejected += int((~keep).sum())
-        self._recent.append(~keep)
-        if len(self._recent) == self._recent.maxlen and (2 * np.sum(self._recent, axis=0) > len(self._recent)).any():
+        e, ph, keep = self._gate(phi, y, r)
+        bad = (~keep).astype(int)
+        self.rejected += int(bad.sum())
+        # Rejections per row over the window, kept as a running count (this is the control loop).
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_count = self._recent_count - self._recent[0]
+        self._recent.append(bad)
+        self._recent_count = self._recent_count + bad
+        if len(self._recent) == self._recent.maxlen and (2 * self._recent_count > len(self._recent)).any():
             self.restart()
-            e = y - phi @ self.theta
-            ph = phi @ self.P
-            s_diag = np.einsum("ij,ij->i", ph, phi) + r
-            keep = e * e <= (self.config.outlier_sigma ** 2) * s_diag
+            e, ph, keep = self._gate(phi, y, r)
         if keep.any():
             phi_k, ph_k = phi[keep], ph[keep]
             s = ph_k @ phi_k.T + r * np.eye(int(keep.sum()))
