@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from ds_robot.deploy.core import ControlCore, MessageError, NodeConfig
-from ds_robot.deploy.quantize import dequantize, quantize
 from ds_robot.deploy.sim_core import SimArm
 from ds_robot.errors import ConfigError
 from ds_robot.hier.controller import HierarchicalController
 from ds_robot.hier.policy import HierPolicy, PolicyFileError
+from ds_robot.hier.quantize import dequantize, quantize
 from ds_robot.paths import policies_dir
 
 SHIPPED = policies_dir() / "grasp_hier.npz"

@@ -8,7 +8,8 @@ from gymnasium.utils.env_checker import check_env
 
 import ds_robot  # noqa: F401  (registers the env)
 from ds_robot.envs.grasp_env import UR5GraspEnv
-from ds_robot.envs.grasp_task import OBS_SIZE, OBS_SLICES, GraspTask, GraspTaskConfig
+from ds_robot.envs.grasp_task import GraspTask, GraspTaskConfig
+from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.physics.backend import EpisodeSetup, RobotState
 from ds_robot.sim.objects import default_object_set_path, load_object_set

@@ -13,7 +13,8 @@ from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.evaluate import run_episode
 from ds_robot.hier.controller import HierarchicalController
-from ds_robot.hier.env import HIER_OBS_SIZE, H, HierGraspEnv
+from ds_robot.hier.env import HierGraspEnv
+from ds_robot.hier.features import HIER_OBS_SIZE, H
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
 from ds_robot.hier.policy import HierPolicy, PolicyFileError
 from ds_robot.hier.train import HierTrainConfig, HierTrainer, train_grasp

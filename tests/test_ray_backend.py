@@ -7,8 +7,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the Ray backend is the optional 'dist' extra")
 
+from ds_robot.rl.replay_actor import make_replay_actor  # noqa: E402
 from ds_robot.rollout import RolloutWarning  # noqa: E402
-from ds_robot.rollout.ray_backend import RayRolloutEngine, make_replay_actor  # noqa: E402
+from ds_robot.rollout.ray_backend import RayRolloutEngine  # noqa: E402
 
 
 def random_policy(params, obs, rng):

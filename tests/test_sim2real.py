@@ -7,7 +7,7 @@ import pytest
 
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.grasp_env import UR5GraspEnv
-from ds_robot.envs.grasp_task import OBS_SLICES as S
+from ds_robot.envs.layout import OBS_SLICES as S
 from ds_robot.model.params import default_description
 from ds_robot.sim2real.estimator import N_PARAMS, SLICES, EstimatorConfig, GripperState, ModelPredictor, OnlineEstimator
 from ds_robot.sim2real.worlds import PhysicsShift, ShiftedMuJoCoBackend

@@ -44,7 +44,7 @@ def rollout_features(policy, episodes: int, seed: int = 0) -> tuple[np.ndarray, 
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds
     from ds_robot.hier.controller import HierarchicalController
-    from ds_robot.hier.env import H
+    from ds_robot.hier.features import H
 
     env = UR5GraspEnv()
     controller = HierarchicalController.for_env(env, policy)
@@ -64,7 +64,7 @@ def rollout_features(policy, episodes: int, seed: int = 0) -> tuple[np.ndarray, 
 
 def step_latency_us(policy, features: np.ndarray, calls: int = 20_000) -> dict[str, float]:
     """One control step's network work at batch 1: the active skill's MLP."""
-    from ds_robot.hier.env import skill_of
+    from ds_robot.hier.features import skill_of
 
     skills = skill_of(features)
     rows = features[np.resize(np.arange(len(features)), calls)]
@@ -83,7 +83,7 @@ def step_latency_us(policy, features: np.ndarray, calls: int = 20_000) -> dict[s
 
 
 def agreement(fp32, other, features: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
-    from ds_robot.hier.env import skill_of
+    from ds_robot.hier.features import skill_of
     from ds_robot.model.params import default_description
 
     limit = np.array(default_description().variant(fp32.variant).joint_torque_limit_nm)

@@ -188,6 +188,7 @@ def cmd_eval_policy(args) -> int:
 
 def cmd_train_grasp(args) -> int:
     from ds_robot.hier.train import train_grasp
+    from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
 
     for flag, value in (("--env", args.env), ("--steps", args.steps), ("--amp", args.amp or None),
                         ("--ent-coef", args.ent_coef), ("--replay", args.replay), ("--envs", args.envs),
@@ -200,6 +201,7 @@ def cmd_train_grasp(args) -> int:
     _, summary = train_grasp(args.out, resume=args.resume, budget_s=budget_s, progress=not args.quiet,
                              seed=args.seed, workers=workers, torque_features=not args.no_torque_features,
                              randomize_physics=True if args.randomize_physics else None,
+                             randomized_world=ShiftedMuJoCoBackend,
                              objects=str(args.objects) if args.objects else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "

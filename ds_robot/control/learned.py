@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ds_robot.envs.grasp_task import OBS_SIZE, OBS_SLICES
+from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ConfigError
 from ds_robot.rl.checkpoint import load_checkpoint
 from ds_robot.rl.policies import make_policy

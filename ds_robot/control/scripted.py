@@ -15,7 +15,7 @@ heights); the scripted controller always takes ``ScriptedConfig.option``. The hi
 controller (``ds_robot.hier``) runs this same machine as its skill layer and lets its learned
 planner choose the option (``option_chooser``) and its skill policies add residual torques.
 
-It sees only the observation (``OBS_SLICES``) plus what it knows of the scene: the table
+It sees only the observation (decoded with ``ds_robot.envs.layout``) plus what it knows of the scene: the table
 height and its own arm model.
 """
 
@@ -28,10 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.envs.grasp_task import OBS_SLICES
+from ds_robot.envs.layout import ObservationLayout
 from ds_robot.model.params import default_description
-
-S = OBS_SLICES
 
 
 @dataclass(frozen=True)
@@ -130,6 +128,7 @@ class ScriptedGraspController:
         self.robot = RobotModel(variant)
         self.torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
         self.max_opening_m = desc.gripper.max_opening_m
+        self.layout = ObservationLayout(self.torque_limit_nm, self.max_opening_m)
         self.pad_half_height_m = desc.gripper.finger_pad_half_size_m[2]
         w, z = self.config.natural_frequency_rad_s, self.config.damping_ratio
         self.kp, self.kd = w * w, 2.0 * z * w
@@ -146,25 +145,19 @@ class ScriptedGraspController:
     # -- observation decoding ---------------------------------------------------------------
 
     def _decode(self, obs: np.ndarray) -> None:
-        self.q = obs[S["q"]].astype(float)
-        self.qd = obs[S["qd"]].astype(float) * math.pi
-        self.opening = float(obs[S["gripper"]][0]) * self.max_opening_m
+        layout = self.layout
+        self.q = layout.joint_positions(obs)
+        self.qd = layout.joint_velocities(obs)
+        self.opening = layout.gripper(obs)[0]
         self.robot.update(self.q, self.qd, self.opening)
         self.tcp_pos, self.tcp_rot = self.robot.tcp_pose()
-
-    def _object_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos = self.tcp_pos + self.tcp_rot @ obs[S["object_pos"]].astype(float)
-        rot_tcp = obs[S["object_rot"]].astype(float)
-        c0, c1 = rot_tcp[:3], rot_tcp[3:]
-        rot = self.tcp_rot @ np.column_stack([c0, c1, np.cross(c0, c1)])
-        return pos, rot
 
     # -- planning ---------------------------------------------------------------------------
 
     def _grasp_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TCP pose for grasping: pointing down, jaws closing across the option's side."""
-        obj_pos, obj_rot = self._object_pose(obs)
-        half = obs[S["object_size"]].astype(float)
+        obj_pos, obj_rot = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)
+        half = self.layout.object_half_extents(obs)
         narrow_is_x = half[0] <= half[1]
         across_x = narrow_is_x if self.option.axis == "narrow" else not narrow_is_x
         closing = obj_rot[:, 0] if across_x else obj_rot[:, 1]

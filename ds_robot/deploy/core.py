@@ -11,6 +11,8 @@ decides what reaches the arm lives here:
 - **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
+- **Observation**: the training env's, encoded by the same ``ObservationLayout`` from the
+  joint state, the forward kinematics of the controller's model and the object pose.
 - **Policy** at ``policy_rate_hz`` (the rate it was trained at, 100 Hz); between policy steps
   the last command is held, as the training environment holds torques over its physics steps.
 - **Command interfaces**: ``effort`` (UR e-Series direct torque; the controller box adds its
@@ -36,11 +38,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import mujoco
 import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.envs.grasp_task import OBS_SIZE, OBS_SLICES
+from ds_robot.envs.layout import ObservationLayout, goal_position
 from ds_robot.errors import ConfigError
 from ds_robot.model.params import ARM_JOINT_NAMES, default_description
 from ds_robot.sim import scene
@@ -192,8 +193,8 @@ class ControlCore:
         variant = config.ur_type
         self.joint_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
         self.torque_limit = self.joint_limit_nm * config.max_torque_fraction
-        self._inv_limit = 1.0 / self.joint_limit_nm
         self.max_gripper_opening_m = desc.gripper.max_opening_m
+        self.layout = ObservationLayout(self.joint_limit_nm, self.max_gripper_opening_m)
         self.model = RobotModel(variant)
         m = self.model.model
         ranges = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
@@ -307,26 +308,17 @@ class ControlCore:
         return command
 
     def observation(self) -> np.ndarray:
-        """The grasp env's 35-D observation from the latest joint state and object pose."""
+        """The grasp env's observation from the latest joint state and object pose."""
         s, o = self.state, self.object
         if self._resting_pos is None:
             self._resting_pos = o.pos.copy()
         tcp_pos, tcp_rot = self.model.forward_kinematics(s.q)
-        obs = np.empty(OBS_SIZE, dtype=np.float32)
-        sl = OBS_SLICES
-        obs[sl["q"]] = s.q
-        obs[sl["qd"]] = s.qd / math.pi
-        obs[sl["tau"]] = s.tau * self._inv_limit if self.need_effort else 0.0
-        obs[sl["gripper"]] = (s.gripper_opening_m / self.max_gripper_opening_m, s.gripper_speed_m_s * 10.0)
-        rot = np.empty(9)
-        mujoco.mju_quat2Mat(rot, o.quat_wxyz)
-        rot = rot.reshape(3, 3)
-        rows = np.vstack([o.pos - tcp_pos, rot[:, 0], rot[:, 1]])
-        obs[sl["object_pos"].start: sl["object_rot"].stop] = (rows @ tcp_rot).ravel()
-        obs[sl["object_size"]] = self.object_extents
-        goal = self._resting_pos + np.array([0.0, 0.0, self.config.goal_height_m])
-        obs[sl["goal"]] = goal - o.pos
-        return obs
+        return self.layout.encode(
+            q_rad=s.q, qd_rad_s=s.qd, tau_nm=s.tau if self.need_effort else None,
+            gripper_opening_m=s.gripper_opening_m, gripper_speed_m_s=s.gripper_speed_m_s,
+            tcp_pos_m=tcp_pos, tcp_rot=tcp_rot, object_pos_m=o.pos, object_quat_wxyz=o.quat_wxyz,
+            object_half_extents_m=self.object_extents,
+            goal_m=goal_position(self._resting_pos, self.config.goal_height_m))
 
     def _policy_step(self) -> Command:
         start = time.perf_counter()

@@ -1,6 +1,5 @@
-"""Gymnasium environments. ``ds_robot/UR5Grasp-v0`` is registered when ``ds_robot`` is imported."""
+"""Gymnasium environments and the grasp observation layout.
 
-from ds_robot.envs.grasp_env import UR5GraspEnv
-from ds_robot.envs.grasp_task import OBS_SLICES, GraspTask, GraspTaskConfig
-
-__all__ = ["OBS_SLICES", "GraspTask", "GraspTaskConfig", "UR5GraspEnv"]
+``ds_robot/UR5Grasp-v0`` (``ds_robot.envs.grasp_env.UR5GraspEnv``) is registered when
+``ds_robot`` is imported. ``ds_robot.envs.layout`` (NumPy only) is what the robot side uses.
+"""

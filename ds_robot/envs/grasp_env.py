@@ -12,18 +12,25 @@ the episode's time limit.
 ``info``: ``success``, ``time_to_lift_s`` (inf until success), ``energy_j`` (episode so far),
 ``object`` (its name), ``lifted``.
 
+The world is a :class:`~ds_robot.physics.PhysicsBackend`: MuJoCo by default, a ready
+``backend``, or one built by ``backend_factory(robot, physics_dt_s)`` (a picklable callable,
+so rollout workers can build their own: domain randomisation passes
+``ds_robot.sim2real.worlds.ShiftedMuJoCoBackend`` here; the env does not know what it gets).
+
 ``torque_features=False`` zeroes the measured-torque slice of the observation (the ablation
 without torque features; ``ds_robot/UR5GraspNoTorque-v0``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
-from ds_robot.envs.grasp_task import OBS_SIZE, OBS_SLICES, GraspTask, GraspTaskConfig
+from ds_robot.envs.grasp_task import GraspTask, GraspTaskConfig
+from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
 from ds_robot.envs.observation import ObservationPipeline
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.model.params import default_description
@@ -53,7 +60,7 @@ class UR5GraspEnv(gym.Env):
         render_size: tuple[int, int] = (480, 640),
         camera: str = "front",
         torque_features: bool = True,
-        randomize_physics: bool = False,
+        backend_factory: Callable[[str, float], PhysicsBackend] | None = None,
     ):
         if isinstance(objects, ObjectSet):
             self.object_set = objects
@@ -68,12 +75,10 @@ class UR5GraspEnv(gym.Env):
             raise ConfigError(f"episode_s={episode_s} is shorter than one control step ({control_dt_s} s)")
         if render_mode not in (None, "rgb_array"):
             raise ConfigError(f"render_mode={render_mode!r}: only 'rgb_array' is supported")
-        if randomize_physics:  # domain randomisation: a new hidden physics shift every episode
+        if backend_factory is not None:
             if backend is not None:
-                raise ConfigError("randomize_physics builds its own backend; do not pass one")
-            from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
-
-            backend = ShiftedMuJoCoBackend(robot, physics_dt_s)
+                raise ConfigError("pass either backend or backend_factory, not both")
+            backend = backend_factory(robot, physics_dt_s)
         self.backend = backend if backend is not None else MuJoCoBackend(robot, physics_dt_s)
         self.control_dt_s = control_dt_s
         self.episode_s = episode_s

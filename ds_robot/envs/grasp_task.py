@@ -1,19 +1,6 @@
 """The grasp task: observation, reward, success and energy bookkeeping. Reads states, never steps.
 
-Observation (float32, torque-augmented; ``OBS_SLICES`` names each part):
-
-==================  ====  =====================================================================
-name                size  content
-==================  ====  =====================================================================
-q                   6     arm joint positions, rad
-qd                  6     arm joint velocities / pi (rad/s, so the UR's 180 deg/s maps to 1)
-tau                 6     measured (output-side) joint torques / joint torque limits
-gripper             2     opening / max opening; opening speed, m/s x 10
-object_pos          3     object centre in the TCP frame, m
-object_rot          6     object orientation in the TCP frame (first two rotation columns)
-object_size         3     object bounding-box half-extents in its own frame, m
-goal                3     goal position minus object position, base frame, m
-==================  ====  =====================================================================
+Observation: ``ds_robot.envs.layout`` (35 torque-augmented features, encoded there).
 
 Success (DESIGN §6): the object is at least ``lift_threshold_m`` above its resting height and
 stays there for ``hold_s`` seconds; ``time_to_lift_s`` is when that successful hold began.
@@ -29,34 +16,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import mujoco
 import numpy as np
 
+from ds_robot.envs.layout import ObservationLayout, goal_position
 from ds_robot.errors import ConfigError
 from ds_robot.physics.backend import EpisodeSetup, RobotState
-
-OBS_FIELDS = (
-    ("q", 6),
-    ("qd", 6),
-    ("tau", 6),
-    ("gripper", 2),
-    ("object_pos", 3),
-    ("object_rot", 6),
-    ("object_size", 3),
-    ("goal", 3),
-)
-
-
-def _slices() -> dict[str, slice]:
-    out, start = {}, 0
-    for name, size in OBS_FIELDS:
-        out[name] = slice(start, start + size)
-        start += size
-    return out
-
-
-OBS_SLICES: dict[str, slice] = _slices()
-OBS_SIZE = sum(size for _, size in OBS_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -87,40 +51,26 @@ class StepOutcome:
 class GraspTask:
     def __init__(self, config: GraspTaskConfig, joint_torque_limit_nm: np.ndarray, max_gripper_opening_m: float):
         self.config = config
-        self.joint_torque_limit_nm = np.asarray(joint_torque_limit_nm, dtype=float)
-        self._inv_torque_limit = 1.0 / self.joint_torque_limit_nm
-        self._scratch = np.empty((3, 3))
-        self._object_mat = np.empty(9)
-        self.max_gripper_opening_m = max_gripper_opening_m
+        self.layout = ObservationLayout(joint_torque_limit_nm, max_gripper_opening_m)
         self.setup: EpisodeSetup | None = None
 
     def reset(self, setup: EpisodeSetup, state: RobotState) -> None:
         self.setup = setup
         self._half_extents = setup.obj.half_extents_m
         self.resting_height_m = float(state.object_pos_m[2])
-        self.goal_m = np.array([setup.object_x_m, setup.object_y_m, self.resting_height_m + self.config.goal_height_m])
+        rest = np.array([setup.object_x_m, setup.object_y_m, self.resting_height_m])
+        self.goal_m = goal_position(rest, self.config.goal_height_m)
         self.energy_j = 0.0
         self.lift_started_s: float | None = None
         self.time_to_lift_s = math.inf  # "never", until the object is lifted and held
         self.success = False
 
     def observation(self, state: RobotState) -> np.ndarray:
-        s = OBS_SLICES
-        obs = np.empty(OBS_SIZE, dtype=np.float32)
-        obs[s["q"]] = state.q_rad
-        obs[s["qd"]] = state.qd_rad_s * (1.0 / math.pi)
-        obs[s["tau"]] = state.tau_measured_nm * self._inv_torque_limit
-        obs[s["gripper"]] = (state.gripper_opening_m / self.max_gripper_opening_m, state.gripper_speed_m_s * 10.0)
-        # Rows: object offset, object x axis, object y axis (world); times R_tcp gives each in the
-        # TCP frame, in the order object_pos, object_rot[:3], object_rot[3:].
-        rows = self._scratch
-        np.subtract(state.object_pos_m, state.tcp_pos_m, out=rows[0])
-        mujoco.mju_quat2Mat(self._object_mat, state.object_quat)
-        rows[1:] = self._object_mat.reshape(3, 3).T[:2]
-        obs[s["object_pos"].start : s["object_rot"].stop] = (rows @ state.tcp_rot).ravel()
-        obs[s["object_size"]] = self._half_extents
-        obs[s["goal"]] = self.goal_m - state.object_pos_m
-        return obs
+        return self.layout.encode(
+            q_rad=state.q_rad, qd_rad_s=state.qd_rad_s, tau_nm=state.tau_measured_nm,
+            gripper_opening_m=state.gripper_opening_m, gripper_speed_m_s=state.gripper_speed_m_s,
+            tcp_pos_m=state.tcp_pos_m, tcp_rot=state.tcp_rot, object_pos_m=state.object_pos_m,
+            object_quat_wxyz=state.object_quat, object_half_extents_m=self._half_extents, goal_m=self.goal_m)
 
     def lifted(self, state: RobotState) -> bool:
         return bool(state.object_pos_m[2] - self.resting_height_m >= self.config.lift_threshold_m)

@@ -1,6 +1,6 @@
 """The hierarchical grasp controller at run time (NumPy only, no torch).
 
-Each control step: the 47-D features of the observation (``hier_observation``); if the skill
+Each control step: the 47-D features of the observation (``ds_robot.hier.features``); if the skill
 machine is about to plan an attempt, the planner picks the option with the highest logit
 (one high-level decision, timed); the active skill's policy gives a residual on the
 machine's computed-torque command. ``residual_share`` is the running ratio
@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
-from ds_robot.hier.env import hier_observation, skill_of
+from ds_robot.hier.features import RESIDUAL_SIZE, compose_action, hier_observation, skill_of
 from ds_robot.hier.policy import HierPolicy
 
 
@@ -56,16 +56,13 @@ class HierarchicalController:
         if self.residual:
             residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
         else:
-            residual = np.zeros(7)
+            residual = np.zeros(RESIDUAL_SIZE)
         torque, gripper = self.machine.command(obs)  # plans through _choose when an attempt starts
-        action = np.empty(7, dtype=np.float32)
-        extra = self.policy.residual_scale * residual[:6]
-        applied = np.clip(torque / self.limit + extra, -1.0, 1.0)
-        action[:6] = applied
-        action[6] = min(max(gripper + self.policy.gripper_scale * residual[6], -1.0), 1.0)
-        self._residual_abs += float(np.abs(extra * self.limit).sum())
-        self._torque_abs += float(np.abs(applied * self.limit).sum())
-        return action
+        p = self.policy
+        action = compose_action(torque, gripper, residual, self.limit, p.residual_scale, p.gripper_scale)
+        self._residual_abs += float(np.abs(p.residual_scale * residual[:6] * self.limit).sum())
+        self._torque_abs += float(np.abs(action[:6] * self.limit).sum())
+        return action.astype(np.float32)
 
     @property
     def residual_share(self) -> float:

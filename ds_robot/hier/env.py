@@ -1,25 +1,13 @@
-"""The hierarchical controller's training environment and observation layout.
+"""``ds_robot/UR5GraspHier-v0``: the hierarchical controller's training environment.
 
 ``HierGraspEnv`` wraps ``UR5GraspEnv`` with the model-based skill machine
 (``ScriptedGraspController``): the learner chooses each attempt's grasp option (the planner)
 and adds residual joint torques and a gripper correction (the skill policies); the machine
-supplies the phase, the reference motion and the computed-torque term.
-
-Observation (``HIER_OBS_SIZE`` = 47): the grasp env's 35 torque-augmented features
-(``OBS_SLICES``; with ``torque_features=False`` the ``tau`` slice is zero) followed by
-
-==========  ====  ==============================================================
-skill       3     one-hot: reach (plan/approach/descend/retreat), grasp (close), lift (lift/hold)
-progress    1     fraction of the current phase's motion done
-tracking    6     joint target minus joint position, rad x 10
-decision    1     1 when the next step plans an attempt (the planner must choose)
-attempt     1     attempts made so far / max attempts
-==========  ====  ==============================================================
+supplies the phase, the reference motion and the computed-torque term. Features and action
+composition: ``ds_robot.hier.features`` (shared with the run-time controller).
 
 Action (8): ``[option index, residual (6 joint torques / limits), gripper correction]``;
-the option index is read only on steps whose observation has ``decision = 1``. The applied
-torque is ``tau_model + residual_scale * limit * residual``, the gripper command
-``clip(g_model + gripper_scale * correction)``.
+the option index is read only on steps whose observation has ``decision = 1``.
 
 Reward (both levels; the planner's return for a decision is the sum of rewards from it to
 the end of the episode): ``success_reward`` when the task succeeds, ``-drop_penalty`` if the
@@ -36,43 +24,18 @@ import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
 from ds_robot.envs.grasp_env import UR5GraspEnv
-from ds_robot.envs.grasp_task import OBS_FIELDS, OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ActionError
+from ds_robot.hier.features import (
+    GRIPPER_SCALE,
+    HIER_OBS_SIZE,
+    RESIDUAL_SCALE,
+    RESIDUAL_SIZE,
+    compose_action,
+    hier_observation,
+)
 from ds_robot.hier.options import DEFAULT_OPTIONS, validate_options
 
-SKILLS = ("reach", "grasp", "lift")
-PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2}
-EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1))
-HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
-HIER_SLICES: dict[str, slice] = {}
-_start = 0
-for _name, _size in HIER_FIELDS:
-    HIER_SLICES[_name] = slice(_start, _start + _size)
-    _start += _size
-HIER_OBS_SIZE = _start
-ACTION_SIZE = 8
-H = HIER_SLICES
-RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
-GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
-
-
-def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
-    """The 47-D features of the grasp env's observation ``obs`` and the machine's state."""
-    out = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
-    out[:OBS_SIZE] = obs
-    if not torque_features:
-        out[OBS_SLICES["tau"]] = 0.0
-    out[H["skill"].start + PHASE_SKILL[machine.phase]] = 1.0
-    out[H["progress"]] = machine.phase_progress() if machine.phase != "plan" else 0.0
-    out[H["tracking"]] = (machine.q_des - obs[OBS_SLICES["q"]]) * 10.0
-    out[H["decision"]] = 1.0 if machine.decision_due() else 0.0
-    out[H["attempt"]] = machine.attempt / machine.config.max_attempts
-    return out
-
-
-def skill_of(hier_obs: np.ndarray) -> np.ndarray:
-    """The active skill index of each row (or of one observation)."""
-    return np.argmax(hier_obs[..., H["skill"]], axis=-1)
+ACTION_SIZE = 1 + RESIDUAL_SIZE  # option index, residual
 
 
 class HierGraspEnv(gym.Env):
@@ -124,10 +87,8 @@ class HierGraspEnv(gym.Env):
         self._pending = int(np.clip(np.rint(action[0]), 0, len(self.options) - 1))
         residual = np.clip(action[1:], -1.0, 1.0)
         torque, gripper = self.machine.command(self._obs)
-        env_action = np.empty(7)
-        env_action[:6] = torque / self.limit + self.residual_scale * residual[:6]
-        env_action[6] = gripper + self.gripper_scale * residual[6]
-        obs, _, terminated, truncated, info = self.env.step(np.clip(env_action, -1.0, 1.0))
+        env_action = compose_action(torque, gripper, residual, self.limit, self.residual_scale, self.gripper_scale)
+        obs, _, terminated, truncated, info = self.env.step(env_action)
         step_energy = info["energy_j"] - self._energy
         self._energy = info["energy_j"]
         reward = (-self.energy_weight * step_energy - self.time_weight * self.env.control_dt_s

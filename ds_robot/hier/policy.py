@@ -5,7 +5,7 @@ weights (tanh hidden layers, linear output: the planner's option logits, each sk
 residual action) and a JSON header with what the weights were trained for: the format
 version, the observation layout (field names and sizes), the model variant, the options,
 whether torque features were used, the residual scales, how the weights are stored (float32,
-or int8 per tensor / per output channel: ``ds_robot.deploy.quantize``) and a SHA-256 of the
+or int8 per tensor / per output channel: ``ds_robot.hier.quantize``) and a SHA-256 of the
 stored arrays. A file whose header does not match this code (another observation layout or
 format) is refused with a message that says what differs. int8 files are dequantized once at
 load; the runtime is the same.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ds_robot.deploy.quantize import dequantize, quantize
 from ds_robot.errors import ConfigError
-from ds_robot.hier.env import HIER_FIELDS, HIER_OBS_SIZE, SKILLS
+from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
+from ds_robot.hier.quantize import dequantize, quantize
 
 POLICY_FORMAT = "ds-robot-hier-policy"
 POLICY_VERSION = 1

@@ -37,7 +37,7 @@ from torch.distributions import Categorical
 from tqdm import tqdm
 
 from ds_robot.errors import ConfigError
-from ds_robot.hier.env import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, SKILLS, H, skill_of
+from ds_robot.hier.features import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, SKILLS, H, skill_of
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
@@ -68,7 +68,7 @@ class HierTrainConfig:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     torque_features: bool = True
-    randomize_physics: bool = False  # domain randomisation: the shifted-MuJoCo physics, new every episode
+    randomize_physics: bool = False  # domain randomisation: the caller's randomized world, new physics every episode
     objects: str | None = None
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
     total_steps: int = 50_000_000
@@ -112,12 +112,20 @@ def _numpy_mlp(seq: nn.Sequential) -> NumpyMLP:
 
 
 class HierTrainer:
-    def __init__(self, config: HierTrainConfig, out: str | Path | None = None):
+    """``randomized_world``: the backend factory a ``randomize_physics`` run trains in
+    (``UR5GraspEnv``'s ``backend_factory``; the CLI passes the shifted-MuJoCo world of
+    ``ds_robot.sim2real``, which this layer does not import)."""
+
+    def __init__(self, config: HierTrainConfig, out: str | Path | None = None, randomized_world=None):
         self.config = cfg = config
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
-        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features,
-                      "randomize_physics": cfg.randomize_physics}
+        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features}
+        if cfg.randomize_physics:
+            if randomized_world is None:
+                raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
+                                  "(e.g. ds_robot.sim2real.worlds.ShiftedMuJoCoBackend)")
+            env_kwargs["backend_factory"] = randomized_world
         if cfg.objects is not None:
             env_kwargs["objects"] = cfg.objects
         factory = EnvFactory(ENV_ID, env_kwargs)
@@ -401,8 +409,9 @@ def _jsonable(config: dict) -> dict:
 
 
 def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = None, progress: bool = True,
-                **overrides) -> tuple[HierTrainer, dict]:
-    """Build (or resume) a run in ``out`` and train it; returns the trainer (closed) and a summary."""
+                randomized_world=None, **overrides) -> tuple[HierTrainer, dict]:
+    """Build (or resume) a run in ``out`` and train it; returns the trainer (closed) and a summary.
+    ``randomized_world`` is used when the run's config has ``randomize_physics``."""
     run = RunDir(Path(out))
     if run.checkpoint.exists() and not resume:
         raise ConfigError(f"{run.checkpoint} already exists: pass --resume to continue that run, or choose "
@@ -422,6 +431,6 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
     else:
         config = HierTrainConfig(**overrides)
     os.makedirs(run.root, exist_ok=True)
-    trainer = HierTrainer(config, out=run.root)
+    trainer = HierTrainer(config, out=run.root, randomized_world=randomized_world)
     summary = train_in_run(trainer, run, resume, lambda: trainer.train(budget_s=budget_s, progress=progress))
     return trainer, summary

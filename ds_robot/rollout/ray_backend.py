@@ -1,4 +1,4 @@
-"""Ray backend: the rollout workers as Ray actors and the replay buffer as a Ray actor.
+"""Ray backend: the rollout workers as Ray actors.
 
 For users who outgrow one machine. ``RayRolloutEngine`` has the same two modes as the local
 ``RolloutEngine`` — the Gymnasium ``VectorEnv`` API (``reset``/``step`` with same-step
@@ -7,9 +7,10 @@ Ray actor owning M environments, and data travels through Ray's object store ins
 shared memory, so the actors may live on other machines. Env j is seeded with ``seed + j``
 as in the local engine, so both give identical ``step`` trajectories.
 
-``ReplayActor`` holds a (prioritized) replay buffer; ``collect_into_replay`` has every env
-actor roll the broadcast policy out and push its transitions straight into it — Ape-X-style
-collection where the learner only samples and updates priorities.
+``collect_into_replay`` has every env actor roll the broadcast policy out and push its
+transitions straight into a replay actor (anything with a Ray ``add`` method, e.g.
+``ds_robot.rl.replay_actor.make_replay_actor``) — Ape-X-style collection where the learner
+only samples and updates priorities.
 
 Connection: ``address=None`` starts (or reuses) a local Ray instance; ``"auto"`` or
 ``"HOST:PORT"`` joins an existing cluster. Ray is optional (``pip install ds-robot[dist]``).
@@ -37,7 +38,7 @@ from ds_robot.rollout.engine import EnvFactory, PolicyFn, RolloutError, RolloutW
 POLICY_STREAM = 0x5EED
 
 
-def _ray():
+def ray_module():
     try:
         import ray
     except ImportError as exc:
@@ -47,7 +48,7 @@ def _ray():
 
 def ensure_ray(address: str | None = None) -> bool:
     """Connect to Ray (a local instance when ``address`` is None); True if this call started it."""
-    ray = _ray()
+    ray = ray_module()
     if ray.is_initialized():
         return False
     if address is None:
@@ -100,8 +101,8 @@ class EnvActor:
         return {**arrays, "last_obs": self.obs, "version": self.version}
 
     def collect_into(self, replay, n_steps: int) -> int:
-        """Roll out and push (s, a, r, s', terminated) into a ``ReplayActor``; returns the count."""
-        ray = _ray()
+        """Roll out and push (s, a, r, s', terminated) into a replay actor; returns the count."""
+        ray = ray_module()
         batch = self.collect(n_steps)
         next_obs = np.concatenate([batch["obs"][1:], batch["last_obs"][None]], axis=0)
         done = batch["terminated"] | batch["truncated"]
@@ -113,33 +114,6 @@ class EnvActor:
 
     def pid(self) -> int:
         return os.getpid()
-
-
-class ReplayActor:
-    """A ``ReplayBuffer`` or ``PrioritizedReplayBuffer`` behind a Ray actor."""
-
-    def __init__(self, prioritized: bool, **kwargs: Any):
-        from ds_robot.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
-
-        self.buffer = PrioritizedReplayBuffer(**kwargs) if prioritized else ReplayBuffer(**kwargs)
-
-    def add(self, obs, action, reward, next_obs, done) -> int:
-        self.buffer.add(obs, action, reward, next_obs, done)
-        return len(self.buffer)
-
-    def sample(self, batch_size: int):
-        return self.buffer.sample(batch_size)
-
-    def update_priorities(self, indices, td_errors) -> None:
-        self.buffer.update_priorities(indices, td_errors)
-
-    def size(self) -> int:
-        return len(self.buffer)
-
-
-def make_replay_actor(prioritized: bool = True, address: str | None = None, **buffer_kwargs: Any):
-    ensure_ray(address)
-    return _ray().remote(ReplayActor).remote(prioritized, **buffer_kwargs)
 
 
 class RayRolloutEngine(gym.vector.VectorEnv):
@@ -159,7 +133,7 @@ class RayRolloutEngine(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.policy_fn, self.max_restarts = policy_fn, max_restarts
         self._started_ray = ensure_ray(address)
-        self._actor_cls = _ray().remote(EnvActor)
+        self._actor_cls = ray_module().remote(EnvActor)
         self._actors = [self._new_actor() for _ in range(num_workers)]
         self.restarts = [0] * num_workers
         self.errors: list[RolloutError] = []
@@ -179,7 +153,7 @@ class RayRolloutEngine(gym.vector.VectorEnv):
 
     def _call(self, method: str, args_per_worker: Sequence[tuple]) -> tuple[list[Any], list[int]]:
         """Call ``method`` on every actor; returns results and the indices of actors that failed."""
-        ray = _ray()
+        ray = ray_module()
         futures = [getattr(actor, method).remote(*args) for actor, args in zip(self._actors, args_per_worker,
                                                                                  strict=True)]
         results, failed = [], []
@@ -202,7 +176,7 @@ class RayRolloutEngine(gym.vector.VectorEnv):
 
     def _restart(self, w: int) -> np.ndarray:
         """A fresh actor for worker w, its envs reset with their original seeds and params restored."""
-        ray = _ray()
+        ray = ray_module()
         self.restarts[w] += 1
         if self.restarts[w] > self.max_restarts:
             error = self.errors[-1]
@@ -266,7 +240,7 @@ class RayRolloutEngine(gym.vector.VectorEnv):
 
     def broadcast(self, params: Any, version: int) -> None:
         self._require_open()
-        self._params_ref, self._version = _ray().put(params), int(version)
+        self._params_ref, self._version = ray_module().put(params), int(version)
         _, failed = self._call("set_params", [(self._params_ref, self._version)] * self.num_workers)
         for w in failed:
             self._restart(w)
@@ -282,7 +256,7 @@ class RayRolloutEngine(gym.vector.VectorEnv):
         restarted = np.zeros(self.num_envs, bool)
         for w in failed:
             self._restart(w)
-            results[w] = _ray().get(self._actors[w].collect.remote(n_steps))
+            results[w] = ray_module().get(self._actors[w].collect.remote(n_steps))
             restarted[self._slice(w)] = True
         versions = np.repeat([r["version"] for r in results], self.envs_per_worker)
         if (versions != self._version).any():
@@ -300,18 +274,18 @@ class RayRolloutEngine(gym.vector.VectorEnv):
         results, failed = self._call("collect_into", [(replay, n_steps)] * self.num_workers)
         for w in failed:
             self._restart(w)
-            results[w] = _ray().get(self._actors[w].collect_into.remote(replay, n_steps))
+            results[w] = ray_module().get(self._actors[w].collect_into.remote(replay, n_steps))
         return int(sum(results))
 
     @property
     def worker_pids(self) -> list[int]:
-        return _ray().get([actor.pid.remote() for actor in self._actors])
+        return ray_module().get([actor.pid.remote() for actor in self._actors])
 
     def close_extras(self, **kwargs: Any) -> None:
         if self._closed:
             return
         self._closed = True
-        ray = _ray()
+        ray = ray_module()
         for actor in self._actors:
             with_suppressed_kill(ray, actor)
         if self._started_ray:

@@ -26,13 +26,12 @@ step: the estimator's update plus a few NumPy operations (``cost_s``).
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 
 import numpy as np
 
-from ds_robot.envs.grasp_task import OBS_SLICES
+from ds_robot.envs.layout import ObservationLayout
 from ds_robot.model.params import default_description
 from ds_robot.sim2real.estimator import PAYLOAD_BODY, EstimatorConfig, GripperState, OnlineEstimator
 
@@ -66,7 +65,8 @@ class CorrectedController:
         self.hold_while_grasping = hold_while_grasping
         self.track_prediction = track_prediction
         gripper = default_description().gripper
-        self._max_opening_m, self._finger_travel_m = gripper.max_opening_m, gripper.finger_travel_m
+        self._finger_travel_m = gripper.finger_travel_m
+        self.layout = ObservationLayout(self.limit, gripper.max_opening_m)
         robot = controller_model(controller)
         self.model = robot.model
         self._payload = self.model.body(PAYLOAD_BODY).id
@@ -102,8 +102,8 @@ class CorrectedController:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
-        q = obs[OBS_SLICES["q"]].astype(float)
-        qd = obs[OBS_SLICES["qd"]].astype(float) * math.pi
+        q = self.layout.joint_positions(obs)
+        qd = self.layout.joint_velocities(obs)
         active = self.estimator.steps >= self.warmup_steps
         estimate = self.estimator.estimate() if active else None
         self._write(estimate)
@@ -119,9 +119,9 @@ class CorrectedController:
             action[:6] = tau / self.limit
         gripper = None
         if self.track_prediction:
-            g = obs[OBS_SLICES["gripper"]].astype(float)
+            opening_m, speed_m_s = self.layout.gripper(obs)
             command = float(np.clip(action[6], -1.0, 1.0))
-            gripper = GripperState(g[0] * self._max_opening_m, g[1] / 10.0, self._finger_travel_m * (1.0 - command) / 2.0)
+            gripper = GripperState(opening_m, speed_m_s, self._finger_travel_m * (1.0 - command) / 2.0)
         interval = None
         if self.state_stamp is not None:
             stamp = float(self.state_stamp())

@@ -1,0 +1,67 @@
+"""The hierarchical controller's features and action composition, for training and run time.
+
+NumPy only: ``HierGraspEnv`` (training) and ``HierarchicalController`` (run time, on the
+robot) both build their features with :func:`hier_observation` and their arm command with
+:func:`compose_action`, so the two cannot drift apart.
+
+Features (``HIER_OBS_SIZE`` = 47): the grasp env's 35 torque-augmented features
+(``ds_robot.envs.layout``; with ``torque_features=False`` the ``tau`` slice is zero) followed by
+
+==========  ====  ==============================================================
+skill       3     one-hot: reach (plan/approach/descend/retreat), grasp (close), lift (lift/hold)
+progress    1     fraction of the current phase's motion done
+tracking    6     joint target minus joint position, rad x 10
+decision    1     1 when the next step plans an attempt (the planner must choose)
+attempt     1     attempts made so far / max attempts
+==========  ====  ==============================================================
+
+Action: the skill machine's computed torque plus the skill policy's residual,
+``tau = tau_model + residual_scale * limit * residual`` and
+``g = g_model + gripper_scale * residual_g``, clipped to the env's [-1, 1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ds_robot.control.scripted import ScriptedGraspController
+from ds_robot.envs.layout import OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
+
+SKILLS = ("reach", "grasp", "lift")
+PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2}
+EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1))
+HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
+HIER_SLICES: dict[str, slice] = field_slices(HIER_FIELDS)
+HIER_OBS_SIZE = sum(size for _, size in HIER_FIELDS)
+H = HIER_SLICES
+RESIDUAL_SIZE = 7  # 6 joint torques / limits, gripper correction
+RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
+GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
+
+
+def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
+    """The 47-D features of the grasp env's observation ``obs`` and the machine's state."""
+    out = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
+    out[:OBS_SIZE] = obs
+    if not torque_features:
+        out[OBS_SLICES["tau"]] = 0.0
+    out[H["skill"].start + PHASE_SKILL[machine.phase]] = 1.0
+    out[H["progress"]] = machine.phase_progress() if machine.phase != "plan" else 0.0
+    out[H["tracking"]] = (machine.q_des - obs[OBS_SLICES["q"]]) * 10.0
+    out[H["decision"]] = 1.0 if machine.decision_due() else 0.0
+    out[H["attempt"]] = machine.attempt / machine.config.max_attempts
+    return out
+
+
+def skill_of(hier_obs: np.ndarray) -> np.ndarray:
+    """The active skill index of each row (or of one observation)."""
+    return np.argmax(hier_obs[..., H["skill"]], axis=-1)
+
+
+def compose_action(model_torque_nm: np.ndarray, model_gripper: float, residual: np.ndarray,
+                   torque_limit_nm: np.ndarray, residual_scale: float, gripper_scale: float) -> np.ndarray:
+    """The env action (7, float64, in [-1, 1]) from the machine's command and a residual in [-1, 1]."""
+    action = np.empty(7)
+    action[:6] = model_torque_nm / torque_limit_nm + residual_scale * residual[:6]
+    action[6] = model_gripper + gripper_scale * residual[6]
+    return np.clip(action, -1.0, 1.0, out=action)

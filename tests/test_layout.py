@@ -1,0 +1,96 @@
+"""One observation layout: the training path (the env's task) and the robot path (the node's
+control core) encode the same physical state into the same vector; decoding inverts encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ds_robot.control.scripted import ScriptedGraspController
+from ds_robot.deploy.core import ControlCore, NodeConfig
+from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES, ObservationLayout
+from ds_robot.model.params import ARM_JOINT_NAMES
+
+
+def _robot_path_observation(core: ControlCore, env: UR5GraspEnv, world_tcp: bool = False) -> np.ndarray:
+    """What the node would compute from the joint state and object pose messages of env's state.
+    The node gets the TCP pose from its own model's forward kinematics; ``world_tcp`` hands it the
+    world's instead (the one input the two paths compute differently)."""
+    s = env.state
+    if world_tcp:
+        core.model.forward_kinematics = lambda q: (s.tcp_pos_m.copy(), s.tcp_rot.copy())
+    core.on_joint_state([*ARM_JOINT_NAMES, *core.config.gripper_joints], [*s.q_rad, s.gripper_opening_m, 0.0],
+                        [*s.qd_rad_s, s.gripper_speed_m_s, 0.0], [*s.tau_measured_nm, 0.0, 0.0], s.time_s)
+    core.on_object_pose(s.object_pos_m, s.object_quat, s.time_s)
+    return core.observation()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_and_robot_paths_encode_the_same_state_identically(seed):
+    env = UR5GraspEnv()
+    obs, _ = env.reset(seed=seed)
+    controller = ScriptedGraspController.for_env(env)
+    controller.reset(obs)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(env.setup.obj.half_extents_m)),
+                       ScriptedGraspController(), torque_features=True)
+    compared = 0
+    for step in range(400):  # approach, descend, close, lift: every field moves
+        if step % 20 == 0:
+            robot = _robot_path_observation(core, env, world_tcp=True)
+            np.testing.assert_array_equal(robot, obs, err_msg=f"step {step}")
+            # With the node's own forward kinematics: the TCP pose differs in the last bits
+            # (two MuJoCo models of the same arm), so only the TCP-frame fields may differ, by that.
+            robot = _robot_path_observation(core, env)
+            tcp_frame = np.zeros(OBS_SIZE, bool)
+            tcp_frame[OBS_SLICES["object_pos"].start : OBS_SLICES["object_rot"].stop] = True
+            np.testing.assert_array_equal(robot[~tcp_frame], obs[~tcp_frame], err_msg=f"step {step}")
+            np.testing.assert_allclose(robot[tcp_frame], obs[tcp_frame], rtol=0, atol=1e-12, err_msg=f"step {step}")
+            compared += 1
+        obs, _, terminated, truncated, _ = env.step(controller.act(obs))
+        if terminated or truncated:
+            break
+    assert compared >= 10
+    assert obs[OBS_SLICES["goal"]][2] < 0.09, "the test never lifted the object: it compared too little"
+
+
+def test_torque_features_off_reads_zero_on_both_paths():
+    env = UR5GraspEnv(torque_features=False)
+    obs, _ = env.reset(seed=3)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(env.setup.obj.half_extents_m)),
+                       ScriptedGraspController(), torque_features=False)
+    _robot_path_observation(core, env)  # the core takes the object's resting place from its first pose
+    for _ in range(30):
+        obs, *_ = env.step(np.r_[np.full(6, 0.05), -1.0])
+    robot = _robot_path_observation(core, env, world_tcp=True)
+    assert not robot[OBS_SLICES["tau"]].any() and not obs[OBS_SLICES["tau"]].any()
+    np.testing.assert_array_equal(robot, obs)
+
+
+def test_decoding_inverts_encoding():
+    rng = np.random.default_rng(0)
+    limit = np.array([150.0, 150.0, 150.0, 28.0, 28.0, 28.0])
+    layout = ObservationLayout(limit, 0.1)
+    tcp_rot, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    tcp_rot *= np.sign(np.linalg.det(tcp_rot))
+    quat = rng.normal(size=4)
+    quat /= np.linalg.norm(quat)
+    state = dict(q_rad=rng.uniform(-3, 3, 6), qd_rad_s=rng.uniform(-3, 3, 6), tau_nm=rng.uniform(-20, 20, 6),
+                 gripper_opening_m=0.063, gripper_speed_m_s=-0.02, tcp_pos_m=rng.normal(size=3) * 0.3,
+                 tcp_rot=tcp_rot, object_pos_m=np.array([0.4, 0.1, 0.03]), object_quat_wxyz=quat,
+                 object_half_extents_m=np.array([0.02, 0.03, 0.04]), goal_m=np.array([0.4, 0.1, 0.13]))
+    obs = layout.encode(**state)
+    assert obs.shape == (OBS_SIZE,) and obs.dtype == np.float32
+    f32 = dict(atol=1e-6, rtol=1e-6)
+    np.testing.assert_allclose(layout.joint_positions(obs), state["q_rad"], **f32)
+    np.testing.assert_allclose(layout.joint_velocities(obs), state["qd_rad_s"], **f32)
+    np.testing.assert_allclose(layout.measured_torque_nm(obs), state["tau_nm"], rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(layout.gripper(obs), (0.063, -0.02), **f32)
+    pos, rot = layout.object_pose(obs, state["tcp_pos_m"], tcp_rot)
+    np.testing.assert_allclose(pos, state["object_pos_m"], atol=1e-6)
+    import mujoco
+
+    expected = np.empty(9)
+    mujoco.mju_quat2Mat(expected, quat)
+    np.testing.assert_allclose(rot, expected.reshape(3, 3), atol=1e-6)
+    np.testing.assert_allclose(layout.object_half_extents(obs), state["object_half_extents_m"], **f32)
