@@ -124,18 +124,18 @@ def test_core_grasps_through_each_command_interface(ur_type, interface, rate_hz)
 def test_corrected_node_controller_estimates_with_the_torque_the_node_lets_through():
     """With max_torque_fraction < 1 the core clips the command below the motor limits: the
     estimator must clip to the same, or saturated steps would bias the motor-gain estimate."""
-    from ds_robot.deploy.policy_node import make_controller
+    from ds_robot.deploy.controllers import build_controller
     from ds_robot.model.params import default_description
 
     arm = SimArm("ur5e", "effort")
     obs, _ = arm.env.reset(seed=0)
-    controller, _ = make_controller("scripted", "", "ur5e", 0.01, correction=True, max_torque_fraction=0.5)
+    controller = build_controller("scripted", correction=True, max_torque_fraction=0.5)
     controller.reset(obs)
     limit = np.array(default_description().variant("ur5e").joint_torque_limit_nm)
     np.testing.assert_allclose(controller.limit, limit)  # action 1.0 is still the motor limit
     np.testing.assert_allclose(controller.estimator.limit, 0.5 * limit)
-    with pytest.raises(ConfigError, match="correction needs a controller"):
-        make_controller("none", "", "ur5e", 0.01, correction=True)
+    with pytest.raises(ConfigError, match="without a model of the arm"):
+        build_controller("flat", correction=True)
 
 
 def test_config_refusals():

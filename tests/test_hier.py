@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ds_robot.control.scripted import GraspOption, ScriptedConfig, ScriptedGraspController
+from ds_robot.deploy.controllers import controller_for_env
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.evaluate import run_episode
-from ds_robot.hier.controller import HierarchicalController
 from ds_robot.hier.env import HierGraspEnv
 from ds_robot.hier.features import HIER_OBS_SIZE, H
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
@@ -134,7 +134,7 @@ def test_policy_file_round_trip_and_refusals(tmp_path):
 
 def test_controller_runs_an_episode_and_reports_latency():
     env = UR5GraspEnv()
-    controller = HierarchicalController.for_env(env, _untrained_policy(torque_features=False))
+    controller = controller_for_env("hier", env, policy=_untrained_policy(torque_features=False))
     result = run_episode(env, controller, 1)
     assert len(controller.chosen) >= 1 and len(controller.planning_latency_s) == len(controller.chosen)
     assert 0.0 <= controller.residual_share < 0.5
@@ -180,7 +180,7 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_shipped_policy_grasps(seed):
     env = UR5GraspEnv()
-    controller = HierarchicalController.for_env(env, HierPolicy.load(SHIPPED))
+    controller = controller_for_env("hier", env, policy=SHIPPED)
     result = run_episode(env, controller, seed)
     assert result.success, f"seed {seed}: {result}"
 

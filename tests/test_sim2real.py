@@ -257,19 +257,16 @@ def test_correction_rescues_a_grasp_the_shift_breaks():
     """A pinned episode of the shifted world (world seed 0; latency 2 steps, weak wrist motors,
     0.35 kg payload) where the uncorrected hierarchical controller shakes (hundreds of joules)
     and drops the grasp; with online correction the same episode succeeds at a normal cost."""
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.evaluate import run_episode
-    from ds_robot.hier.controller import HierarchicalController
     from ds_robot.hier.policy import HierPolicy
     from ds_robot.paths import policies_dir
-    from ds_robot.sim2real.correction import CorrectedController
 
     policy = HierPolicy.load(policies_dir() / "grasp_hier.npz")
     results = {}
     for corrected in (False, True):
         env = UR5GraspEnv(backend=ShiftedMuJoCoBackend(seed=0))
-        controller = HierarchicalController.for_env(env, policy)
-        if corrected:
-            controller = CorrectedController.for_env(env, controller)
+        controller = controller_for_env("hier", env, policy=policy, correction=corrected)
         results[corrected] = run_episode(env, controller, 257135337)
         assert env.backend.shift.latency_steps == 2
     assert not results[False].success and results[False].energy_j > 200

@@ -53,19 +53,11 @@ def _object_set_path(name: str) -> Path:
 
 
 def _controller(variant: str, env, policies: dict[str, Path]):
-    if variant == "scripted":
-        from ds_robot.control.scripted import ScriptedGraspController
+    from ds_robot.deploy.controllers import controller_for_env
 
-        return ScriptedGraspController.for_env(env)
-    if variant == "flat":
-        from ds_robot.control.learned import FlatPolicyController
-
-        return FlatPolicyController(policies["flat"])
-    from ds_robot.hier.controller import HierarchicalController
-    from ds_robot.hier.policy import HierPolicy
-
-    return HierarchicalController.for_env(env, HierPolicy.load(policies[variant]),
-                                          residual=variant != "hier_planner_only")
+    if variant in ("scripted", "flat"):
+        return controller_for_env(variant, env, policy=policies.get(variant))
+    return controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only")
 
 
 def run_job(variant: str, object_set: str, seed: int, episodes: int, policies: dict[str, Path]) -> dict[str, Any]:
@@ -267,14 +259,14 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
 
 
 def _curve_job(path: str, episodes: int, seed: int) -> dict[str, Any]:
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds, run_episode
-    from ds_robot.hier.controller import HierarchicalController
     from ds_robot.hier.policy import HierPolicy
 
     policy = HierPolicy.load(path)
     env = UR5GraspEnv()
-    controller = HierarchicalController.for_env(env, policy)
+    controller = controller_for_env("hier", env, policy=policy)
     results = [run_episode(env, controller, s) for s in episode_seeds(seed, episodes)]
     env.close()
     return {"policy": path, "minutes": policy.meta.get("wall_seconds", math.nan) / 60.0,

@@ -41,13 +41,13 @@ GOALS = {"late_vs_empty": 1.5, "int8_step_p99_us": 50.0, "int8_vs_torch": 0.38, 
 def rollout_features(policy, episodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The 47-D features the fp32 controller sees over ``episodes`` episodes, and which of them
     came with a planning decision."""
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds
-    from ds_robot.hier.controller import HierarchicalController
     from ds_robot.hier.features import H
 
     env = UR5GraspEnv()
-    controller = HierarchicalController.for_env(env, policy)
+    controller = controller_for_env("hier", env, policy=policy)
     features = []
     for s in episode_seeds(seed, episodes):
         obs, _ = env.reset(seed=s)
@@ -107,12 +107,12 @@ def agreement(fp32, other, features: np.ndarray, decisions: np.ndarray) -> dict[
 
 
 def success(policy, episodes: int, seed: int = 0) -> dict[str, Any]:
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import run_episodes
-    from ds_robot.hier.controller import HierarchicalController
 
     env = UR5GraspEnv()
-    results = run_episodes(env, HierarchicalController.for_env(env, policy), episodes, seed, progress=False)
+    results = run_episodes(env, controller_for_env("hier", env, policy=policy), episodes, seed, progress=False)
     wins = sum(r.success for r in results)
     rate, ci = wilson_ci95(wins, episodes)
     return {"success_rate": rate, "success_rate_ci95": ci, "episodes": episodes,

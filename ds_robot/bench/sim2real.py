@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
+from ds_robot.sim2real.worlds import WORLDS
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-WORLDS = ("nominal", "shifted", "pybullet")
 MODES = ("none", "correction", "randomisation", "both")
 DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
@@ -58,25 +58,17 @@ def _rms(values) -> float:
 
 def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds, run_episode
-    from ds_robot.hier.controller import HierarchicalController
-    from ds_robot.hier.policy import HierPolicy
     from ds_robot.paths import policies_dir
-    from ds_robot.sim2real.correction import CorrectedController
-    from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
+    from ds_robot.sim2real.worlds import build_world
 
-    if world == "pybullet":
-        from ds_robot.sim2real.pybullet_world import PyBulletBackend
-
-        backend = PyBulletBackend()
-    else:
-        backend = ShiftedMuJoCoBackend(seed=0) if world == "shifted" else None
-    env = UR5GraspEnv(backend=backend)
+    env = UR5GraspEnv(backend=build_world(world, seed=0))
     policy_file = DR_POLICY if mode in ("randomisation", "both") else "grasp_hier.npz"
-    controller = HierarchicalController.for_env(env, HierPolicy.load(policies_dir() / policy_file))
-    if mode in ("correction", "both"):
-        controller = CorrectedController.for_env(env, controller, track_prediction=True)
+    corrected = mode in ("correction", "both")
+    controller = controller_for_env("hier", env, policy=policies_dir() / policy_file, correction=corrected,
+                                    **({"track_prediction": True} if corrected else {}))
     rows = []
     for episode_seed in episode_seeds(seed, episodes):
         # The one-step predictions (benchmark only) run between control steps, untimed.

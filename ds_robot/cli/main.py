@@ -12,65 +12,27 @@ import os
 import sys
 from pathlib import Path
 
+from ds_robot.deploy.controllers import CONTROLLERS, controller_for_env
 from ds_robot.errors import ConfigError, DsRobotError
+from ds_robot.sim2real.worlds import WORLDS
 
-CONTROLLERS = ("scripted", "hier", "flat")
 ALGOS = ("a2c", "ppo", "sac")
-SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
 BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real")
 
 
-def policy_path(name: str, given: Path | None) -> Path:
-    """``--policy`` if given, else the policy shipped in ``models/policies`` for controller ``name``."""
-    from ds_robot.paths import policies_dir
-
-    return given if given is not None else policies_dir() / SHIPPED_POLICIES[name]
-
-
-def make_controller(name: str, env, policy: Path | None = None):
-    if name == "scripted":
-        from ds_robot.control.scripted import ScriptedGraspController
-
-        if policy is not None:
-            raise ConfigError("--policy applies to the hier and flat controllers, not scripted")
-        return ScriptedGraspController.for_env(env)
-    if name == "hier":
-        from ds_robot.hier.controller import HierarchicalController
-        from ds_robot.hier.policy import HierPolicy
-
-        return HierarchicalController.for_env(env, HierPolicy.load(policy_path(name, policy)))
-    if name == "flat":
-        from ds_robot.control.learned import FlatPolicyController
-
-        return FlatPolicyController(policy_path(name, policy))
-    raise ConfigError(f"unknown controller '{name}': choose one of {', '.join(CONTROLLERS)}")
-
-
-def make_env(args, **kwargs):
+def grasp_env_from_args(args, **kwargs):
+    """The grasp env in the world ``--world`` names (``--world-seed`` for the shifted one)."""
     from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.sim2real.worlds import build_world
 
-    world = getattr(args, "world", "nominal")
-    if world == "shifted":
-        from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
-
-        kwargs["backend"] = ShiftedMuJoCoBackend(args.robot, seed=args.world_seed)
-    elif world == "pybullet":
-        from ds_robot.sim2real.pybullet_world import PyBulletBackend
-
-        kwargs["backend"] = PyBulletBackend(args.robot)
-    return UR5GraspEnv(objects=args.objects, robot=args.robot, **kwargs)
+    backend = build_world(getattr(args, "world", "nominal"), args.robot, seed=args.world_seed)
+    return UR5GraspEnv(objects=args.objects, robot=args.robot, backend=backend, **kwargs)
 
 
-def with_correction(args, env, controller):
-    """``--correction on``: the online estimator corrects the controller's model while it runs."""
-    if getattr(args, "correction", "off") != "on":
-        return controller
-    from ds_robot.sim2real.correction import CorrectedController
-
-    try:
-        return CorrectedController.for_env(env, controller)
-    except TypeError as exc:
-        raise ConfigError(f"--correction on: {exc}") from exc
+def controller_from_args(args, env):
+    """``--controller`` (with ``--policy``) for ``env``; ``--correction on`` wraps it in the online
+    correction of its model."""
+    return controller_for_env(args.controller, env, policy=args.policy, correction=args.correction == "on")
 
 
 def positive_int(text: str) -> int:
@@ -95,7 +57,7 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
                    help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
     p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
-    p.add_argument("--world", choices=("nominal", "shifted", "pybullet"), default="nominal",
+    p.add_argument("--world", choices=WORLDS, default="nominal",
                    help="nominal: the controller's own model; shifted: MuJoCo with hidden physics changes per "
                         "episode (damping, friction, armature, motor gain, payload, object, latency); pybullet: "
                         "PyBullet from the same URDF")
@@ -118,8 +80,8 @@ def cmd_eval(args) -> int:
     from ds_robot.bench.report import ci_text, format_table, write_json
     from ds_robot.evaluate import per_object, plot_evaluation, run_episodes, summarise
 
-    env = make_env(args)
-    controller = with_correction(args, env, make_controller(args.controller, env, args.policy))
+    env = grasp_env_from_args(args)
+    controller = controller_from_args(args, env)
     by_seed = {seed: run_episodes(env, controller, args.episodes, seed, progress=not args.quiet) for seed in args.seed}
     results = [r for seed_results in by_seed.values() for r in seed_results]
     overall = summarise(args.controller, results)
@@ -255,8 +217,9 @@ def cmd_render(args) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".mp4", ".gif", ".png"):
         raise ConfigError(f"--out {args.out}: the file must end in .mp4, .gif or .png")
-    env = make_env(args, render_mode="rgb_array", render_size=(args.height, args.width), camera=args.camera)
-    controller = with_correction(args, env, make_controller(args.controller, env, args.policy))
+    env = grasp_env_from_args(args, render_mode="rgb_array", render_size=(args.height, args.width),
+                              camera=args.camera)
+    controller = controller_from_args(args, env)
     info = render_episode(env, controller, args.out, seed=args.seed, fps=args.fps)
     print(f"wrote {args.out} ({info['frames']} frames; object {info['object']}, success={info['success']})")
     return 0

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ds_robot.control.contract import ACTION_SIZE, Controller
 from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ConfigError
 from ds_robot.rl.checkpoint import load_checkpoint
@@ -21,8 +22,9 @@ from ds_robot.rl.policies import make_policy
 FLAT_ENV_IDS = ("ds_robot/UR5GraspNoTorque-v0", "ds_robot/UR5Grasp-v0")
 
 
-class FlatPolicyController:
+class FlatPolicyController(Controller):
     name = "flat"
+    robot_model = None  # model-free
 
     def __init__(self, checkpoint: str | Path):
         payload = load_checkpoint(checkpoint)
@@ -33,19 +35,23 @@ class FlatPolicyController:
         if payload.get("obs_dim") != OBS_SIZE:
             raise ConfigError(f"{checkpoint} expects {payload.get('obs_dim')} observation features; the grasp env "
                               f"has {OBS_SIZE}: retrain it")
-        box = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        box = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_SIZE,), dtype=np.float32)
         self.policy = make_policy(payload["config"]["policy"], (OBS_SIZE,), box)
         self.policy.load_state_dict(payload["model"])
         self.policy.eval()
-        self.torque_features = env_id == "ds_robot/UR5Grasp-v0"
+        self._torque_features = env_id == "ds_robot/UR5Grasp-v0"
         self.trained_steps = int(payload["steps"])
+
+    @property
+    def uses_torque_features(self) -> bool:
+        return self._torque_features
 
     def reset(self, obs: np.ndarray) -> None:
         pass
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.array(obs, dtype=np.float32)
-        if not self.torque_features:
+        if not self._torque_features:
             obs[OBS_SLICES["tau"]] = 0.0
         with torch.no_grad():
             dist, _ = self.policy.dist_and_value(torch.from_numpy(obs)[None])

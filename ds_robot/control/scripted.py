@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ds_robot.control.contract import ACTION_SIZE, Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ObservationLayout
 from ds_robot.model.params import default_description
@@ -113,8 +114,9 @@ class Segment:
         return t >= self.start_s + self.duration_s
 
 
-class ScriptedGraspController:
+class ScriptedGraspController(Controller):
     name = "scripted"
+    uses_torque_features = False
 
     def __init__(
         self,
@@ -141,6 +143,10 @@ class ScriptedGraspController:
     def for_env(cls, env, config: ScriptedConfig | None = None) -> ScriptedGraspController:
         env = env.unwrapped
         return cls(env.control_dt_s, env.backend.variant, config)
+
+    @property
+    def robot_model(self) -> RobotModel:
+        return self.robot
 
     # -- observation decoding ---------------------------------------------------------------
 
@@ -252,7 +258,7 @@ class ScriptedGraspController:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         torque, gripper = self.command(obs)
-        action = np.empty(7, dtype=np.float32)
+        action = np.empty(ACTION_SIZE, dtype=np.float32)
         action[:6] = np.clip(torque / self.torque_limit_nm, -1.0, 1.0)
         action[6] = gripper
         return action

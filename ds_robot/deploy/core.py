@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ObservationLayout, goal_position
 from ds_robot.errors import ConfigError
@@ -180,15 +181,15 @@ def parse_joint_state(config: NodeConfig, names, positions, velocities, efforts,
 class ControlCore:
     """``on_joint_state`` / ``on_object_pose`` / ``estop`` / ``reset`` in, ``tick(now)`` out.
 
-    ``controller`` is anything with ``reset(obs)`` and ``act(obs) -> 7 actions in [-1, 1]``
-    (6 normalised joint torques, gripper) over the grasp env's observation — the hierarchical
-    controller or the scripted baseline.
+    ``controller`` is a :class:`~ds_robot.control.contract.Controller` (the hierarchical
+    controller or the scripted baseline, possibly under online correction). Joint states without
+    efforts are refused when it ``uses_torque_features``; ``torque_features`` overrides that.
     """
 
-    def __init__(self, config: NodeConfig, controller, torque_features: bool = True):
+    def __init__(self, config: NodeConfig, controller: Controller, torque_features: bool | None = None):
         self.config = config
         self.controller = controller
-        self.need_effort = torque_features
+        self.need_effort = controller.uses_torque_features if torque_features is None else torque_features
         desc = default_description()
         variant = config.ur_type
         self.joint_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ds_robot.control.contract import Controller
+from ds_robot.deploy.controllers import build_controller
 from ds_robot.deploy.core import UR_TYPES, ControlCore, MessageError, NodeConfig
 from ds_robot.errors import ConfigError
 
@@ -53,44 +55,6 @@ def default_policy_path() -> str:
     from ds_robot.paths import policies_dir
 
     return str(policies_dir() / "grasp_hier_int8.npz")
-
-
-def make_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str = "numpy",
-                    correction: bool = False, max_torque_fraction: float = 1.0):
-    """The controller the core runs and whether it reads measured torques."""
-    controller, torque_features = _base_controller(kind, policy_path, ur_type, control_dt_s, runtime)
-    if not correction:
-        return controller, torque_features
-    if kind == "none":
-        raise ConfigError("correction needs a controller to correct: controller hier or scripted")
-    from ds_robot.model.params import default_description
-    from ds_robot.sim2real.correction import CorrectedController
-
-    limit = default_description().variant(ur_type).joint_torque_limit_nm
-    return CorrectedController(controller, ur_type, control_dt_s, limit,
-                               command_limit_nm=np.asarray(limit) * max_torque_fraction), torque_features
-
-
-def _base_controller(kind: str, policy_path: str, ur_type: str, control_dt_s: float, runtime: str):
-    if kind == "hier":
-        from ds_robot.hier.controller import HierarchicalController
-        from ds_robot.hier.policy import HierPolicy
-
-        policy = HierPolicy.load(policy_path)
-        if runtime == "torch":  # the same weights in torch eager (benchmark comparison only)
-            from ds_robot.deploy.torch_runtime import torch_policy
-
-            policy = torch_policy(policy)
-        elif runtime != "numpy":
-            raise ConfigError(f"runtime {runtime!r}: choose numpy or torch")
-        return HierarchicalController(policy, control_dt_s, ur_type), policy.torque_features
-    if kind == "none":
-        return IdleController(), False
-    if kind == "scripted":
-        from ds_robot.control.scripted import ScriptedGraspController
-
-        return ScriptedGraspController(control_dt_s, ur_type), False
-    raise ConfigError(f"controller {kind!r}: choose hier, scripted or none")
 
 
 class LoopTimer:
@@ -124,9 +88,19 @@ class LoopTimer:
                 "period_max_ms": float(p.max())}
 
 
-class IdleController:
+class IdleController(Controller):
     """``controller: none``: the loop runs and publishes nothing but diagnostics (the floor
-    ``ds-robot bench node`` compares against)."""
+    ``ds-robot bench node`` compares against). It is never asked to act."""
+
+    name = "none"
+    robot_model = None
+    uses_torque_features = False
+
+    def reset(self, obs: np.ndarray) -> None:
+        raise RuntimeError("the idle controller never runs a grasp")
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the idle controller never acts")
 
 
 def build_node():
@@ -172,12 +146,21 @@ def build_node():
             if correction and self.config.command_interface != "effort":
                 raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
                                   "torques it sends")
-            controller, torque_features = make_controller(kind, policy, self.config.ur_type,
-                                                          1.0 / self.config.policy_rate_hz, runtime, correction,
-                                                          self.config.max_torque_fraction)
+            if kind == "none":
+                if correction:
+                    raise ConfigError("correction needs a controller to correct: controller hier or scripted")
+                controller = IdleController()
+            elif kind in ("hier", "scripted"):
+                controller = build_controller(kind, variant=self.config.ur_type,
+                                              control_dt_s=1.0 / self.config.policy_rate_hz,
+                                              policy=policy if kind == "hier" else None, runtime=runtime,
+                                              correction=correction,
+                                              max_torque_fraction=self.config.max_torque_fraction)
+            else:
+                raise ConfigError(f"controller {kind!r}: choose hier, scripted or none")
             self.corrected = controller if correction else None
             self.idle = isinstance(controller, IdleController)
-            self.core = ControlCore(self.config, controller, torque_features)
+            self.core = ControlCore(self.config, controller)
             if self.corrected is not None:  # accelerations over the joint states' measured intervals
                 self.corrected.state_stamp = lambda: self.core.state.stamp_s
             if any(e > 0 for e in extents):

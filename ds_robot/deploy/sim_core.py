@@ -29,8 +29,9 @@ from ds_robot.deploy.core import COMMAND_INTERFACES, N_ARM
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ConfigError
 from ds_robot.sim import scene
+from ds_robot.sim2real.worlds import build_world
 
-WORLDS = ("nominal", "shifted")
+WORLDS = ("nominal", "shifted")  # the sim node's worlds (``ds_robot.sim2real.worlds``)
 
 
 class SimArm:
@@ -44,11 +45,7 @@ class SimArm:
         if world not in WORLDS:
             raise ConfigError(f"world {world!r}: choose {' or '.join(WORLDS)}")
         self.world = world
-        backend = None
-        if world == "shifted":
-            from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
-
-            backend = ShiftedMuJoCoBackend(robot, physics_dt_s, seed=world_seed, max_latency_steps=0)
+        backend = build_world(world, robot, physics_dt_s, seed=world_seed, max_latency_steps=0)
         # A real arm has no episode length: the env's time limit is out of reach (a day).
         self.env = UR5GraspEnv(objects=objects, robot=robot, control_dt_s=physics_dt_s, physics_dt_s=physics_dt_s,
                                episode_s=86_400.0, backend=backend)

@@ -14,12 +14,14 @@ import time
 
 import numpy as np
 
+from ds_robot.control.contract import Controller
+from ds_robot.control.robot_model import RobotModel
 from ds_robot.control.scripted import ScriptedGraspController
 from ds_robot.hier.features import RESIDUAL_SIZE, compose_action, hier_observation, skill_of
 from ds_robot.hier.policy import HierPolicy
 
 
-class HierarchicalController:
+class HierarchicalController(Controller):
     name = "hier"
 
     def __init__(self, policy: HierPolicy, control_dt_s: float = 0.01, variant: str = "ur5e",
@@ -33,10 +35,13 @@ class HierarchicalController:
         self.chosen: list[int] = []
         self._features: np.ndarray | None = None
 
-    @classmethod
-    def for_env(cls, env, policy: HierPolicy, residual: bool = True) -> HierarchicalController:
-        env = env.unwrapped
-        return cls(policy, env.control_dt_s, env.backend.variant, residual)
+    @property
+    def robot_model(self) -> RobotModel:
+        return self.machine.robot_model
+
+    @property
+    def uses_torque_features(self) -> bool:
+        return self.policy.torque_features
 
     def _choose(self, obs: np.ndarray, attempt: int):
         start = time.perf_counter()

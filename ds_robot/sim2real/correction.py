@@ -31,26 +31,22 @@ from collections import deque
 
 import numpy as np
 
+from ds_robot.control.contract import Controller
+from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ObservationLayout
+from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.sim2real.estimator import PAYLOAD_BODY, EstimatorConfig, GripperState, OnlineEstimator
 
 PLAUSIBLE = {"gain": (0.75, 1.3), "payload_kg": (0.0, 1.0)}
 
 
-def controller_model(controller):
-    """The ``RobotModel`` a model-based controller computes its torques with."""
-    for path in (("robot",), ("machine", "robot")):
-        obj = controller
-        for attr in path:
-            obj = getattr(obj, attr, None)
-        if obj is not None:
-            return obj
-    raise TypeError(f"{type(controller).__name__} has no RobotModel to correct (scripted and hier controllers do)")
+class CorrectedController(Controller):
+    """``controller`` under online correction: it must declare the ``robot_model`` it computes
+    its torques with (the scripted and hierarchical controllers do; a model-free one cannot be
+    corrected: ``ConfigError``)."""
 
-
-class CorrectedController:
-    def __init__(self, controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
+    def __init__(self, controller: Controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
                  warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False,
                  hold_while_grasping: bool = False, command_limit_nm=None):
         self.inner = controller
@@ -67,8 +63,10 @@ class CorrectedController:
         gripper = default_description().gripper
         self._finger_travel_m = gripper.finger_travel_m
         self.layout = ObservationLayout(self.limit, gripper.max_opening_m)
-        robot = controller_model(controller)
-        self.model = robot.model
+        if controller.robot_model is None:
+            raise ConfigError(f"the {controller.name} controller computes its torques without a model of the arm: "
+                              "there is nothing for the online correction to correct (use hier or scripted)")
+        self.model = controller.robot_model.model
         self._payload = self.model.body(PAYLOAD_BODY).id
         self._nominal = {"armature": self.model.dof_armature[:6].copy(), "payload": float(self.model.body_mass[self._payload])}
         self.cost_s: deque[float] = deque(maxlen=100_000)  # bounded: a node runs for hours
@@ -77,10 +75,13 @@ class CorrectedController:
         self.state_stamp = None
         self._last_stamp: float | None = None
 
-    @classmethod
-    def for_env(cls, env, controller, **kwargs) -> CorrectedController:
-        env = env.unwrapped
-        return cls(controller, env.backend.variant, env.control_dt_s, env.backend.joint_torque_limit_nm, **kwargs)
+    @property
+    def robot_model(self) -> RobotModel:
+        return self.inner.robot_model
+
+    @property
+    def uses_torque_features(self) -> bool:
+        return self.inner.uses_torque_features
 
     def reset(self, obs: np.ndarray) -> None:
         """A new episode: the world's hidden physics may have changed, so the estimate restarts

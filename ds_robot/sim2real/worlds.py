@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ds_robot.physics.backend import EpisodeSetup, RobotState
+from ds_robot.errors import ConfigError
+from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.physics.mujoco_backend import N_ARM, MuJoCoBackend
 from ds_robot.sim import scene
 
@@ -118,3 +119,22 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         else:
             torque, gripper = self._pending[0]
         return super().step(torque, gripper, duration_s)
+
+
+WORLDS = ("nominal", "shifted", "pybullet")
+
+
+def build_world(name: str, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0,
+                max_latency_steps: int = 2) -> PhysicsBackend:
+    """The world a controller is evaluated in: ``nominal`` (MuJoCo, the controller's own model),
+    ``shifted`` (MuJoCo with hidden per-episode physics shifts drawn from ``seed``) or
+    ``pybullet`` (another engine from the same URDF)."""
+    if name == "nominal":
+        return MuJoCoBackend(variant, physics_dt_s)
+    if name == "shifted":
+        return ShiftedMuJoCoBackend(variant, physics_dt_s, seed=seed, max_latency_steps=max_latency_steps)
+    if name == "pybullet":
+        from ds_robot.sim2real.pybullet_world import PyBulletBackend
+
+        return PyBulletBackend(variant, physics_dt_s)
+    raise ConfigError(f"world {name!r}: choose one of {', '.join(WORLDS)}")
