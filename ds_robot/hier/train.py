@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,16 +33,19 @@ import numpy as np
 import torch
 from torch import nn
 from torch.distributions import Categorical
-from tqdm import tqdm
 
 from ds_robot.errors import ConfigError
 from ds_robot.hier.features import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, SKILLS, H, skill_of
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
+from ds_robot.rl.amp import DynamicLossScaler, optimize_step
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
 from ds_robot.rl.common import RunDir, log_scalars, seed_everything, train_in_run
+from ds_robot.rl.loop import Iteration, TimeCheckpoints, train_loop
 from ds_robot.rl.networks import mlp
+from ds_robot.rl.onpolicy import Rollout, returns_and_advantages
 from ds_robot.rl.policies import MLPActorCritic
+from ds_robot.rl.ppo import clipped_surrogate
 from ds_robot.rollout import EnvFactory, RolloutEngine
 
 ENV_ID = "ds_robot/UR5GraspHier-v0"
@@ -67,6 +69,7 @@ class HierTrainConfig:
     planner_batch: int = 32
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
+    amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
     torque_features: bool = True
     randomize_physics: bool = False  # domain randomisation: the caller's randomized world, new physics every episode
     objects: str | None = None
@@ -142,6 +145,8 @@ class HierTrainer:
                 skill.log_std.fill_(cfg.log_std_init)
         self.planner_opt = torch.optim.Adam(self.planner.parameters(), lr=cfg.planner_lr)
         self.skill_opts = [torch.optim.Adam(s.parameters(), lr=cfg.skill_lr, eps=1e-5) for s in self.skills]
+        self.planner_scaler = DynamicLossScaler(enabled=cfg.amp)
+        self.skill_scalers = [DynamicLossScaler(enabled=cfg.amp) for _ in self.skills]
         self.run = RunDir(Path(out)) if out is not None else None
         self.writer = self.run.writer() if self.run is not None else None
         self.steps = 0
@@ -228,26 +233,22 @@ class HierTrainer:
     # -- learning ------------------------------------------------------------------------------
 
     def update_skills(self, batch: dict[str, np.ndarray]) -> dict:
+        """PPO on each skill's own steps; advantages by GAE along the whole trajectory (the RL
+        core's ``returns_and_advantages`` and ``clipped_surrogate``, steps through ``optimize_step``)."""
         cfg = self.config
-        adv = np.zeros_like(batch["rewards"])
-        gae = np.zeros(cfg.n_envs, np.float32)
-        next_value = batch["last_values"]
-        for t in reversed(range(cfg.n_steps)):
-            not_done = 1.0 - batch["dones"][t]
-            delta = batch["rewards"][t] + cfg.gamma * next_value * not_done - batch["values"][t]
-            gae = delta + cfg.gamma * cfg.gae_lambda * not_done * gae
-            adv[t] = gae
-            next_value = batch["values"][t]
-        returns = adv + batch["values"]
+        rollout = Rollout(obs=batch["obs"], actions=batch["actions"], log_probs=batch["log_probs"],
+                          rewards=batch["rewards"], dones=batch["dones"], values=batch["values"])
+        returns, adv, _ = returns_and_advantages(rollout, batch["last_values"], cfg.gamma, cfg.gae_lambda)
         flat = {k: torch.as_tensor(v.reshape(-1, *v.shape[2:])) for k, v in
                 {"obs": batch["obs"], "actions": batch["actions"], "log_probs": batch["log_probs"],
                  "adv": adv, "returns": returns}.items()}
         skills = batch["skills"].reshape(-1)
         stats = {}
-        for k, (skill, opt) in enumerate(zip(self.skills, self.skill_opts, strict=True)):
+        for k, (skill, opt, scaler) in enumerate(zip(self.skills, self.skill_opts, self.skill_scalers, strict=True)):
             rows = np.flatnonzero(skills == k)
             if len(rows) < 2:
                 continue
+            params = list(skill.parameters())
             clip_fracs = []
             for _ in range(cfg.skill_epochs):
                 order = self.rng.permutation(rows)
@@ -257,21 +258,24 @@ class HierTrainer:
                         continue
                     a = flat["adv"][idx]
                     a = (a - a.mean()) / (a.std() + 1e-8)
-                    dist, value = skill.dist_and_value(flat["obs"][idx])
-                    log_ratio = dist.log_prob(flat["actions"][idx]).sum(-1) - flat["log_probs"][idx]
-                    ratio = log_ratio.exp()
-                    surrogate = torch.min(ratio * a, ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range) * a)
-                    loss = -surrogate.mean() + cfg.vf_coef * ((value - flat["returns"][idx]) ** 2).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(skill.parameters(), cfg.max_grad_norm)
-                    opt.step()
-                    clip_fracs.append(float(((ratio - 1).abs() > cfg.clip_range).float().mean()))
+
+                    def loss_fn(skill=skill, idx=idx, a=a):
+                        dist, value = skill.dist_and_value(flat["obs"][idx])
+                        policy_loss, ratio, _ = clipped_surrogate(dist.log_prob(flat["actions"][idx]).sum(-1),
+                                                                  flat["log_probs"][idx], a, cfg.clip_range)
+                        loss = policy_loss + cfg.vf_coef * ((value - flat["returns"][idx]) ** 2).mean()
+                        with torch.no_grad():
+                            clip_fraction = float(((ratio - 1).abs() > cfg.clip_range).float().mean())
+                        return loss, {"clip_fraction": clip_fraction}
+
+                    clip_fracs.append(optimize_step(loss_fn, opt, params, scaler, cfg.max_grad_norm,
+                                                    cfg.amp)["clip_fraction"])
             stats[f"skill_{SKILLS[k]}_clip_fraction"] = float(np.mean(clip_fracs)) if clip_fracs else 0.0
             stats[f"skill_{SKILLS[k]}_std"] = float(skill.log_std.detach().exp().mean())
         return stats
 
     def update_planner(self) -> dict:
+        """One A2C step on the finished decisions (through ``optimize_step``)."""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
@@ -279,62 +283,57 @@ class HierTrainer:
         options = torch.as_tensor([d[1] for d in self.finished_decisions])
         returns = torch.as_tensor([d[2] for d in self.finished_decisions], dtype=torch.float32)
         self.finished_decisions = []
-        dist, value = self.planner(features)
-        advantage = (returns - value).detach()
-        if len(advantage) > 1:  # per-batch normalisation: the option returns differ by a few hundredths
-            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-        entropy = dist.entropy().mean()
-        loss = (-(dist.log_prob(options) * advantage).mean() + cfg.vf_coef * ((returns - value) ** 2).mean()
-                - cfg.planner_ent_coef * entropy)
-        self.planner_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.planner.parameters(), cfg.max_grad_norm)
-        self.planner_opt.step()
-        return {"planner_entropy": entropy.item(), "planner_return": returns.mean().item(),
-                "planner_value_error": ((returns - value) ** 2).mean().item()}
+
+        def loss_fn():
+            dist, value = self.planner(features)
+            advantage = (returns - value).detach()
+            if len(advantage) > 1:  # per-batch normalisation: the option returns differ by a few hundredths
+                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+            entropy = dist.entropy().mean()
+            value_error = ((returns - value) ** 2).mean()
+            loss = -(dist.log_prob(options) * advantage).mean() + cfg.vf_coef * value_error - cfg.planner_ent_coef * entropy
+            return loss, {"planner_entropy": entropy.item(), "planner_return": returns.mean().item(),
+                          "planner_value_error": value_error.item()}
+
+        stats = optimize_step(loss_fn, self.planner_opt, list(self.planner.parameters()), self.planner_scaler,
+                              cfg.max_grad_norm, cfg.amp)
+        return {k: stats[k] for k in ("planner_entropy", "planner_return", "planner_value_error")}
 
     # -- the loop -----------------------------------------------------------------------------
 
     def train(self, budget_s: float | None = None, progress: bool = True) -> dict:
         cfg = self.config
-        start = time.perf_counter()
-        wall_before = self.wall_seconds
-        next_checkpoint = cfg.checkpoint_every_s
-        next_snapshot = (math.floor(wall_before / cfg.snapshot_every_s) + 1) * cfg.snapshot_every_s
-        bar = tqdm(total=round(budget_s) if budget_s else cfg.total_steps, unit="s" if budget_s else "step",
-                   desc="train grasp", disable=not progress, smoothing=0.1)
+        next_snapshot = (math.floor(self.wall_seconds / cfg.snapshot_every_s) + 1) * cfg.snapshot_every_s
         window: list[dict] = []
         planner_stats: dict = {}
-        while self.steps < cfg.total_steps:
+
+        def iterate() -> Iteration:
+            nonlocal planner_stats
             batch = self.collect()
             stats = self.update_skills(batch)
             planner_stats = self.update_planner() or planner_stats
             stats.update(planner_stats)
-            elapsed = time.perf_counter() - start
-            self.wall_seconds = wall_before + elapsed
-            bar.update(round(elapsed) - bar.n if budget_s else cfg.n_steps * cfg.n_envs)
+            return Iteration(stats)
+
+        def after(step: Iteration) -> None:  # the loop has updated the wall time
+            nonlocal window, next_snapshot
             window.extend(self.finished_episodes)
             self.episodes += len(self.finished_episodes)
             self.finished_episodes = []
+            stats = step.stats
             if len(window) >= 2 * cfg.n_envs:
                 stats.update(self._log_window(window))
-                bar.set_postfix(success=f"{stats['success_rate']:.3f}", energy=f"{stats['energy_j']:.1f}",
-                                steps=f"{self.steps:,}")
+                step.postfix = {"success": f"{stats['success_rate']:.3f}", "energy": f"{stats['energy_j']:.1f}",
+                                "steps": f"{self.steps:,}"}
                 window = []
             log_scalars(self.writer, stats, self.steps)
-            if self.run is not None and elapsed >= next_checkpoint:
-                self.save(self.run.checkpoint)
-                next_checkpoint += cfg.checkpoint_every_s
             if self.run is not None and self.wall_seconds >= next_snapshot:
                 self.export().save(self.run.root / "snapshots" / f"policy_{round(self.wall_seconds):05d}s.npz")
                 next_snapshot += cfg.snapshot_every_s
-            if budget_s is not None and elapsed >= budget_s:
-                break
-        bar.close()
-        if self.run is not None:
-            self.save(self.run.checkpoint)
-            self.export().save(self.run.root / "policy.npz")
-        return {"steps": self.steps, "seconds": time.perf_counter() - start, "episodes": self.episodes}
+
+        result = train_loop(self, iterate, _HierCheckpoints(self, cfg.checkpoint_every_s), total_steps=cfg.total_steps,
+                            desc="train grasp", progress=progress, budget_s=budget_s, after=after)
+        return {"steps": self.steps, "seconds": result.seconds, "episodes": self.episodes}
 
     def _log_window(self, window: list[dict]) -> dict:
         success = float(np.mean([e["success"] for e in window]))
@@ -372,6 +371,7 @@ class HierTrainer:
             "wall_seconds": self.wall_seconds, "episodes": self.episodes,
             "planner": self.planner.state_dict(), "skills": self.skills.state_dict(),
             "planner_opt": self.planner_opt.state_dict(), "skill_opts": [o.state_dict() for o in self.skill_opts],
+            "scalers": [s.state_dict() for s in (self.planner_scaler, *self.skill_scalers)],
             "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state})
 
     def load(self, path: str | Path) -> None:
@@ -381,6 +381,8 @@ class HierTrainer:
         self.planner_opt.load_state_dict(payload["planner_opt"])
         for opt, state in zip(self.skill_opts, payload["skill_opts"], strict=True):
             opt.load_state_dict(state)
+        for scaler, state in zip((self.planner_scaler, *self.skill_scalers), payload.get("scalers", []), strict=False):
+            scaler.load_state_dict(state)  # checkpoints from before loss scaling have none: keep the fresh ones
         torch.set_rng_state(payload["torch_rng"])
         self.rng.bit_generator.state = payload["numpy_rng"]
         self.steps, self.episodes = int(payload["steps"]), int(payload["episodes"])
@@ -391,6 +393,15 @@ class HierTrainer:
         self.envs.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class _HierCheckpoints(TimeCheckpoints):
+    """Checkpoints by wall time; at the end also the runtime policy file ``policy.npz``."""
+
+    def finish(self) -> None:
+        super().finish()
+        if self.agent.run is not None:
+            self.agent.export().save(self.agent.run.root / "policy.npz")
 
 
 def _final_info(infos: dict, i: int) -> dict:

@@ -105,25 +105,6 @@ class RunDir:
         return SummaryWriter(str(self.tensorboard))
 
 
-class Checkpointer:
-    """Periodic and final checkpoints of an agent (``agent.run``, ``agent.steps``, ``agent.save``)."""
-
-    def __init__(self, agent, every_steps: int):
-        self.agent = agent
-        self.every_steps = every_steps
-        self.next_at = agent.steps + every_steps
-
-    def maybe_save(self) -> None:
-        if self.agent.run is not None and self.agent.steps >= self.next_at:
-            self.agent.save(self.agent.run.checkpoint)
-            self.next_at += self.every_steps
-
-    def finish(self) -> None:
-        if self.agent.run is not None:
-            self.agent.save(self.agent.run.checkpoint)
-            self.agent.save(self.agent.run.final)
-
-
 def train_in_run(agent, run: RunDir, resume: bool, train):
     """Resume ``agent`` from ``run``'s checkpoint when asked, then return ``train()``; Ctrl-C
     saves a checkpoint first (``--resume`` continues from it). The agent is closed either way."""
@@ -144,12 +125,6 @@ def log_scalars(writer, stats: dict, step: int, prefix: str = "train/") -> None:
     if writer is not None:
         for key, value in stats.items():
             writer.add_scalar(prefix + key, value, step)
-
-
-def discrete_actions(space: gym.Space) -> int:
-    if not isinstance(space, gym.spaces.Discrete):
-        raise ConfigError(f"this algorithm needs a discrete action space, the env has {space}")
-    return int(space.n)
 
 
 def flat_obs_dim(space: gym.Space) -> int:

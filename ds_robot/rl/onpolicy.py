@@ -1,27 +1,26 @@
 """What A2C and PPO share: rollout collection on a vector env, returns/advantages, the
-training loop (progress bar, TensorBoard, diagnostics, checkpoints, resume). Each algorithm
+training loop (``ds_robot.rl.loop``; TensorBoard, diagnostics, checkpoints, resume). Each algorithm
 supplies its optimiser and its ``update``.
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ds_robot.errors import ConfigError
 from ds_robot.rl import schedules
 from ds_robot.rl.amp import DynamicLossScaler
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
-from ds_robot.rl.common import Checkpointer, RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
+from ds_robot.rl.common import RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
 from ds_robot.rl.diagnostics import Diagnostics
+from ds_robot.rl.loop import Iteration, StepCheckpoints, TrainResult, train_loop
 from ds_robot.rl.policies import make_policy, to_env_action
 
 torch.distributions.Distribution.set_default_validate_args(False)
@@ -76,14 +75,6 @@ class Rollout:
     rewards: np.ndarray
     dones: np.ndarray
     values: np.ndarray
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    seconds: float
-    history: list[dict] = field(default_factory=list)
-    stopped_early: bool = False
 
 
 def returns_and_advantages(rollout: Rollout, last_value: np.ndarray, gamma: float, lam: float):
@@ -210,43 +201,31 @@ class OnPolicyAlgorithm(ABC):
         seconds, episodes, mean return) so a learning curve survives without TensorBoard.
         """
         cfg = self.config
-        start = time.perf_counter()
-        wall_before = self.wall_seconds
-        result = TrainResult(steps=self.steps, seconds=0.0)
-        bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"{self.algo} {cfg.env_id}", unit="step",
-                   disable=not progress, smoothing=0.05)
-        checkpoints = Checkpointer(self, cfg.checkpoint_every_steps)
         log_every = max(1, 2000 // (cfg.n_steps * cfg.n_envs))
-        while self.steps < cfg.total_steps:
+
+        def iterate() -> Iteration:
             rollout, last_value = self.collect()
             stats = self.update(rollout, last_value)
-            bar.update(cfg.n_steps * cfg.n_envs)
-            elapsed = time.perf_counter() - start
-            self.wall_seconds = wall_before + elapsed
-            record = {"steps": self.steps, "seconds": self.wall_seconds, "entropy": stats["entropy"]}
+            return Iteration(stats, {"steps": self.steps, "entropy": stats["entropy"]})
+
+        def after(step: Iteration) -> None:  # the loop has updated the wall time
+            stats, record = step.stats, step.record
+            record["seconds"] = self.wall_seconds
             if self.finished_returns:
                 stats["episode_return"] = float(np.mean(self.finished_returns))
                 record.update(episodes=len(self.finished_returns), episode_return=stats["episode_return"])
                 self._write_progress(record)
                 self.finished_returns = []
             if self.updates % log_every == 0:
-                postfix = {"entropy": f"{stats['entropy']:.3f}", "lr": f"{stats['lr']:.2g}"}
+                step.postfix = {"entropy": f"{stats['entropy']:.3f}", "lr": f"{stats['lr']:.2g}"}
                 if self._last_return is not None:
-                    postfix["return"] = f"{self._last_return:.3g}"
-                bar.set_postfix(**postfix, scale=f"{stats['loss_scale']:.0f}")
+                    step.postfix["return"] = f"{self._last_return:.3g}"
+                step.postfix["scale"] = f"{stats['loss_scale']:.0f}"
                 log_scalars(self.writer, stats, self.steps)
-            result.history.append(record)
-            checkpoints.maybe_save()
-            if callback is not None and callback(self, stats):
-                result.stopped_early = True
-                break
-            if budget_s is not None and elapsed >= budget_s:
-                result.stopped_early = True
-                break
-        bar.close()
-        result.steps, result.seconds = self.steps, time.perf_counter() - start
-        checkpoints.finish()
-        return result
+
+        return train_loop(self, iterate, StepCheckpoints(self, cfg.checkpoint_every_steps), total_steps=cfg.total_steps,
+                          desc=f"{self.algo} {cfg.env_id}", progress=progress, budget_s=budget_s, callback=callback,
+                          after=after)
 
     _last_return: float | None = None
 

@@ -38,6 +38,16 @@ class PPOConfig(OnPolicyConfig):
                               f"{self.n_epochs}, {self.minibatch_size}, {self.clip_range}")
 
 
+def clipped_surrogate(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                      clip_range: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's policy loss ``-E[min(r A, clip(r, 1-eps, 1+eps) A)]``, ``r = pi(a|s) / pi_old(a|s)``
+    (Schulman et al. 2017, eq. 7); returns (loss, ratio, log ratio)."""
+    log_ratio = log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1 - clip_range, 1 + clip_range) * advantages)
+    return -surrogate.mean(), ratio, log_ratio
+
+
 class PPO(OnPolicyAlgorithm):
     algo = "ppo"
 
@@ -66,10 +76,8 @@ class PPO(OnPolicyAlgorithm):
 
                 def loss_fn(idx=idx, adv=adv):
                     dist, values = self.policy.dist_and_value(obs[idx])
-                    log_ratio = self.policy.log_prob(dist, actions[idx]) - old_log_prob[idx]
-                    ratio = log_ratio.exp()
-                    surrogate = torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range) * adv)
-                    policy_loss = -surrogate.mean()
+                    policy_loss, ratio, log_ratio = clipped_surrogate(self.policy.log_prob(dist, actions[idx]),
+                                                                      old_log_prob[idx], adv, cfg.clip_range)
                     value_loss = ((values - returns_t[idx]) ** 2).mean()
                     entropy = self.policy.entropy(dist).mean()
                     loss = policy_loss - beta * entropy + cfg.vf_coef * value_loss

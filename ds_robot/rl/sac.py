@@ -17,7 +17,6 @@ refills the buffer for ``learning_starts`` steps first.
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,15 +25,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ds_robot.errors import ConfigError
 from ds_robot.rl.amp import DynamicLossScaler, optimize_step
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
-from ds_robot.rl.common import Checkpointer, RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
+from ds_robot.rl.common import RunDir, flat_obs_dim, log_scalars, make_vector_env, seed_everything
 from ds_robot.rl.diagnostics import Diagnostics
+from ds_robot.rl.loop import Iteration, StepCheckpoints, TrainResult, train_loop
 from ds_robot.rl.networks import mlp
-from ds_robot.rl.onpolicy import TrainResult
 from ds_robot.rl.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -140,6 +138,7 @@ class SAC:
         self.diagnostics = Diagnostics(self.writer)
         self.steps = 0
         self.updates = 0
+        self.wall_seconds = 0.0  # training wall time, over every invocation of a resumed run
         self.obs, _ = self.envs.reset(seed=config.seed)
 
     def _make_buffer(self) -> ReplayBuffer:
@@ -233,32 +232,22 @@ class SAC:
     def train(self, callback: Callable[[SAC, dict], bool] | None = None, progress: bool = True,
               budget_s: float | None = None) -> TrainResult:
         cfg = self.config
-        start = time.perf_counter()
-        result = TrainResult(steps=self.steps, seconds=0.0)
-        bar = tqdm(total=cfg.total_steps, initial=self.steps, desc=f"sac {cfg.env_id}", unit="step",
-                   disable=not progress, smoothing=0.05)
-        checkpoints = Checkpointer(self, cfg.checkpoint_every_steps)
-        stats: dict = {}
         warm_until = self.steps + cfg.learning_starts if len(self.buffer) == 0 else self.steps
-        while self.steps < cfg.total_steps:
+        last: dict = {}
+
+        def iterate() -> Iteration:
+            nonlocal last
             self.collect_step()
-            bar.update(cfg.n_envs)
+            postfix = None
             if self.steps >= max(cfg.learning_starts, warm_until) and len(self.buffer) >= cfg.batch_size:
-                stats = self.update()
+                last = self.update()
                 if self.updates % 1000 == 0:
-                    bar.set_postfix(alpha=f"{stats['alpha']:.3f}", q=f"{stats['q']:.1f}")
-                    log_scalars(self.writer, stats, self.steps)
-            checkpoints.maybe_save()
-            if callback is not None and callback(self, stats):
-                result.stopped_early = True
-                break
-            if budget_s is not None and time.perf_counter() - start >= budget_s:
-                result.stopped_early = True
-                break
-        bar.close()
-        result.steps, result.seconds = self.steps, time.perf_counter() - start
-        checkpoints.finish()
-        return result
+                    postfix = {"alpha": f"{last['alpha']:.3f}", "q": f"{last['q']:.1f}"}
+                    log_scalars(self.writer, last, self.steps)
+            return Iteration(last, postfix=postfix)
+
+        return train_loop(self, iterate, StepCheckpoints(self, cfg.checkpoint_every_steps), total_steps=cfg.total_steps,
+                          desc=f"sac {cfg.env_id}", progress=progress, budget_s=budget_s, callback=callback)
 
     # -- checkpoints --------------------------------------------------------------------------
 
@@ -280,6 +269,7 @@ class SAC:
             "scalers": [self.critic_scaler.state_dict(), self.actor_scaler.state_dict()],
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": self.rng.bit_generator.state,
+            "wall_seconds": self.wall_seconds,
         })
         if self.config.save_replay:
             self.buffer.save(Path(path).with_suffix(".replay.npz"))
@@ -300,6 +290,7 @@ class SAC:
         torch.set_rng_state(payload["torch_rng"])
         self.rng.bit_generator.state = payload["numpy_rng"]
         self.steps, self.updates = int(payload["steps"]), int(payload["updates"])
+        self.wall_seconds = float(payload.get("wall_seconds", 0.0))
         self.obs, _ = self.envs.reset(seed=self.config.seed + self.steps)
         replay = Path(path).with_suffix(".replay.npz")
         if self.config.save_replay and replay.exists():
