@@ -164,6 +164,28 @@ def test_training_smoke_runs_and_resumes(tmp_path):
     assert trainer.wall_seconds >= 3.0
 
 
+def test_a_diverged_update_stops_training_instead_of_writing_nan_weights():
+    """Every step of the hierarchical trainer goes through the RL core's optimize_step: NaN
+    gradients raise TrainingError (a bare backward()/step() would write NaN into the weights)."""
+    import torch
+
+    from ds_robot.rl.amp import TrainingError
+
+    trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=2, n_steps=16, skill_minibatch=16))
+    try:
+        batch = trainer.collect()
+        skill = trainer.skills[0]
+        with torch.no_grad():
+            skill.critic[0].weight[0, 0] = float("nan")
+        before = [p.detach().clone() for p in skill.actor.parameters()]
+        with pytest.raises(TrainingError, match="diverged"):
+            trainer.update_skills(batch)
+        for old, new in zip(before, skill.actor.parameters(), strict=True):
+            assert torch.equal(old, new), "a diverged step changed the weights"
+    finally:
+        trainer.close()
+
+
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
     out = tmp_path / "run"
     small = {"workers": 0, "envs_per_worker": 1, "n_steps": 8}

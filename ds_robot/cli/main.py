@@ -152,7 +152,7 @@ def cmd_train_grasp(args) -> int:
     from ds_robot.hier.train import train_grasp
     from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
 
-    for flag, value in (("--env", args.env), ("--steps", args.steps), ("--amp", args.amp or None),
+    for flag, value in (("--env", args.env), ("--steps", args.steps),
                         ("--ent-coef", args.ent_coef), ("--replay", args.replay), ("--envs", args.envs),
                         ("--policy", args.policy), ("--backend", args.backend), ("--address", args.address),
                         ("--checkpoint-every", args.checkpoint_every)):
@@ -162,7 +162,7 @@ def cmd_train_grasp(args) -> int:
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     _, summary = train_grasp(args.out, resume=args.resume, budget_s=budget_s, progress=not args.quiet,
                              seed=args.seed, workers=workers, torque_features=not args.no_torque_features,
-                             randomize_physics=True if args.randomize_physics else None,
+                             randomize_physics=True if args.randomize_physics else None, amp=True if args.amp else None,
                              randomized_world=ShiftedMuJoCoBackend,
                              objects=str(args.objects) if args.objects else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
