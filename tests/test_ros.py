@@ -248,3 +248,78 @@ def test_ros2_ws_builds_and_installs(tmp_path):
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(next((install / "lib").glob("python3*/site-packages")))})
     assert run.returncode == 2 and "ur_type 'ur9'" in run.stderr
+
+
+def test_parameter_sets_take_effect_or_are_refused_in_process():
+    """rclpy's parameter machinery on the real node class: a safety limit set while running
+    reaches the control core; an impossible one or a start-up-only one is refused and changes
+    nothing."""
+    from rclpy.parameter import Parameter
+
+    from ds_robot.deploy.policy_node import PolicyNode
+
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context, domain_id=99)
+    node = PolicyNode(context=context, parameter_overrides=[
+        Parameter("controller", value="scripted"), Parameter("correction", value=True)])
+    try:
+        limit = node.core.joint_limit_nm
+        ok = node.set_parameters([Parameter("max_torque_fraction", value=0.4)])[0]
+        assert ok.successful, ok.reason
+        np.testing.assert_allclose(node.core.torque_limit, 0.4 * limit)
+        np.testing.assert_allclose(node.corrected.command_limit, 0.4 * limit)  # the estimator sees the new clip
+        assert node.get_parameter("max_torque_fraction").value == 0.4
+        assert node.diagnostics()["limits"]["max_torque_fraction"] == 0.4
+
+        for param, reason in ((Parameter("max_torque_fraction", value=1.5), "max_torque_fraction must be in"),
+                              (Parameter("state_timeout_s", value=-1.0), "state_timeout_s must be > 0"),
+                              (Parameter("ur_type", value="ur5"), "read at start-up"),
+                              (Parameter("object_half_extents_m", value=[0.02, -0.01, 0.03]), "positive half-sizes")):
+            refused = node.set_parameters([param])[0]
+            assert not refused.successful and reason in refused.reason, refused.reason
+        np.testing.assert_allclose(node.core.torque_limit, 0.4 * limit)  # unchanged by the refusals
+        assert node.get_parameter("max_torque_fraction").value == 0.4
+        assert node.get_parameter("ur_type").value == "ur5e"
+        # atomically: one bad value refuses the whole set
+        both = node.set_parameters_atomically([Parameter("joint_limit_margin_rad", value=0.1),
+                                                Parameter("max_velocity_rad_s", value=0.0)])
+        assert not both.successful and node.core.config.joint_limit_margin_rad == 0.05
+        ok = node.set_parameters([Parameter("object_half_extents_m", value=[0.02, 0.03, 0.04])])[0]
+        assert ok.successful and node.core.object_extents.tolist() == [0.02, 0.03, 0.04]
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def test_ros2_param_set_over_dds_takes_effect_or_is_refused(ros):
+    """What `ros2 param set` does: the SetParameters service of the running node process."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    diagnostics = ros.listen(DiagnosticArray, "/diagnostics")
+    ros.start("policy_node", "-p", "controller:=scripted", "-p", "diagnostics_period_s:=0.2")
+    client = ros.node.create_client(SetParameters, "/ds_robot_policy/set_parameters")
+    assert client.wait_for_service(timeout_sec=30), "the node's parameter service never came up"
+
+    def set_double(name: str, value: float):
+        request = SetParameters.Request(parameters=[ParameterMsg(name=name, value=ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE, double_value=value))])
+        future = client.call_async(request)
+        assert ros.spin(20, until=future.done), "no answer from set_parameters"
+        return future.result().results[0]
+
+    assert set_double("max_torque_fraction", 0.3).successful
+    refused = set_double("max_torque_fraction", 2.0)
+    assert not refused.successful and "max_torque_fraction must be in" in refused.reason
+
+    def limits():
+        for _, msg in reversed(diagnostics):
+            values = {kv.key: kv.value for kv in msg.status[0].values}
+            if "limits" in values:
+                return json.loads(values["limits"])
+        return None
+
+    start = len(diagnostics)
+    assert ros.spin(20, until=lambda: len(diagnostics) > start + 1), "no diagnostics"
+    assert limits()["max_torque_fraction"] == 0.3

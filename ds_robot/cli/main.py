@@ -285,7 +285,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_quantize(args) -> int:
-    from ds_robot.bench.node import quantize_report
+    from ds_robot.bench.quantize import quantize_report
 
     scheme = "int8_channel" if args.per_channel else "int8_tensor"
     return quantize_report(args.policy, args.out, scheme, args.episodes, args.success_episodes, args.json)

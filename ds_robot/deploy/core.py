@@ -33,6 +33,7 @@ decides what reaches the arm lives here:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -52,6 +53,11 @@ COMMAND_INTERFACES = ("effort", "velocity")
 # Rates the UR drivers run their real-time interface at: e-Series 500 Hz, CB3 125 Hz.
 UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
             "ur5": {"series": "CB3", "rate_hz": 125.0, "effort": False}}
+
+
+# What may change while the node runs (a `ros2 param set` of these takes effect at the next tick).
+LIVE_FIELDS = ("max_torque_fraction", "max_velocity_rad_s", "joint_limit_margin_rad", "state_timeout_s",
+               "object_timeout_s")
 
 
 class MessageError(ValueError):
@@ -193,14 +199,12 @@ class ControlCore:
         desc = default_description()
         variant = config.ur_type
         self.joint_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
-        self.torque_limit = self.joint_limit_nm * config.max_torque_fraction
         self.max_gripper_opening_m = desc.gripper.max_opening_m
         self.layout = ObservationLayout(self.joint_limit_nm, self.max_gripper_opening_m)
         self.model = RobotModel(variant)
         m = self.model.model
-        ranges = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
-        self.q_low = ranges[:, 0] + config.joint_limit_margin_rad
-        self.q_high = ranges[:, 1] - config.joint_limit_margin_rad
+        self.joint_range_rad = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
+        self._apply_limits()
         self.policy_period_s = 1.0 / config.policy_rate_hz
         self.stats = Stats()
         self.state: ArmState | None = None
@@ -209,6 +213,23 @@ class ControlCore:
                                if config.object_half_extents_m else None)
         self.estopped = False
         self.reset()
+
+    def _apply_limits(self) -> None:
+        cfg = self.config
+        self.torque_limit = self.joint_limit_nm * cfg.max_torque_fraction
+        self.q_low = self.joint_range_rad[:, 0] + cfg.joint_limit_margin_rad
+        self.q_high = self.joint_range_rad[:, 1] - cfg.joint_limit_margin_rad
+
+    def reconfigure(self, **changes) -> NodeConfig:
+        """Change limits while running (``LIVE_FIELDS``: safety limits and timeouts). The new
+        configuration is validated as a whole first: a ``ConfigError`` changes nothing."""
+        fixed = sorted(set(changes) - set(LIVE_FIELDS))
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)} cannot change while the node runs: restart it with the new value")
+        config = dataclasses.replace(self.config, **changes)  # validates
+        self.config = config
+        self._apply_limits()
+        return config
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -240,12 +261,19 @@ class ControlCore:
             raise
         self.object = ObjectPose(stamp_s, pos, quat / norm)
 
-    def on_object_extents(self, extents) -> None:
+    @staticmethod
+    def check_object_extents(extents) -> np.ndarray:
         extents = np.asarray(extents, dtype=float)
         if extents.shape != (3,) or not np.all(np.isfinite(extents)) or not np.all(extents > 0):
-            self.stats.reject("malformed object extents")
             raise MessageError(f"object extents must be 3 positive half-sizes in m, got {extents.tolist()}")
-        self.object_extents = extents
+        return extents
+
+    def on_object_extents(self, extents) -> None:
+        try:
+            self.object_extents = self.check_object_extents(extents)
+        except MessageError:
+            self.stats.reject("malformed object extents")
+            raise
 
     def estop(self, reason: str = "e-stop") -> None:
         self.estopped = True

@@ -29,163 +29,151 @@ import math
 import sys
 import time
 
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+
 from ds_robot.deploy.core import UR_TYPES
-from ds_robot.deploy.policy_node import DEFAULT_TOPICS, run_until_signal
+from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main
 from ds_robot.deploy.sim_core import SimArm
 from ds_robot.errors import ConfigError
 
 
-def build_node():
-    from builtin_interfaces.msg import Time
-    from geometry_msgs.msg import PoseStamped
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import JointState
-    from std_msgs.msg import Float64MultiArray, String
-    from std_srvs.srv import Trigger
+class SimNode(Node):
+    """``ds_robot_sim``: the MuJoCo arm (``SimArm``) behind the driver's topics."""
 
-    class SimNode(Node):
-        def __init__(self):
-            super().__init__("ds_robot_sim")
-            if self.get_parameter("use_sim_time").value:
-                # This node is the clock: on /clock time its own timers would wait for itself.
-                self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
-                self.get_logger().warning("use_sim_time ignored: the sim node publishes /clock and runs on wall time")
-            p = self.declare_parameter
-            robot = p("ur_type", "ur5e").value
-            if robot not in UR_TYPES:
-                raise ConfigError(f"ur_type {robot!r}: supported are {', '.join(UR_TYPES)}")
-            self.command_interface = p("command_interface", "effort").value
-            objects = p("objects", "").value or None
-            self.arm = SimArm(robot, self.command_interface, bool(p("adds_gravity", True).value), objects,
-                              velocity_gain=float(p("velocity_gain", 60.0).value), world=p("world", "nominal").value,
-                              world_seed=int(p("world_seed", 0).value))
-            self.seed = int(p("seed", 0).value)
-            self.rate_hz = float(p("rate_hz", UR_TYPES[robot]["rate_hz"]).value)
-            self.factor = float(p("real_time_factor", 1.0).value)
-            self.max_catch_up = int(p("max_catch_up_steps", 10).value)
-            # A camera-based pose estimate comes at tens of Hz, not at the joint-state rate.
-            self.pose_every = max(1, round(self.rate_hz / float(p("object_pose_rate_hz", 100.0).value)))
-            self._ticks = 0
-            if not (0 < self.rate_hz <= 1.0 / self.arm.dt) or self.factor <= 0 or self.max_catch_up < 1:
-                raise ConfigError(f"need 0 < rate_hz <= {1 / self.arm.dt:g}, real_time_factor > 0 and "
-                                  f"max_catch_up_steps >= 1, got {self.rate_hz}, {self.factor}, {self.max_catch_up}")
-            prefix = p("tf_prefix", "").value
-            self.frame_id = p("frame_id", prefix + "base").value
-            self.names = [prefix + n for n in self.arm.arm_joint_names] + list(self.arm.gripper_joint_names)
-            t = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
-            self.pub_joints = self.create_publisher(JointState, t["joint_states_topic"], 10)
-            self.pub_pose = self.create_publisher(PoseStamped, t["object_pose_topic"], 10)
-            latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
-                                 reliability=ReliabilityPolicy.RELIABLE)
-            self.pub_extents = self.create_publisher(Float64MultiArray, t["object_extents_topic"], latched)
-            self.pub_status = self.create_publisher(String, "/ds_robot/sim/status", latched)
-            self.pub_clock = self.create_publisher(Clock, "/clock", 10)
-            self.create_subscription(Float64MultiArray, t[f"{self.command_interface}_command_topic"],
-                                     self._on_command, 10)
-            self.create_subscription(Float64MultiArray, t["gripper_command_topic"], self._on_gripper, 10)
-            self.create_service(Trigger, "~/reset", self._srv_reset)
-            self.rejected = 0
-            self._start_episode()
-            self.create_timer(1.0 / self.rate_hz, self._tick)
-            self.create_timer(0.1, self._publish_status)
-            self.get_logger().info(f"MuJoCo {robot} ({UR_TYPES[robot]['series']}, {self.arm.world} world) taking "
-                                   f"{self.command_interface} commands, {self.rate_hz:g} Hz, "
-                                   f"real-time factor {self.factor:g}, episode seed {self.seed}")
+    def __init__(self):
+        super().__init__("ds_robot_sim")
+        if self.get_parameter("use_sim_time").value:
+            # This node is the clock: on /clock time its own timers would wait for itself.
+            self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
+            self.get_logger().warning("use_sim_time ignored: the sim node publishes /clock and runs on wall time")
+        p = self.declare_parameter
+        robot = p("ur_type", "ur5e").value
+        if robot not in UR_TYPES:
+            raise ConfigError(f"ur_type {robot!r}: supported are {', '.join(UR_TYPES)}")
+        self.command_interface = p("command_interface", "effort").value
+        objects = p("objects", "").value or None
+        self.arm = SimArm(robot, self.command_interface, bool(p("adds_gravity", True).value), objects,
+                          velocity_gain=float(p("velocity_gain", 60.0).value), world=p("world", "nominal").value,
+                          world_seed=int(p("world_seed", 0).value))
+        self.seed = int(p("seed", 0).value)
+        self.rate_hz = float(p("rate_hz", UR_TYPES[robot]["rate_hz"]).value)
+        self.factor = float(p("real_time_factor", 1.0).value)
+        self.max_catch_up = int(p("max_catch_up_steps", 10).value)
+        # A camera-based pose estimate comes at tens of Hz, not at the joint-state rate.
+        self.pose_every = max(1, round(self.rate_hz / float(p("object_pose_rate_hz", 100.0).value)))
+        self._ticks = 0
+        if not (0 < self.rate_hz <= 1.0 / self.arm.dt) or self.factor <= 0 or self.max_catch_up < 1:
+            raise ConfigError(f"need 0 < rate_hz <= {1 / self.arm.dt:g}, real_time_factor > 0 and "
+                              f"max_catch_up_steps >= 1, got {self.rate_hz}, {self.factor}, {self.max_catch_up}")
+        prefix = p("tf_prefix", "").value
+        self.frame_id = p("frame_id", prefix + "base").value
+        self.names = [prefix + n for n in self.arm.arm_joint_names] + list(self.arm.gripper_joint_names)
+        t = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
+        self.pub_joints = self.create_publisher(JointState, t["joint_states_topic"], 10)
+        self.pub_pose = self.create_publisher(PoseStamped, t["object_pose_topic"], 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_extents = self.create_publisher(Float64MultiArray, t["object_extents_topic"], latched)
+        self.pub_status = self.create_publisher(String, "/ds_robot/sim/status", latched)
+        self.pub_clock = self.create_publisher(Clock, "/clock", 10)
+        self.create_subscription(Float64MultiArray, t[f"{self.command_interface}_command_topic"],
+                                 self._on_command, 10)
+        self.create_subscription(Float64MultiArray, t["gripper_command_topic"], self._on_gripper, 10)
+        self.create_service(Trigger, "~/reset", self._srv_reset)
+        self.rejected = 0
+        self._start_episode()
+        self.create_timer(1.0 / self.rate_hz, self._tick)
+        self.create_timer(0.1, self._publish_status)
+        self.get_logger().info(f"MuJoCo {robot} ({UR_TYPES[robot]['series']}, {self.arm.world} world) taking "
+                               f"{self.command_interface} commands, {self.rate_hz:g} Hz, "
+                               f"real-time factor {self.factor:g}, episode seed {self.seed}")
 
-        def _start_episode(self) -> None:
-            self.arm.reset(self.seed)
+    def _start_episode(self) -> None:
+        self.arm.reset(self.seed)
+        self._wall0 = time.perf_counter()
+        self._sim0 = self.arm.time_s
+        extents = self.arm.env.setup.obj.half_extents_m
+        self.pub_extents.publish(Float64MultiArray(data=[float(e) for e in extents]))
+        self._publish_state()
+        self._publish_status()
+
+    def _on_command(self, msg) -> None:
+        try:
+            self.arm.set_command(msg.data)
+        except ValueError as exc:  # a real controller rejects a wrong-sized command too
+            self.rejected += 1
+            self.get_logger().warning(f"command ignored: {exc}", throttle_duration_sec=1.0)
+
+    def _on_gripper(self, msg) -> None:
+        if len(msg.data) == 1 and math.isfinite(msg.data[0]):
+            self.arm.gripper = max(-1.0, min(1.0, float(msg.data[0])))
+
+    def _srv_reset(self, request, response):
+        self.seed += 1
+        self._start_episode()
+        response.success, response.message = True, f"episode seed {self.seed}: {self.arm.env.setup.obj.name}"
+        return response
+
+    def _tick(self) -> None:
+        target = self._sim0 + (time.perf_counter() - self._wall0) * self.factor
+        steps = 0
+        while self.arm.time_s + 0.5 * self.arm.dt < target and steps < self.max_catch_up:
+            self.arm.step()
+            steps += 1
+        if steps == self.max_catch_up:  # too far behind: let the world slow down rather than jump
             self._wall0 = time.perf_counter()
             self._sim0 = self.arm.time_s
-            extents = self.arm.env.setup.obj.half_extents_m
-            self.pub_extents.publish(Float64MultiArray(data=[float(e) for e in extents]))
-            self._publish_state()
-            self._publish_status()
+        self._publish_state()
 
-        def _on_command(self, msg) -> None:
-            try:
-                self.arm.set_command(msg.data)
-            except ValueError as exc:  # a real controller rejects a wrong-sized command too
-                self.rejected += 1
-                self.get_logger().warning(f"command ignored: {exc}", throttle_duration_sec=1.0)
+    def stamp(self):
+        if self.factor == 1.0:
+            return self.get_clock().now().to_msg()
+        sec = self.arm.time_s
+        return Time(sec=int(sec), nanosec=int((sec % 1.0) * 1e9))
 
-        def _on_gripper(self, msg) -> None:
-            if len(msg.data) == 1 and math.isfinite(msg.data[0]):
-                self.arm.gripper = max(-1.0, min(1.0, float(msg.data[0])))
+    def _publish_state(self) -> None:
+        s = self.arm.env.state
+        stamp = self.stamp()
+        half, half_speed = s.gripper_opening_m / 2, s.gripper_speed_m_s / 2
+        js = JointState(name=self.names,
+                        position=[*map(float, s.q_rad), half, half],
+                        velocity=[*map(float, s.qd_rad_s), half_speed, half_speed],
+                        effort=[*map(float, s.tau_measured_nm), 0.0, 0.0])
+        js.header.stamp = stamp
+        self.pub_joints.publish(js)
+        if self._ticks % self.pose_every == 0:
+            pose = PoseStamped()
+            pose.header.stamp, pose.header.frame_id = stamp, self.frame_id
+            pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, s.object_pos_m)
+            o = pose.pose.orientation
+            o.w, o.x, o.y, o.z = map(float, s.object_quat)
+            self.pub_pose.publish(pose)
+        self._ticks += 1
+        if self.factor != 1.0:
+            self.pub_clock.publish(Clock(clock=stamp))
 
-        def _srv_reset(self, request, response):
-            self.seed += 1
-            self._start_episode()
-            response.success, response.message = True, f"episode seed {self.seed}: {self.arm.env.setup.obj.name}"
-            return response
-
-        def _tick(self) -> None:
-            target = self._sim0 + (time.perf_counter() - self._wall0) * self.factor
-            steps = 0
-            while self.arm.time_s + 0.5 * self.arm.dt < target and steps < self.max_catch_up:
-                self.arm.step()
-                steps += 1
-            if steps == self.max_catch_up:  # too far behind: let the world slow down rather than jump
-                self._wall0 = time.perf_counter()
-                self._sim0 = self.arm.time_s
-            self._publish_state()
-
-        def stamp(self):
-            if self.factor == 1.0:
-                return self.get_clock().now().to_msg()
-            sec = self.arm.time_s
-            return Time(sec=int(sec), nanosec=int((sec % 1.0) * 1e9))
-
-        def _publish_state(self) -> None:
-            s = self.arm.env.state
-            stamp = self.stamp()
-            half, half_speed = s.gripper_opening_m / 2, s.gripper_speed_m_s / 2
-            js = JointState(name=self.names,
-                            position=[*map(float, s.q_rad), half, half],
-                            velocity=[*map(float, s.qd_rad_s), half_speed, half_speed],
-                            effort=[*map(float, s.tau_measured_nm), 0.0, 0.0])
-            js.header.stamp = stamp
-            self.pub_joints.publish(js)
-            if self._ticks % self.pose_every == 0:
-                pose = PoseStamped()
-                pose.header.stamp, pose.header.frame_id = stamp, self.frame_id
-                pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = map(float, s.object_pos_m)
-                o = pose.pose.orientation
-                o.w, o.x, o.y, o.z = map(float, s.object_quat)
-                self.pub_pose.publish(pose)
-            self._ticks += 1
-            if self.factor != 1.0:
-                self.pub_clock.publish(Clock(clock=stamp))
-
-        def _publish_status(self) -> None:
-            info = self.arm.info
-            status = {"seed": self.seed, "object": self.arm.env.setup.obj.name, "sim_time_s": self.arm.time_s,
-                      "done": self.arm.done, "success": bool(info.get("success", False)),
-                      "time_to_lift_s": info.get("time_to_lift_s") if info.get("success") else None,
-                      "energy_j": info.get("energy_j", 0.0), "rejected_commands": self.rejected,
-                      "world": self.arm.world}
-            if self.arm.shift is not None:
-                status["shift"] = self.arm.shift  # the hidden truth, for scoring an estimator
-            self.pub_status.publish(String(data=json.dumps(status)))
-
-    return SimNode()
+    def _publish_status(self) -> None:
+        info = self.arm.info
+        status = {"seed": self.seed, "object": self.arm.env.setup.obj.name, "sim_time_s": self.arm.time_s,
+                  "done": self.arm.done, "success": bool(info.get("success", False)),
+                  "time_to_lift_s": info.get("time_to_lift_s") if info.get("success") else None,
+                  "energy_j": info.get("energy_j", 0.0), "rejected_commands": self.rejected,
+                  "world": self.arm.world}
+        if self.arm.shift is not None:
+            status["shift"] = self.arm.shift  # the hidden truth, for scoring an estimator
+        self.pub_status.publish(String(data=json.dumps(status)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.exceptions import ParameterException
-    from rclpy.signals import SignalHandlerOptions
-
-    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = build_node()
-    except (ConfigError, ParameterException) as exc:
-        print(f"ds_robot_sim: {exc}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    return run_until_signal(node, lambda: None)
+    return node_main("ds_robot_sim", SimNode, lambda node: None, argv)
 
 
 if __name__ == "__main__":

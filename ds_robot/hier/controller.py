@@ -33,7 +33,7 @@ class HierarchicalController(Controller):
         self.limit = self.machine.torque_limit_nm
         self.planning_latency_s: list[float] = []
         self.chosen: list[int] = []
-        self._features: np.ndarray | None = None
+        self.features: np.ndarray | None = None  # the 47-D features of the last act()
 
     @property
     def robot_model(self) -> RobotModel:
@@ -45,7 +45,7 @@ class HierarchicalController(Controller):
 
     def _choose(self, obs: np.ndarray, attempt: int):
         start = time.perf_counter()
-        index = int(np.argmax(self.policy.planner(self._features)))
+        index = int(np.argmax(self.policy.planner(self.features)))
         self.planning_latency_s.append(time.perf_counter() - start)
         self.chosen.append(index)
         return self.policy.options[index]
@@ -57,7 +57,7 @@ class HierarchicalController(Controller):
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         features = hier_observation(obs, self.machine, self.policy.torque_features)
-        self._features = features
+        self.features = features
         if self.residual:
             residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
         else:

@@ -70,6 +70,7 @@ class CorrectedController(Controller):
         self._payload = self.model.body(PAYLOAD_BODY).id
         self._nominal = {"armature": self.model.dof_armature[:6].copy(), "payload": float(self.model.body_mass[self._payload])}
         self.cost_s: deque[float] = deque(maxlen=100_000)  # bounded: a node runs for hours
+        self.estimator: OnlineEstimator | None = None  # a fresh one per episode, from reset()
         # Where the measurements carry time stamps (a ROS node): a callable that returns the
         # stamp (s) of the state the current observation was built from.
         self.state_stamp = None
@@ -78,6 +79,12 @@ class CorrectedController(Controller):
     @property
     def robot_model(self) -> RobotModel:
         return self.inner.robot_model
+
+    def set_command_limit(self, command_limit_nm) -> None:
+        """The downstream clip changed (a node's ``max_torque_fraction`` was set while running)."""
+        self.command_limit = np.minimum(self.limit, np.asarray(command_limit_nm, dtype=float))
+        if self.estimator is not None:
+            self.estimator.set_torque_limit(self.command_limit)
 
     @property
     def uses_torque_features(self) -> bool:

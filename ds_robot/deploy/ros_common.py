@@ -1,0 +1,77 @@
+"""What both ROS 2 nodes share: the default topic names, the stamp of a header in seconds,
+start-up with a clear refusal of bad parameters, and spinning until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from ds_robot.errors import ConfigError
+
+DEFAULT_TOPICS = {
+    "joint_states_topic": "/joint_states",
+    "object_pose_topic": "/object_pose",
+    "object_extents_topic": "/ds_robot/object_extents",
+    "estop_topic": "/ds_robot/estop",
+    "effort_command_topic": "/forward_effort_controller/commands",
+    "velocity_command_topic": "/forward_velocity_controller/commands",
+    "gripper_command_topic": "/gripper_controller/commands",
+    "diagnostics_topic": "/diagnostics",
+}
+
+
+def stamp_s(header) -> float:
+    """A message header's stamp in seconds."""
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def run_until_signal(node, on_exit: Callable[[], None]) -> int:
+    """Spin ``node`` until SIGINT/SIGTERM; ``on_exit()`` runs before the context shuts down
+    (so a final message can still be published)."""
+    stopping = []
+
+    def request_stop(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    # One executor for the node's lifetime: it works through every callback that was ready in a
+    # wait before waiting again. (rclpy.spin_once(node) re-adds the node each call and starts
+    # over with the timers, so a loop whose tick overruns its period starves services.)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        while not stopping and rclpy.ok():
+            executor.spin_once(timeout_sec=0.05)
+    except Exception as exc:
+        node.get_logger().error(f"fatal: {exc!r}")
+        code = 1
+    finally:
+        on_exit()
+        time.sleep(0.1)  # let DDS deliver the last messages
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def node_main(name: str, make_node: Callable[[], object], on_exit: Callable[[object], None],
+              argv: list[str] | None = None) -> int:
+    """Start ``make_node()`` (exit 2 with one line on stderr when its parameters are refused),
+    spin it until a signal, then ``on_exit(node)``."""
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = make_node()
+    except (ConfigError, FileNotFoundError, ParameterException) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    return run_until_signal(node, lambda: on_exit(node))
