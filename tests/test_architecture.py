@@ -162,3 +162,22 @@ def test_the_robot_path_modules_import_neither_torch_nor_gymnasium(module):
 
 def test_the_closure_reader_finds_a_heavy_import():
     assert any("torch" in i for i in _closure("ds_robot.hier.train").values() for i in i)
+
+
+# Each benchmark module names its own environment, goals and rows with these.
+PER_BENCHMARK = {"ENV_ID", "GOALS", "VARIANTS"}
+
+
+def test_one_name_one_meaning_for_module_constants():
+    """A module-level constant (N_ARM_JOINTS, ACTION_SIZE, ...) is defined in one module only."""
+    where: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id.isupper() and len(target.id) > 1:
+                    where.setdefault(target.id, []).append(str(path.relative_to(PACKAGE)))
+    twice = {name: files for name, files in where.items() if len(files) > 1
+             and not (name in PER_BENCHMARK and all(f.startswith("bench/") for f in files))}
+    assert not twice, f"constants defined in more than one module: {twice}"

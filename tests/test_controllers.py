@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ds_robot.control.contract import ACTION_SIZE, Controller
+from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.deploy.controllers import CONTROLLERS, build_controller, controller_for_env
 from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.envs.layout import ACTION_SIZE
 from ds_robot.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ import pybullet
 import pytest
 
 from ds_robot.model import generate
-from ds_robot.model.params import ARM_JOINT_NAMES, LINK_NAMES, VARIANTS, default_description, dh_forward_kinematics
+from ds_robot.model.params import ARM_JOINT_NAMES, ARM_VARIANTS, LINK_NAMES, default_description, dh_forward_kinematics
 from ds_robot.paths import models_dir
 
 DESC = default_description()
@@ -30,7 +30,7 @@ def _flange_mujoco(model, data, q):
     return data.site_xpos[site].copy(), data.site_xmat[site].reshape(3, 3).copy()
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARM_VARIANTS)
 def test_mjcf_forward_kinematics_matches_dh(variant):
     arm = DESC.variant(variant)
     model = mujoco.MjModel.from_xml_path(str(models_dir() / f"{variant}.xml"))
@@ -51,7 +51,7 @@ def bullet():
     pybullet.disconnect(client)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARM_VARIANTS)
 def test_urdf_forward_kinematics_matches_dh_in_pybullet(variant, bullet):
     arm = DESC.variant(variant)
     robot = pybullet.loadURDF(str(models_dir() / f"{variant}.urdf"), useFixedBase=True, physicsClientId=bullet)
@@ -71,7 +71,7 @@ def test_urdf_forward_kinematics_matches_dh_in_pybullet(variant, bullet):
         assert np.allclose(rot, reference[:3, :3], atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ARM_VARIANTS)
 def test_masses_limits_and_ranges_match_parameter_file(variant, bullet):
     arm = DESC.variant(variant)
     model = mujoco.MjModel.from_xml_path(str(models_dir() / f"{variant}.xml"))

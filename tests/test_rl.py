@@ -215,7 +215,7 @@ def test_corrupt_missing_and_mismatched_checkpoints_are_refused(tmp_path):
     with pytest.raises(TrainingError, match="env_id"):
         other.load(path)
     with pytest.raises(TrainingError, match="algo"):
-        PPO(PPOConfig(total_steps=100, policy="seed")).load(path)
+        PPO(PPOConfig(total_steps=100, policy="a2c_paper")).load(path)
 
 
 def test_impossible_settings_are_refused():

@@ -374,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="rollout worker processes (0 = step envs in-process); a2c/ppo default 0, grasp default: "
                         "the CPU count")
-    p.add_argument("--policy", choices=("seed", "mlp", "cnn"), default=None,
-                   help="a2c/ppo network: the seed's A2C net (a2c default), mlp (ppo default), cnn (Atari frames)")
+    p.add_argument("--policy", choices=("a2c_paper", "mlp", "cnn"), default=None,
+                   help="a2c/ppo network: a2c_paper, the source document's A2C network (a2c default); mlp (ppo default); cnn (Atari frames)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="a2c/ppo: rollout workers as local processes (default) or Ray actors")
     p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: local Ray)")

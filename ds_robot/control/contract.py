@@ -25,8 +25,6 @@ import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
 
-ACTION_SIZE = 7  # 6 normalised joint torques, gripper command
-
 
 class Controller(ABC):
     name: str
@@ -37,7 +35,7 @@ class Controller(ABC):
 
     @abstractmethod
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The action (``ACTION_SIZE``, float32, in [-1, 1]) for this control step."""
+        """The action (``ds_robot.envs.layout.ACTION_SIZE``, float32, in [-1, 1]) for this control step."""
 
     @property
     @abstractmethod

@@ -13,8 +13,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ds_robot.control.contract import ACTION_SIZE, Controller
-from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
+from ds_robot.control.contract import Controller
+from ds_robot.envs.layout import ACTION_SIZE, OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ConfigError
 from ds_robot.rl.checkpoint import load_checkpoint
 from ds_robot.rl.policies import make_policy

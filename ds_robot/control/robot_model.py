@@ -11,9 +11,8 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
+from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.sim import scene
-
-N_ARM = 6
 
 
 class RobotModel:
@@ -34,9 +33,9 @@ class RobotModel:
     def update(self, q: np.ndarray, qd: np.ndarray, gripper_opening_m: float = 0.0) -> None:
         """Set the state and compute kinematics and dynamics at it."""
         d = self.data
-        d.qpos[:N_ARM] = q
+        d.qpos[:N_ARM_JOINTS] = q
         d.qpos[self._finger_qpos] = gripper_opening_m / 2
-        d.qvel[:N_ARM] = qd
+        d.qvel[:N_ARM_JOINTS] = qd
         mujoco.mj_forward(self.model, d)
 
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
@@ -45,15 +44,15 @@ class RobotModel:
     def tcp_jacobian(self, data: mujoco.MjData | None = None) -> np.ndarray:
         """6x6 Jacobian (linear; angular) of the TCP with respect to the arm joints."""
         mujoco.mj_jacSite(self.model, data or self.data, self._jacp, self._jacr, self._tcp)
-        return np.vstack([self._jacp[:, :N_ARM], self._jacr[:, :N_ARM]])
+        return np.vstack([self._jacp[:, :N_ARM_JOINTS], self._jacr[:, :N_ARM_JOINTS]])
 
     def mass_matrix(self) -> np.ndarray:
         mujoco.mj_fullM(self.model, self.data, self._mass)
-        return self._mass[:N_ARM, :N_ARM].copy()
+        return self._mass[:N_ARM_JOINTS, :N_ARM_JOINTS].copy()
 
     def bias_torque(self) -> np.ndarray:
         """Coriolis, centrifugal and gravity torques at the current state (inverse dynamics, qdd = 0)."""
-        return self.data.qfrc_bias[:N_ARM].copy()
+        return self.data.qfrc_bias[:N_ARM_JOINTS].copy()
 
     def gravity_torque(self) -> np.ndarray:
         """Gravity torques alone (bias torque at zero velocity) at the state of the last ``update``."""
@@ -63,11 +62,11 @@ class RobotModel:
         mujoco.mj_kinematics(self.model, d)
         mujoco.mj_comPos(self.model, d)
         mujoco.mj_rne(self.model, d, 0, self._gravity)
-        return self._gravity[:N_ARM].copy()
+        return self._gravity[:N_ARM_JOINTS].copy()
 
     def forward_kinematics(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self._ik_data
-        d.qpos[:N_ARM] = q
+        d.qpos[:N_ARM_JOINTS] = q
         mujoco.mj_kinematics(self.model, d)
         return d.site_xpos[self._tcp].copy(), d.site_xmat[self._tcp].reshape(3, 3).copy()
 
@@ -85,7 +84,7 @@ class RobotModel:
         q = np.array(q_start, dtype=float)
         error = np.zeros(6)
         for _ in range(iterations):
-            d.qpos[:N_ARM] = q
+            d.qpos[:N_ARM_JOINTS] = q
             mujoco.mj_kinematics(self.model, d)
             mujoco.mj_comPos(self.model, d)
             error[:3] = target_pos - d.site_xpos[self._tcp]

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ds_robot.control.contract import ACTION_SIZE, Controller
+from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.envs.layout import ObservationLayout
+from ds_robot.envs.layout import ACTION_SIZE, ObservationLayout
 from ds_robot.model.params import default_description
 
 

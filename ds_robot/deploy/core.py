@@ -45,10 +45,9 @@ from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ObservationLayout, goal_position
 from ds_robot.errors import ConfigError
-from ds_robot.model.params import ARM_JOINT_NAMES, default_description
+from ds_robot.model.params import ARM_JOINT_NAMES, N_ARM_JOINTS, default_description
 from ds_robot.sim import scene
 
-N_ARM = 6
 COMMAND_INTERFACES = ("effort", "velocity")
 # Rates the UR drivers run their real-time interface at: e-Series 500 Hz, CB3 125 Hz.
 UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
@@ -93,8 +92,8 @@ class NodeConfig:
         if not (0 < self.policy_rate_hz <= self.rate_hz <= 5000):
             raise ConfigError(f"need 0 < policy_rate_hz <= rate_hz <= 5000, got policy_rate_hz={self.policy_rate_hz}, "
                               f"rate_hz={self.rate_hz}")
-        if len(self.joint_names) != N_ARM or len(set(self.joint_names)) != N_ARM:
-            raise ConfigError(f"joint_names must name {N_ARM} distinct arm joints, got {list(self.joint_names)}")
+        if len(self.joint_names) != N_ARM_JOINTS or len(set(self.joint_names)) != N_ARM_JOINTS:
+            raise ConfigError(f"joint_names must name {N_ARM_JOINTS} distinct arm joints, got {list(self.joint_names)}")
         for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -179,7 +178,7 @@ def parse_joint_state(config: NodeConfig, names, positions, velocities, efforts,
             raise MessageError(f"non-finite joint_states {label}")
     if not math.isfinite(stamp_s):
         raise MessageError("non-finite joint_states stamp")
-    tau = efforts[arm] if len(efforts) else np.zeros(N_ARM)
+    tau = efforts[arm] if len(efforts) else np.zeros(N_ARM_JOINTS)
     return ArmState(stamp_s, positions[arm].copy(), velocities[arm].copy(), tau.copy(),
                     float(positions[grip].sum()), float(velocities[grip].sum()))
 
@@ -296,7 +295,7 @@ class ControlCore:
         within a policy period, the command of that period resumes (the skill machine's clock
         advances once per policy step, never faster)."""
         self.stats.stops += 1
-        return Command(np.zeros(N_ARM), self._hold_gripper(), True, reason)
+        return Command(np.zeros(N_ARM_JOINTS), self._hold_gripper(), True, reason)
 
     def _hold_gripper(self) -> float:
         """Keep squeezing what is held: the last gripper command, else the present opening."""
@@ -358,13 +357,13 @@ class ControlCore:
         action = np.asarray(self.controller.act(obs), dtype=float)
         self.stats.policy_step_s.append(time.perf_counter() - start)
         self.stats.policy_steps += 1
-        if action.shape != (N_ARM + 1,) or not np.all(np.isfinite(action)):
+        if action.shape != (N_ARM_JOINTS + 1,) or not np.all(np.isfinite(action)):
             return self.stop_command(f"policy output rejected: shape {action.shape}, "
                                      f"finite={bool(np.all(np.isfinite(action)))}")
-        values = self._to_interface(np.clip(action[:N_ARM], -1.0, 1.0) * self.joint_limit_nm)
+        values = self._to_interface(np.clip(action[:N_ARM_JOINTS], -1.0, 1.0) * self.joint_limit_nm)
         if not np.all(np.isfinite(values)):
             return self.stop_command("command conversion produced NaN/Inf")
-        self._gripper_cmd = float(np.clip(action[N_ARM], -1.0, 1.0))
+        self._gripper_cmd = float(np.clip(action[N_ARM_JOINTS], -1.0, 1.0))
         return Command(values, self._gripper_cmd, False)
 
     def _to_interface(self, tau: np.ndarray) -> np.ndarray:

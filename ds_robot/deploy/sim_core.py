@@ -25,13 +25,14 @@ import math
 import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.deploy.core import COMMAND_INTERFACES, N_ARM
+from ds_robot.deploy.core import COMMAND_INTERFACES
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ConfigError
+from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.sim import scene
 from ds_robot.sim2real.worlds import build_world
 
-WORLDS = ("nominal", "shifted")  # the sim node's worlds (``ds_robot.sim2real.worlds``)
+SIM_NODE_WORLDS = ("nominal", "shifted")  # the sim node's worlds (``ds_robot.sim2real.worlds``)
 
 
 class SimArm:
@@ -42,8 +43,8 @@ class SimArm:
             raise ConfigError(f"command_interface {command_interface!r}: choose effort or velocity")
         if velocity_gain * physics_dt_s >= 1.0 or velocity_gain <= 0:
             raise ConfigError(f"velocity_gain={velocity_gain} must be in (0, 1/physics_dt_s)")
-        if world not in WORLDS:
-            raise ConfigError(f"world {world!r}: choose {' or '.join(WORLDS)}")
+        if world not in SIM_NODE_WORLDS:
+            raise ConfigError(f"world {world!r}: choose {' or '.join(SIM_NODE_WORLDS)}")
         self.world = world
         backend = build_world(world, robot, physics_dt_s, seed=world_seed, max_latency_steps=0)
         # A real arm has no episode length: the env's time limit is out of reach (a day).
@@ -57,7 +58,7 @@ class SimArm:
         self.limit = self.env.backend.joint_torque_limit_nm
         self.arm_joint_names = tuple(n.removeprefix(scene.ARM_PREFIX) for n in scene.ARM_JOINTS)
         self.gripper_joint_names = tuple(n.removeprefix(scene.GRIPPER_PREFIX) for n in scene.FINGER_JOINTS)
-        self.command = np.zeros(N_ARM)
+        self.command = np.zeros(N_ARM_JOINTS)
         self.gripper = -1.0
         self.done = False
         self.info: dict = {}
@@ -71,8 +72,8 @@ class SimArm:
 
     def set_command(self, values, gripper: float | None = None) -> None:
         values = np.asarray(values, dtype=float)
-        if values.shape != (N_ARM,) or not np.all(np.isfinite(values)):
-            raise ValueError(f"command must be {N_ARM} finite numbers, got {values.tolist()}")
+        if values.shape != (N_ARM_JOINTS,) or not np.all(np.isfinite(values)):
+            raise ValueError(f"command must be {N_ARM_JOINTS} finite numbers, got {values.tolist()}")
         self.command[:] = values
         if gripper is not None:
             if not math.isfinite(gripper):

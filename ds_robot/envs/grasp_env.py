@@ -30,15 +30,13 @@ import gymnasium as gym
 import numpy as np
 
 from ds_robot.envs.grasp_task import GraspTask, GraspTaskConfig
-from ds_robot.envs.layout import OBS_SIZE, OBS_SLICES
+from ds_robot.envs.layout import ACTION_SIZE, OBS_SIZE, OBS_SLICES
 from ds_robot.envs.observation import ObservationPipeline
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
 from ds_robot.sim.objects import ObjectSet, default_object_set_path, load_object_set
-
-ACTION_SIZE = 7
 
 
 class UR5GraspEnv(gym.Env):

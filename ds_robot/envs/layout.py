@@ -53,6 +53,7 @@ def field_slices(fields) -> dict[str, slice]:
 
 OBS_SLICES: dict[str, slice] = field_slices(OBS_FIELDS)
 OBS_SIZE = sum(size for _, size in OBS_FIELDS)
+ACTION_SIZE = 7  # the env action: 6 joint torques / joint torque limits, gripper command (-1 open .. 1 closed)
 QD_SCALE = 1.0 / math.pi  # rad/s -> feature
 GRIPPER_SPEED_SCALE = 10.0  # m/s -> feature
 

@@ -35,7 +35,7 @@ from ds_robot.hier.features import (
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, validate_options
 
-ACTION_SIZE = 1 + RESIDUAL_SIZE  # option index, residual
+HIER_ACTION_SIZE = 1 + RESIDUAL_SIZE  # option index, residual
 
 
 class HierGraspEnv(gym.Env):
@@ -79,8 +79,8 @@ class HierGraspEnv(gym.Env):
 
     def step(self, action):
         action = np.array(action, dtype=np.float64)
-        if action.shape != (ACTION_SIZE,):
-            raise ActionError(f"action has shape {action.shape}, expected ({ACTION_SIZE},): "
+        if action.shape != (HIER_ACTION_SIZE,):
+            raise ActionError(f"action has shape {action.shape}, expected ({HIER_ACTION_SIZE},): "
                               "option index, 6 residual torques, gripper correction")
         if not np.isfinite(action).all():
             raise ActionError(f"action contains NaN/Inf at index {np.flatnonzero(~np.isfinite(action)).tolist()}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
-from ds_robot.envs.layout import OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
+from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
 
 SKILLS = ("reach", "grasp", "lift")
 PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2}
@@ -61,7 +61,7 @@ def skill_of(hier_obs: np.ndarray) -> np.ndarray:
 def compose_action(model_torque_nm: np.ndarray, model_gripper: float, residual: np.ndarray,
                    torque_limit_nm: np.ndarray, residual_scale: float, gripper_scale: float) -> np.ndarray:
     """The env action (7, float64, in [-1, 1]) from the machine's command and a residual in [-1, 1]."""
-    action = np.empty(7)
+    action = np.empty(ACTION_SIZE)
     action[:6] = model_torque_nm / torque_limit_nm + residual_scale * residual[:6]
     action[6] = model_gripper + gripper_scale * residual[6]
     return np.clip(action, -1.0, 1.0, out=action)

@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from ds_robot.errors import ConfigError
-from ds_robot.hier.features import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, SKILLS, H, skill_of
+from ds_robot.hier.features import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, RESIDUAL_SIZE, SKILLS, H, skill_of
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
 from ds_robot.rl.amp import DynamicLossScaler, optimize_step
@@ -48,7 +48,7 @@ from ds_robot.rl.policies import MLPActorCritic
 from ds_robot.rl.ppo import clipped_surrogate
 from ds_robot.rollout import EnvFactory, RolloutEngine
 
-ENV_ID = "ds_robot/UR5GraspHier-v0"
+HIER_ENV_ID = "ds_robot/UR5GraspHier-v0"
 
 
 @dataclass(frozen=True)
@@ -131,13 +131,13 @@ class HierTrainer:
             env_kwargs["backend_factory"] = randomized_world
         if cfg.objects is not None:
             env_kwargs["objects"] = cfg.objects
-        factory = EnvFactory(ENV_ID, env_kwargs)
+        factory = EnvFactory(HIER_ENV_ID, env_kwargs)
         if cfg.workers:
             self.envs = RolloutEngine(factory, num_workers=cfg.workers, envs_per_worker=cfg.envs_per_worker)
         else:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
                                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        box = gym.spaces.Box(-1.0, 1.0, shape=(7,), dtype=np.float32)
+        box = gym.spaces.Box(-1.0, 1.0, shape=(RESIDUAL_SIZE,), dtype=np.float32)
         self.planner = Planner(HIER_OBS_SIZE, len(self.options))
         self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
         with torch.no_grad():

@@ -22,7 +22,7 @@ ARM_JOINT_NAMES = (
     "wrist_3_joint",
 )
 LINK_NAMES = ("shoulder_link", "upper_arm_link", "forearm_link", "wrist_1_link", "wrist_2_link", "wrist_3_link")
-VARIANTS = ("ur5", "ur5e")
+ARM_VARIANTS = ("ur5", "ur5e")
 
 
 @dataclass(frozen=True)

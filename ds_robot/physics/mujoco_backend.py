@@ -5,12 +5,10 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from ds_robot.model.params import default_description
+from ds_robot.model.params import N_ARM_JOINTS, default_description
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.sim import scene
 from ds_robot.sim.objects import ObjectSpec
-
-N_ARM = 6
 
 
 class MuJoCoBackend(PhysicsBackend):
@@ -47,7 +45,7 @@ class MuJoCoBackend(PhysicsBackend):
         m = self.model
         self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.ARM_JOINTS])
         arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.ARM_JOINTS])
-        if not (np.array_equal(arm_dof, np.arange(N_ARM)) and np.array_equal(self._arm_qpos, np.arange(N_ARM))):
+        if not (np.array_equal(arm_dof, np.arange(N_ARM_JOINTS)) and np.array_equal(self._arm_qpos, np.arange(N_ARM_JOINTS))):
             raise RuntimeError("scene layout changed: the arm's joints must be the first six dofs")
         self._finger_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
         self._finger_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
@@ -60,14 +58,14 @@ class MuJoCoBackend(PhysicsBackend):
         # Views into MjData's fixed-size buffers stay valid across steps; taking them once keeps
         # attribute lookups off the per-step path.
         self._qpos, self._qvel = d.qpos, d.qvel
-        self._arm_ctrl = d.ctrl[: N_ARM]
-        self._arm_qfrc_actuator = d.qfrc_actuator[:N_ARM]
-        self._arm_qfrc_passive = d.qfrc_passive[:N_ARM]
-        self._arm_qacc = d.qacc[:N_ARM]
-        self._arm_armature = m.dof_armature[:N_ARM]
-        self._arm_frictionloss = m.dof_frictionloss[:N_ARM]
+        self._arm_ctrl = d.ctrl[: N_ARM_JOINTS]
+        self._arm_qfrc_actuator = d.qfrc_actuator[:N_ARM_JOINTS]
+        self._arm_qfrc_passive = d.qfrc_passive[:N_ARM_JOINTS]
+        self._arm_qacc = d.qacc[:N_ARM_JOINTS]
+        self._arm_armature = m.dof_armature[:N_ARM_JOINTS]
+        self._arm_frictionloss = m.dof_frictionloss[:N_ARM_JOINTS]
         self._tcp_xpos, self._tcp_xmat = d.site_xpos[self._tcp], d.site_xmat[self._tcp]
-        if not np.array_equal(self._arm_act, np.arange(N_ARM)):
+        if not np.array_equal(self._arm_act, np.arange(N_ARM_JOINTS)):
             raise RuntimeError("scene layout changed: the arm's motors must be the first six actuators")
 
     # -- interface ---------------------------------------------------------------------
@@ -90,12 +88,12 @@ class MuJoCoBackend(PhysicsBackend):
         self._arm_ctrl[:] = arm_torque_nm  # MuJoCo clamps to the actuators' ctrlrange
         self.data.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper_command) / 2.0
         n_steps = max(1, round(duration_s / self.physics_dt_s))
-        q_before = self._qpos[:N_ARM].copy()
+        q_before = self._qpos[:N_ARM_JOINTS].copy()
         mujoco.mj_step(self.model, self.data, n_steps)
         # The motor torques are held over the step, so each joint's work is exactly tau_j * dq_j;
         # |tau_j * dq_j| equals the integral of |tau_j * qd_j| dt unless the joint reverses
         # within the step (then it is a slight underestimate).
-        q_before -= self._qpos[:N_ARM]
+        q_before -= self._qpos[:N_ARM_JOINTS]
         q_before *= self._arm_qfrc_actuator
         return self._read(float(np.abs(q_before).sum()))
 
@@ -110,8 +108,8 @@ class MuJoCoBackend(PhysicsBackend):
         # with friction loss, in dof order; the arm's dofs come first. Read the model's current
         # friction so a corrected model is reported correctly.
         n_rows = np.count_nonzero(self._arm_frictionloss)  # friction loss is never negative
-        if n_rows == N_ARM:
-            tau_measured += d.efc_force[d.ne : d.ne + N_ARM]
+        if n_rows == N_ARM_JOINTS:
+            tau_measured += d.efc_force[d.ne : d.ne + N_ARM_JOINTS]
         elif n_rows:
             tau_measured[self._arm_frictionloss > 0] += d.efc_force[d.ne : d.ne + n_rows]
         qpos, qvel = self._qpos.copy(), self._qvel.copy()  # one copy each; the fields below are views
@@ -120,8 +118,8 @@ class MuJoCoBackend(PhysicsBackend):
         left_dof, right_dof = self._finger_dof
         return RobotState(
             time_s=d.time,
-            q_rad=qpos[:N_ARM],
-            qd_rad_s=qvel[:N_ARM],
+            q_rad=qpos[:N_ARM_JOINTS],
+            qd_rad_s=qvel[:N_ARM_JOINTS],
             tau_measured_nm=tau_measured,
             tau_applied_nm=tau_applied,
             gripper_opening_m=float(qpos[left] + qpos[right]),

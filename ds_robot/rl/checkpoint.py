@@ -9,14 +9,14 @@ import torch
 
 from ds_robot.rl.amp import TrainingError
 
-FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format_version": FORMAT_VERSION, **payload}, tmp)
+    torch.save({"format_version": CHECKPOINT_FORMAT_VERSION, **payload}, tmp)
     os.replace(tmp, path)  # a run killed mid-write leaves the previous checkpoint intact
 
 
@@ -29,8 +29,8 @@ def load_checkpoint(path: str | Path, expect: dict | None = None) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
         raise TrainingError(f"{path} is not a readable ds-robot checkpoint (corrupt or truncated?): {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format_version") != FORMAT_VERSION:
-        raise TrainingError(f"{path}: not a ds-robot checkpoint of format {FORMAT_VERSION}")
+    if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise TrainingError(f"{path}: not a ds-robot checkpoint of format {CHECKPOINT_FORMAT_VERSION}")
     for key, value in (expect or {}).items():
         if payload.get(key) != value:
             raise TrainingError(

@@ -1,4 +1,5 @@
-"""Networks. ``SeedA2CNet`` is the seed's A2C architecture, layer for layer (DESIGN §5)."""
+"""Networks. ``A2CPaperNet`` is the source document's A2C architecture, layer for layer
+(``docs/architecture.md``, formulas)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 
-class SeedA2CNet(nn.Module):
+class A2CPaperNet(nn.Module):
     """shared: Linear(state, 256) -> ReLU -> LayerNorm(256);
     policy: Linear(256, 128) -> Tanh -> Linear(128, actions) -> Softmax;
     value:  Linear(256, 128) -> ReLU -> Linear(128, 1).

@@ -41,7 +41,7 @@ class OnPolicyConfig:
     max_grad_norm: float = 0.5
     amp: bool = False
     seed: int = 0
-    policy: str = "seed"
+    policy: str = "a2c_paper"
     workers: int = 0  # 0: step the envs in this process; W: W rollout-engine worker processes
     backend: str = "local"  # local | ray (workers as Ray actors)
     ray_address: str | None = None  # None: a local Ray instance; "auto" or "HOST:PORT": a cluster

@@ -1,6 +1,6 @@
 """Actor-critics for the on-policy algorithms: a distribution over actions and a value.
 
-``SeedActorCritic`` wraps the seed's A2C network (discrete actions). ``MLPActorCritic`` is the
+``A2CPaperActorCritic`` wraps the seed's A2C network (discrete actions). ``MLPActorCritic`` is the
 usual separate-trunk MLP (64-64 tanh) with a categorical head for Discrete spaces or a
 diagonal Gaussian with a state-independent log-std for Box spaces (PPO's torque policies).
 """
@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributions import Categorical, Normal
 
 from ds_robot.errors import ConfigError
-from ds_robot.rl.networks import SeedA2CNet, mlp
+from ds_robot.rl.networks import A2CPaperNet, mlp
 
 
 class ActorCritic(nn.Module, ABC):
@@ -64,10 +64,10 @@ class CategoricalActorCritic(ActorCritic):
         return action.squeeze(-1), log_probs.gather(-1, action).squeeze(-1), value
 
 
-class SeedActorCritic(CategoricalActorCritic):
+class A2CPaperActorCritic(CategoricalActorCritic):
     def __init__(self, obs_dim: int, n_actions: int):
         super().__init__()
-        self.net = SeedA2CNet(obs_dim, n_actions)
+        self.net = A2CPaperNet(obs_dim, n_actions)
 
     def logits_and_value(self, obs):
         logits, value = self.net(obs)
@@ -125,18 +125,23 @@ class CNNActorCritic(CategoricalActorCritic):
         return self.policy_head(features).float(), self.value_head(features).squeeze(-1).float()
 
 
+POLICIES = ("a2c_paper", "mlp", "cnn")
+
+
 def make_policy(kind: str, obs_shape: tuple[int, ...], action_space: gym.Space) -> ActorCritic:
-    """``seed``: the seed's A2C network; ``mlp``: 64-64 tanh MLPs; ``cnn``: Nature-DQN for frames."""
+    """``a2c_paper``: the source document's A2C network; ``mlp``: 64-64 tanh MLPs; ``cnn``:
+    Nature-DQN for frames."""
     obs_dim = int(np.prod(obs_shape))
-    if kind in ("seed", "cnn") and not isinstance(action_space, gym.spaces.Discrete):
+    if kind in ("a2c_paper", "cnn") and not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"the {kind} policy has a softmax head: it needs a Discrete action space")
-    if kind == "seed":
-        return SeedActorCritic(obs_dim, int(action_space.n))
+    if kind == "a2c_paper":
+        return A2CPaperActorCritic(obs_dim, int(action_space.n))
     if kind == "mlp":
         return MLPActorCritic(obs_dim, action_space)
     if kind == "cnn":
         return CNNActorCritic(tuple(obs_shape), int(action_space.n))
-    raise ConfigError(f"unknown policy '{kind}': choose seed, mlp or cnn")
+    raise ConfigError(f"unknown policy '{kind}': choose {', '.join(POLICIES)}"
+                      + (" (the source document's A2C network is called a2c_paper)" if kind == "seed" else ""))
 
 
 def to_env_action(action: np.ndarray, space: gym.Space) -> np.ndarray:

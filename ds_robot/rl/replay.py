@@ -35,7 +35,7 @@ from numpy.typing import ArrayLike
 
 from ds_robot.errors import DsRobotError
 
-FORMAT_VERSION = 1
+REPLAY_FORMAT_VERSION = 1
 _CELL_LIMIT = 2.0**62  # cell coordinates are clipped to +-2^62 so they fit an int64
 _HASH_CHUNK = 1024  # observations hashed per step when a batch is added
 
@@ -276,7 +276,7 @@ class ReplayBuffer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         scalars, arrays = self._state()
-        header = {"format_version": FORMAT_VERSION, "kind": type(self).__name__, "config": self._config(),
+        header = {"format_version": REPLAY_FORMAT_VERSION, "kind": type(self).__name__, "config": self._config(),
                   "state": scalars}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -298,8 +298,8 @@ class ReplayBuffer:
             with np.load(path, allow_pickle=False) as data:
                 header = json.loads(str(data["header"]))
                 version, kind = header.get("format_version"), header.get("kind")
-                if version != FORMAT_VERSION:
-                    raise ReplayError(f"format version {version}, this code reads version {FORMAT_VERSION}")
+                if version != REPLAY_FORMAT_VERSION:
+                    raise ReplayError(f"format version {version}, this code reads version {REPLAY_FORMAT_VERSION}")
                 if kind != cls.__name__:
                     raise ReplayError(f"it holds a {kind}, not a {cls.__name__}: load it with {kind}.load")
                 buffer = cls(**header["config"])

@@ -34,8 +34,7 @@ import numpy as np
 
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.rollout.engine import EnvFactory, PolicyFn, RolloutError, RolloutWarning, Trajectory
-
-POLICY_STREAM = 0x5EED
+from ds_robot.rollout.worker import POLICY_STREAM
 
 
 def ray_module():

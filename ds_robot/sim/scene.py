@@ -24,6 +24,7 @@ GRIPPER_PREFIX = "gripper/"
 ARM_JOINTS = tuple(ARM_PREFIX + name for name in ARM_JOINT_NAMES)
 ARM_ACTUATORS = tuple(ARM_PREFIX + name.replace("_joint", "_motor") for name in ARM_JOINT_NAMES)
 FINGER_JOINTS = (GRIPPER_PREFIX + "left_finger_joint", GRIPPER_PREFIX + "right_finger_joint")
+PAYLOAD_BODY = GRIPPER_PREFIX + "gripper"  # where a payload at the flange is added (just below it)
 GRIPPER_ACTUATOR = GRIPPER_PREFIX + "gripper"
 TCP_SITE = GRIPPER_PREFIX + "tcp"
 OBJECT_BODY = "object"

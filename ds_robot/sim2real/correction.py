@@ -36,7 +36,8 @@ from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ObservationLayout
 from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
-from ds_robot.sim2real.estimator import PAYLOAD_BODY, EstimatorConfig, GripperState, OnlineEstimator
+from ds_robot.sim.scene import PAYLOAD_BODY
+from ds_robot.sim2real.estimator import EstimatorConfig, GripperState, OnlineEstimator
 
 PLAUSIBLE = {"gain": (0.75, 1.3), "payload_kg": (0.0, 1.0)}
 

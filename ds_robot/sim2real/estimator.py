@@ -58,12 +58,12 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from ds_robot.control.robot_model import N_ARM, RobotModel
+from ds_robot.control.robot_model import RobotModel
+from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.sim import scene
 
 GRAVITY_UP = np.array([0.0, 0.0, 9.81])
-PAYLOAD_BODY = scene.GRIPPER_PREFIX + "gripper"
-N_PARAMS = 4 * N_ARM + 1
+N_PARAMS = 4 * N_ARM_JOINTS + 1
 SLICES = {"gain": slice(0, 6), "damping": slice(6, 12), "friction": slice(12, 18), "armature": slice(18, 24),
           "payload_kg": slice(24, 25)}
 PRIOR_STD = {"gain": 0.2, "damping": 1.5, "friction": 0.6, "armature": 0.08, "payload_kg": 0.4}
@@ -180,9 +180,9 @@ class ModelPredictor:
         self.data = mujoco.MjData(self.model)
         self.substeps = max(1, round(control_dt_s / physics_dt_s))
         m = self.model
-        self._nominal = {"damping": m.dof_damping[:N_ARM].copy(), "armature": m.dof_armature[:N_ARM].copy(),
-                         "friction": m.dof_frictionloss[:N_ARM].copy(), "gear": m.actuator_gear[:N_ARM, 0].copy()}
-        self._payload = m.body(PAYLOAD_BODY).id
+        self._nominal = {"damping": m.dof_damping[:N_ARM_JOINTS].copy(), "armature": m.dof_armature[:N_ARM_JOINTS].copy(),
+                         "friction": m.dof_frictionloss[:N_ARM_JOINTS].copy(), "gear": m.actuator_gear[:N_ARM_JOINTS, 0].copy()}
+        self._payload = m.body(scene.PAYLOAD_BODY).id
         self._payload_mass = float(m.body_mass[self._payload])
         self._finger_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
         self._finger_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.FINGER_JOINTS])
@@ -191,24 +191,24 @@ class ModelPredictor:
     def _write(self, estimate: dict | None) -> None:
         m, n = self.model, self._nominal
         if estimate is None:
-            m.dof_damping[:N_ARM], m.dof_armature[:N_ARM] = n["damping"], n["armature"]
-            m.dof_frictionloss[:N_ARM], m.actuator_gear[:N_ARM, 0] = n["friction"], n["gear"]
+            m.dof_damping[:N_ARM_JOINTS], m.dof_armature[:N_ARM_JOINTS] = n["damping"], n["armature"]
+            m.dof_frictionloss[:N_ARM_JOINTS], m.actuator_gear[:N_ARM_JOINTS, 0] = n["friction"], n["gear"]
             m.body_mass[self._payload] = self._payload_mass
             return
         # Physically impossible values (negative damping, friction or mass) are clipped: MuJoCo
         # would otherwise integrate an unstable or ill-defined model.
-        m.dof_damping[:N_ARM] = np.maximum(n["damping"] + estimate["damping"], 0.0)
-        m.dof_armature[:N_ARM] = np.maximum(n["armature"] + estimate["armature"], 0.2 * n["armature"])
-        m.dof_frictionloss[:N_ARM] = np.maximum(n["friction"] + estimate["friction"], 0.0)
-        m.actuator_gear[:N_ARM, 0] = n["gear"] * np.maximum(estimate["gain"], 0.1)
+        m.dof_damping[:N_ARM_JOINTS] = np.maximum(n["damping"] + estimate["damping"], 0.0)
+        m.dof_armature[:N_ARM_JOINTS] = np.maximum(n["armature"] + estimate["armature"], 0.2 * n["armature"])
+        m.dof_frictionloss[:N_ARM_JOINTS] = np.maximum(n["friction"] + estimate["friction"], 0.0)
+        m.actuator_gear[:N_ARM_JOINTS, 0] = n["gear"] * np.maximum(estimate["gain"], 0.1)
         m.body_mass[self._payload] = self._payload_mass + max(float(estimate["payload_kg"]), 0.0)
 
     def predict(self, q, qd, tau_applied, estimate: dict | None, gripper: GripperState | None = None) -> np.ndarray:
         self._write(estimate)
         m, d = self.model, self.data
         d.qvel[:] = 0.0
-        d.qpos[:N_ARM], d.qvel[:N_ARM] = q, qd
-        d.ctrl[:N_ARM] = tau_applied
+        d.qpos[:N_ARM_JOINTS], d.qvel[:N_ARM_JOINTS] = q, qd
+        d.ctrl[:N_ARM_JOINTS] = tau_applied
         if gripper is not None:
             d.qpos[self._finger_qpos] = gripper.opening_m / 2
             d.qvel[self._finger_dof] = gripper.speed_m_s / 2
@@ -216,7 +216,7 @@ class ModelPredictor:
         else:  # hold the fingers where the last prediction left them
             d.ctrl[self._grip_act] = d.qpos[self._finger_qpos[0]]
         mujoco.mj_step(m, d, self.substeps)
-        return d.qvel[:N_ARM].copy()
+        return d.qvel[:N_ARM_JOINTS].copy()
 
 
 class OnlineEstimator:
@@ -228,10 +228,10 @@ class OnlineEstimator:
         self.dt = control_dt_s
         self.model = RobotModel(variant)  # nominal: never corrected
         m = self.model.model
-        self.nominal_damping = m.dof_damping[:N_ARM].copy()
-        self.nominal_friction = m.dof_frictionloss[:N_ARM].copy()
+        self.nominal_damping = m.dof_damping[:N_ARM_JOINTS].copy()
+        self.nominal_friction = m.dof_frictionloss[:N_ARM_JOINTS].copy()
         self.limit = None
-        self._payload = m.body(PAYLOAD_BODY).id
+        self._payload = m.body(scene.PAYLOAD_BODY).id
         self._jacp = np.zeros((3, m.nv))
         theta0 = np.zeros(N_PARAMS)
         theta0[SLICES["gain"]] = 1.0
@@ -264,10 +264,10 @@ class OnlineEstimator:
         tau_nom = rm.mass_matrix() @ qdd + rm.bias_torque() + self.nominal_damping * qd \
             + self.nominal_friction * np.sign(qd)
         mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
-        jc = self._jacp[:, :N_ARM]
+        jc = self._jacp[:, :N_ARM_JOINTS]
         payload = jc.T @ (jc @ qdd + GRAVITY_UP)
-        phi = np.zeros((N_ARM, N_PARAMS))
-        rows = np.arange(N_ARM)
+        phi = np.zeros((N_ARM_JOINTS, N_PARAMS))
+        rows = np.arange(N_ARM_JOINTS)
         phi[rows, SLICES["gain"].start + rows] = tau_cmd
         phi[rows, SLICES["damping"].start + rows] = -qd
         moving = np.abs(qd) >= self.config.min_speed_for_friction
@@ -304,8 +304,8 @@ class OnlineEstimator:
             q0, qd0 = self._last
             qdd = (qd - qd0) / dt
             qm, qdm = 0.5 * (q0 + q), 0.5 * (qd0 + qd)
-            phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM))
-            rows, gain_cols = np.arange(N_ARM), SLICES["gain"].start + np.arange(N_ARM)
+            phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM_JOINTS))
+            rows, gain_cols = np.arange(N_ARM_JOINTS), SLICES["gain"].start + np.arange(N_ARM_JOINTS)
             for lat, rls in self.filters.items():
                 if len(self._commands) <= lat + self.config.settle_steps:  # the applied command's index < settle_steps
                     continue

@@ -30,11 +30,10 @@ import sys
 import numpy as np
 
 from ds_robot.errors import ConfigError
-from ds_robot.model.params import ARM_JOINT_NAMES, default_description
+from ds_robot.model.params import ARM_JOINT_NAMES, N_ARM_JOINTS, default_description
 from ds_robot.paths import models_dir
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 
-N_ARM = 6
 FRICTION_SMOOTHING_RAD_S = 0.01
 
 
@@ -89,7 +88,7 @@ class PyBulletBackend(PhysicsBackend):
         self.tcp = links["tcp"]
         self.friction_nm = np.array([p.getJointInfo(self.robot, j, physicsClientId=self.client)[7] for j in self.arm])
         # Torque control: the default velocity motors would otherwise hold every joint.
-        p.setJointMotorControlArray(self.robot, self.arm, p.VELOCITY_CONTROL, forces=[0.0] * N_ARM,
+        p.setJointMotorControlArray(self.robot, self.arm, p.VELOCITY_CONTROL, forces=[0.0] * N_ARM_JOINTS,
                                     physicsClientId=self.client)
         for link in (*self.fingers, links["gripper"]):
             p.changeDynamics(self.robot, link, lateralFriction=1.0, physicsClientId=self.client)
@@ -149,7 +148,7 @@ class PyBulletBackend(PhysicsBackend):
         self._finger_target = finger
         self._make_object(setup)
         self._time = 0.0
-        self._tau = np.zeros(N_ARM)
+        self._tau = np.zeros(N_ARM_JOINTS)
         return self._read(0.0)
 
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:

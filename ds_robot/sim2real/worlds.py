@@ -22,22 +22,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ds_robot.errors import ConfigError
+from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
-from ds_robot.physics.mujoco_backend import N_ARM, MuJoCoBackend
+from ds_robot.physics.mujoco_backend import MuJoCoBackend
 from ds_robot.sim import scene
 
 RANGES = {"damping_scale": (0.5, 2.0), "armature_scale": (0.5, 2.0), "gain": (0.8, 1.2),
           "payload_kg": (0.0, 0.5), "object_mass_scale": (0.5, 2.0), "object_friction_scale": (0.7, 1.3)}
 FRICTION_ADD_NM = np.array([1.0, 1.0, 1.0, 0.2, 0.2, 0.2])  # upper end of the added friction loss
-PAYLOAD_BODY = scene.GRIPPER_PREFIX + "gripper"
 
 
 @dataclass(frozen=True)
 class PhysicsShift:
-    damping_scale: tuple[float, ...] = (1.0,) * N_ARM
-    armature_scale: tuple[float, ...] = (1.0,) * N_ARM
-    friction_add_nm: tuple[float, ...] = (0.0,) * N_ARM
-    gain: tuple[float, ...] = (1.0,) * N_ARM
+    damping_scale: tuple[float, ...] = (1.0,) * N_ARM_JOINTS
+    armature_scale: tuple[float, ...] = (1.0,) * N_ARM_JOINTS
+    friction_add_nm: tuple[float, ...] = (0.0,) * N_ARM_JOINTS
+    gain: tuple[float, ...] = (1.0,) * N_ARM_JOINTS
     payload_kg: float = 0.0
     object_mass_scale: float = 1.0
     object_friction_scale: float = 1.0
@@ -47,10 +47,10 @@ class PhysicsShift:
     def sample(cls, rng: np.random.Generator, max_latency_steps: int = 2) -> PhysicsShift:
         def per_joint(key):
             lo, hi = RANGES[key]
-            return tuple(float(v) for v in rng.uniform(lo, hi, N_ARM))
+            return tuple(float(v) for v in rng.uniform(lo, hi, N_ARM_JOINTS))
 
         return cls(damping_scale=per_joint("damping_scale"), armature_scale=per_joint("armature_scale"),
-                   friction_add_nm=tuple(float(v) for v in rng.uniform(0.0, 1.0, N_ARM) * FRICTION_ADD_NM),
+                   friction_add_nm=tuple(float(v) for v in rng.uniform(0.0, 1.0, N_ARM_JOINTS) * FRICTION_ADD_NM),
                    gain=per_joint("gain"), payload_kg=float(rng.uniform(*RANGES["payload_kg"])),
                    object_mass_scale=float(rng.uniform(*RANGES["object_mass_scale"])),
                    object_friction_scale=float(rng.uniform(*RANGES["object_friction_scale"])),
@@ -91,20 +91,20 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
     def _apply(self, shift: PhysicsShift) -> None:
         m = self.model
         key = id(m)
-        payload = m.body(PAYLOAD_BODY).id
+        payload = m.body(scene.PAYLOAD_BODY).id
         obj = m.body(scene.OBJECT_BODY).id
         obj_geoms = np.flatnonzero(m.geom_bodyid == obj)
         if key not in self._nominal:  # the compiled values, before any shift
-            self._nominal[key] = {"damping": m.dof_damping[:N_ARM].copy(), "armature": m.dof_armature[:N_ARM].copy(),
-                                  "friction": m.dof_frictionloss[:N_ARM].copy(), "gear": m.actuator_gear[:N_ARM, 0].copy(),
+            self._nominal[key] = {"damping": m.dof_damping[:N_ARM_JOINTS].copy(), "armature": m.dof_armature[:N_ARM_JOINTS].copy(),
+                                  "friction": m.dof_frictionloss[:N_ARM_JOINTS].copy(), "gear": m.actuator_gear[:N_ARM_JOINTS, 0].copy(),
                                   "payload": m.body_mass[payload].copy(), "object": m.body_mass[obj].copy(),
                                   "object_inertia": m.body_inertia[obj].copy(),
                                   "object_friction": m.geom_friction[obj_geoms, 0].copy()}
         n = self._nominal[key]
-        m.dof_damping[:N_ARM] = n["damping"] * np.array(shift.damping_scale)
-        m.dof_armature[:N_ARM] = n["armature"] * np.array(shift.armature_scale)
-        m.dof_frictionloss[:N_ARM] = n["friction"] + np.array(shift.friction_add_nm)
-        m.actuator_gear[:N_ARM, 0] = n["gear"] * np.array(shift.gain)
+        m.dof_damping[:N_ARM_JOINTS] = n["damping"] * np.array(shift.damping_scale)
+        m.dof_armature[:N_ARM_JOINTS] = n["armature"] * np.array(shift.armature_scale)
+        m.dof_frictionloss[:N_ARM_JOINTS] = n["friction"] + np.array(shift.friction_add_nm)
+        m.actuator_gear[:N_ARM_JOINTS, 0] = n["gear"] * np.array(shift.gain)
         m.body_mass[payload] = n["payload"] + shift.payload_kg
         m.body_mass[obj] = n["object"] * shift.object_mass_scale
         m.body_inertia[obj] = n["object_inertia"] * shift.object_mass_scale
