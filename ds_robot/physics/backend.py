@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ds_robot.errors import ConfigError
+from ds_robot.model.params import ARM_VARIANTS, default_description
 from ds_robot.sim.objects import ObjectSpec
 
 
@@ -48,11 +50,21 @@ class RobotState:
 
 
 class PhysicsBackend(ABC):
-    """Interchangeable world for the grasp task."""
+    """Interchangeable world for the grasp task. The base sets what every world reads from the
+    robot description: the arm ``variant``, the physics step and the limits."""
 
-    variant: str
-    joint_torque_limit_nm: np.ndarray
-    max_gripper_opening_m: float
+    def __init__(self, variant: str, physics_dt_s: float):
+        if not (1e-4 <= physics_dt_s <= 0.01):
+            raise ConfigError(f"physics_dt_s={physics_dt_s} is outside [0.0001, 0.01] s")
+        desc = default_description()
+        if variant not in ARM_VARIANTS:
+            raise ConfigError(f"arm variant {variant!r}: choose {' or '.join(ARM_VARIANTS)}")
+        self.variant = variant
+        self.physics_dt_s = physics_dt_s
+        self.joint_torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
+        self.max_gripper_opening_m = desc.gripper.max_opening_m
+        self.finger_travel_m = desc.gripper.finger_travel_m
+        self.grip_force_limit_n = desc.gripper.grip_force_limit_n
 
     @abstractmethod
     def reset(self, setup: EpisodeSetup) -> RobotState:

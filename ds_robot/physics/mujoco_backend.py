@@ -5,7 +5,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 
-from ds_robot.model.params import N_ARM_JOINTS, default_description
+from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.sim import scene
 from ds_robot.sim.objects import ObjectSpec
@@ -20,14 +20,7 @@ class MuJoCoBackend(PhysicsBackend):
     """
 
     def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, model_hook=None):
-        if not (1e-4 <= physics_dt_s <= 0.01):
-            raise ValueError(f"physics_dt_s={physics_dt_s} is outside [0.0001, 0.01] s")
-        desc = default_description()
-        self.variant = variant
-        self.physics_dt_s = physics_dt_s
-        self.joint_torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
-        self.max_gripper_opening_m = desc.gripper.max_opening_m
-        self.finger_travel_m = desc.gripper.finger_travel_m
+        super().__init__(variant, physics_dt_s)
         self.model_hook = model_hook
         self._cache: dict[ObjectSpec, tuple[mujoco.MjModel, mujoco.MjData]] = {}
         self.model: mujoco.MjModel | None = None

@@ -309,6 +309,23 @@ class ReplayBuffer:
         return buffer
 
 
+def _checked_indices(indices: ArrayLike, values: ArrayLike, name: str, upper: int,
+                     what: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """``indices`` (1-D integers in ``[0, upper)``) and ``values`` (float64, the same length), or
+    ``ReplayError``. Empty inputs pass."""
+    indices = np.asarray(indices)
+    values = np.asarray(values, np.float64)
+    if indices.ndim != 1 or values.shape != indices.shape:
+        raise ReplayError(f"indices and {name} must be 1-D of the same length, got shapes "
+                          f"{indices.shape} and {values.shape}")
+    if len(indices):
+        if indices.dtype.kind not in "iu":
+            raise ReplayError(f"indices must be integers, got dtype {indices.dtype}")
+        if indices.min() < 0 or indices.max() >= upper:
+            raise ReplayError(f"indices must lie in [0, {upper}){what}, got [{indices.min()}, {indices.max()}]")
+    return indices, values
+
+
 class SumTree:
     """Priorities of ``capacity`` leaves with batched, vectorised update and prefix-sum search.
 
@@ -357,17 +374,9 @@ class SumTree:
 
     def update(self, indices: ArrayLike, priorities: ArrayLike) -> None:
         """Set ``priorities[k]`` at leaf ``indices[k]``; where an index repeats, its last value wins."""
-        indices = np.asarray(indices)
-        priorities = np.asarray(priorities, np.float64)
-        if indices.ndim != 1 or priorities.shape != indices.shape:
-            raise ReplayError(f"indices and priorities must be 1-D of the same length, got shapes "
-                              f"{indices.shape} and {priorities.shape}")
+        indices, priorities = _checked_indices(indices, priorities, "priorities", self.capacity)
         if not len(indices):
             return
-        if indices.dtype.kind not in "iu":
-            raise ReplayError(f"indices must be integers, got dtype {indices.dtype}")
-        if indices.min() < 0 or indices.max() >= self.capacity:
-            raise ReplayError(f"indices must lie in [0, {self.capacity}), got [{indices.min()}, {indices.max()}]")
         low = priorities.min()
         if not (low >= 0 and math.isfinite(priorities.max())):
             raise ReplayError(f"priorities must be finite and >= 0, got min {low} and max {priorities.max()}")
@@ -637,19 +646,11 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         the filled part of the buffer and mismatched shapes raise ``ReplayError``. Where an index
         repeats, its last TD error wins.
         """
-        indices = np.asarray(indices)
-        td_errors = np.asarray(td_errors, np.float64)
-        if indices.ndim != 1 or td_errors.shape != indices.shape:
-            raise ReplayError(f"indices and td_errors must be 1-D of the same length, got shapes "
-                              f"{indices.shape} and {td_errors.shape}")
+        indices, td_errors = _checked_indices(indices, td_errors, "td_errors", self._size,
+                                              " (the filled part of the buffer)")
         if not len(indices):
             return
-        if indices.dtype.kind not in "iu":
-            raise ReplayError(f"indices must be integers, got dtype {indices.dtype}")
-        if indices.min() < 0 or indices.max() >= self._size:
-            raise ReplayError(f"indices must lie in [0, {self._size}) (the filled part of the buffer), "
-                              f"got [{indices.min()}, {indices.max()}]")
-        # DESIGN §5: P(i) = |delta_i|^alpha + eta * N(s_i), with Schaul et al.'s epsilon.
+        # Source document: P(i) = |delta_i|^alpha + eta * N(s_i), with Schaul et al.'s epsilon.
         priorities = (np.abs(td_errors) + self.epsilon) ** self.alpha
         if self._novelty:
             priorities += self.eta / self._visit_counts(self._slots[indices])

@@ -57,14 +57,9 @@ class PyBulletBackend(PhysicsBackend):
             import pybullet as p
         except ImportError as exc:  # pragma: no cover - pybullet is a core dependency
             raise ConfigError("the pybullet world needs the pybullet package") from exc
+        super().__init__(variant, physics_dt_s)
         self.p = p
         desc = default_description()
-        self.variant = variant
-        self.physics_dt_s = physics_dt_s
-        self.joint_torque_limit_nm = np.array(desc.variant(variant).joint_torque_limit_nm)
-        self.max_gripper_opening_m = desc.gripper.max_opening_m
-        self.finger_travel_m = desc.gripper.finger_travel_m
-        self.grip_force_n = desc.gripper.grip_force_limit_n
         self.client = p.connect(p.DIRECT)
         p.setGravity(0, 0, -9.81, physicsClientId=self.client)
         p.setTimeStep(physics_dt_s, physicsClientId=self.client)
@@ -156,7 +151,7 @@ class PyBulletBackend(PhysicsBackend):
         motor = np.clip(np.asarray(arm_torque_nm, dtype=float), -self.joint_torque_limit_nm, self.joint_torque_limit_nm)
         self._finger_target = self.finger_travel_m * (1.0 - gripper_command) / 2.0
         p.setJointMotorControlArray(self.robot, self.fingers, p.POSITION_CONTROL,
-                                    targetPositions=[self._finger_target] * 2, forces=[self.grip_force_n] * 2,
+                                    targetPositions=[self._finger_target] * 2, forces=[self.grip_force_limit_n] * 2,
                                     physicsClientId=c)
         work = 0.0
         for _ in range(max(1, round(duration_s / self.physics_dt_s))):
