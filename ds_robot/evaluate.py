@@ -1,4 +1,4 @@
-"""Grasp evaluation: run a controller for many seeded episodes and summarise DESIGN §6 metrics."""
+"""Grasp evaluation: run a controller for many seeded episodes and summarise the metrics of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def run_episodes(env: UR5GraspEnv, controller, episodes: int, seed: int, progres
 
 
 def summarise(name: str, results: list[EpisodeResult]) -> dict:
-    """One result row (DESIGN §8 keys): success with Wilson CI, means with t CIs.
+    """One result row (docs/architecture.md benchmark-output keys): success with Wilson CI, means with t CIs.
 
     ``time_to_lift_s`` averages successful episodes only; ``energy_j`` averages all of them.
     """

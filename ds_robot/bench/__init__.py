@@ -1,1 +1,1 @@
-"""Benchmarks: each prints a table and can write the JSON of DESIGN §8."""
+"""Benchmarks: each prints a table and can write the JSON of docs/architecture.md (benchmark output)."""

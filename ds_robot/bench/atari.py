@@ -1,6 +1,6 @@
 """``ds-robot bench atari``: Atari frames per second of the multi-process rollout engine against peers.
 
-DESIGN §5 (seed): "2400 frames/s on Atari with 4 workers, 6.8x one process". This benchmark
+Source document claim (docs/architecture.md, formulas): "2400 frames/s on Atari with 4 workers, 6.8x one process". This benchmark
 measures it on one game (Pong by default), preprocessing included, random actions:
 
 - ``single``: one process, one env (``make_atari_env``), a plain ``step`` loop;

@@ -1,4 +1,4 @@
-"""The one output shape for every benchmark and evaluation (DESIGN §8)."""
+"""The one output shape for every benchmark and evaluation (docs/architecture.md, benchmark output)."""
 
 from __future__ import annotations
 

@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None, help="a2c|ppo|sac: the checkpoint to evaluate")
     p.add_argument("--env", default=None, help="a2c|ppo|sac: environment id (default: the checkpoint's)")
     p.add_argument("--episodes", type=positive_int, default=100, help="number of episodes (default: 100)")
-    p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON (docs/architecture.md, benchmark output)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG with per-object success, lift times, energy")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a benchmark; prints a table, optionally writes JSON")
     p.add_argument("name", choices=BENCHMARKS)
     p.add_argument("--quick", action="store_true", help="small budget (smoke checks, tests)")
-    p.add_argument("--json", type=Path, default=None, help="write results as JSON (DESIGN §8)")
+    p.add_argument("--json", type=Path, default=None, help="write results as JSON (docs/architecture.md, benchmark output)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
     p.add_argument("--seeds", type=positive_int, default=5,
                    help="cartpole/humanoid/grasp: seeds per variant (default: 5 for cartpole, 3 for humanoid "

@@ -2,7 +2,7 @@
 
 Observation: ``ds_robot.envs.layout`` (35 torque-augmented features, encoded there).
 
-Success (DESIGN §6): the object is at least ``lift_threshold_m`` above its resting height and
+Success (docs/architecture.md, metrics): the object is at least ``lift_threshold_m`` above its resting height and
 stays there for ``hold_s`` seconds; ``time_to_lift_s`` is when that successful hold began.
 Energy: sum over physics steps and arm joints of ``|tau_j * qd_j| * dt``, in joules.
 

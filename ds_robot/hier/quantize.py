@@ -1,4 +1,4 @@
-"""int8 weight quantization of the hierarchical policy (DESIGN §5).
+"""int8 weight quantization of the hierarchical policy (docs/architecture.md, formulas).
 
 The seed's rule is ``Q(w) = round(w / Delta) * Delta`` with ``Delta = (w_max - w_min) / 255``:
 256 levels spanning the tensor's range. Taken literally, ``round(w / Delta)`` only fits in an

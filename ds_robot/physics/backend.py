@@ -45,7 +45,7 @@ class RobotState:
     tcp_rot: np.ndarray  # (3, 3), columns are the TCP axes; z is the approach direction
     object_pos_m: np.ndarray  # (3,)
     object_quat: np.ndarray  # (4,) w, x, y, z
-    step_work_j: float  # sum_j |tau_j * dq_j| over the last step: DESIGN §6's sum |tau qd| dt, exact
+    step_work_j: float  # sum_j |tau_j * dq_j| over the last step: the energy metric (docs/architecture.md) sum |tau qd| dt, exact
     # for the held torques unless a joint reverses inside the step (measured < 1% low)
 
 

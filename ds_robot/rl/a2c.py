@@ -1,4 +1,4 @@
-"""Advantage actor-critic with entropy regularisation (DESIGN §5), on the seed's network.
+"""Advantage actor-critic with entropy regularisation (docs/architecture.md, formulas), on the seed's network.
 
 Loss (the well-defined form of the seed's gradient):
     L = -E[log pi(a|s) A(s,a)] - beta * E[H(pi(.|s))] + c_v * E[(V(s) - R)^2]
@@ -47,7 +47,7 @@ class A2C(OnPolicyAlgorithm):
             entropy = self.policy.entropy(dist).mean()
             policy_loss = -(log_prob * adv_t).mean()
             value_loss = ((values - returns_t) ** 2).mean()
-            loss = policy_loss - beta * entropy + cfg.vf_coef * value_loss  # DESIGN §5
+            loss = policy_loss - beta * entropy + cfg.vf_coef * value_loss  # docs/architecture.md, formulas
             return loss, {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
                           "entropy": entropy.item()}
 

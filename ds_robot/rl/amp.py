@@ -1,4 +1,4 @@
-"""Mixed precision with the seed's dynamic loss scaling (DESIGN §5).
+"""Mixed precision with the seed's dynamic loss scaling (docs/architecture.md, formulas).
 
 Autocast runs the forward pass in bf16 on CPU or fp16 on CUDA (the agents in ``ds_robot.rl``
 train on the CPU, so they use bf16; ``autocast`` and the scaler take a CUDA device as they are). ``DynamicLossScaler``

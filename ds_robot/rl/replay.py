@@ -1,4 +1,4 @@
-"""Experience replay: a uniform ring buffer and prioritized replay with a novelty term (DESIGN §5).
+"""Experience replay: a uniform ring buffer and prioritized replay with a novelty term (docs/architecture.md, formulas).
 
 ``ReplayBuffer`` keeps transitions ``(obs, action, reward, next_obs, done)`` in one preallocated
 numpy array of records used as a ring: once full, the oldest transition is overwritten. ``next_obs``

@@ -1,4 +1,4 @@
-"""Schedules for learning rates and the entropy coefficient (DESIGN §5, training practice)."""
+"""Schedules for learning rates and the entropy coefficient (docs/architecture.md, formulas: training practice)."""
 
 from __future__ import annotations
 

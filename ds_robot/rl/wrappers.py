@@ -1,4 +1,4 @@
-"""Extended-MDP wrappers from the seed (DESIGN §5).
+"""Extended-MDP wrappers from the seed (docs/architecture.md, formulas).
 
 ``UniformTransitionNoise`` (P_eps): ``P_eps(s'|s,a) = (1 - eps) P(s'|s,a) + eps / |S|`` — with
 probability eps the next *observation* is replaced by a uniform draw over the declared bounds

@@ -1,6 +1,6 @@
 """Multi-process rollout: N worker processes with M environments each, fed through shared memory.
 
-DESIGN.md §5 (seed): "worker processes connected by pipes; the learner sends the policy
+Source document (docs/architecture.md, formulas): "worker processes connected by pipes; the learner sends the policy
 weights, workers roll out and send trajectories back, the learner merges them."
 
 Layout. ``RolloutEngine(env_fn, num_workers=N, envs_per_worker=M)`` starts N processes
