@@ -94,3 +94,45 @@ def test_decoding_inverts_encoding():
     mujoco.mju_quat2Mat(expected, quat)
     np.testing.assert_allclose(rot, expected.reshape(3, 3), atol=1e-6)
     np.testing.assert_allclose(layout.object_half_extents(obs), state["object_half_extents_m"], **f32)
+
+
+def test_training_env_and_runtime_controller_compose_the_same_commands():
+    """The residual path: the hierarchical training env, driven by the shipped policy's own
+    choices, computes the same features and sends the same arm command as the run-time
+    controller, step for step. (The one difference by design: the run-time action is float32,
+    so the training env's float64 command is cast before both worlds step.)"""
+    from ds_robot.deploy.controllers import controller_for_env
+    from ds_robot.hier.env import HierGraspEnv
+    from ds_robot.hier.features import skill_of
+    from ds_robot.hier.policy import HierPolicy
+    from ds_robot.paths import policies_dir
+
+    policy = HierPolicy.load(policies_dir() / "grasp_hier.npz")
+    runtime_env = UR5GraspEnv()
+    controller = controller_for_env("hier", runtime_env, policy=policy)
+    train_env = HierGraspEnv(options=policy.options, torque_features=policy.torque_features)
+    sent = []
+    inner_step = train_env.env.step
+
+    def record_and_step(action):
+        sent.append(np.asarray(action, dtype=np.float32))
+        return inner_step(sent[-1])
+
+    train_env.env.step = record_and_step
+    obs, _ = runtime_env.reset(seed=5)
+    controller.reset(obs)
+    features, _ = train_env.reset(seed=5)
+    residual_steps = 0
+    for step in range(400):
+        action = controller.act(obs)
+        np.testing.assert_array_equal(features, controller.features, err_msg=f"features, step {step}")
+        residual = np.clip(policy.skills[int(skill_of(features))](features), -1.0, 1.0)
+        option = int(np.argmax(policy.planner(features)))
+        features, _, terminated, truncated, _ = train_env.step(np.r_[option, residual])
+        np.testing.assert_array_equal(sent[-1], action, err_msg=f"arm command, step {step}")
+        residual_steps += bool(np.any(np.abs(residual[:6]) > 1e-3))
+        obs, _, done, cut, _ = runtime_env.step(action)
+        assert (done, cut) == (terminated, truncated)
+        if done or cut:
+            break
+    assert residual_steps > 100, "the residual was ~0: the test compared the model term only"

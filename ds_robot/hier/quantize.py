@@ -10,7 +10,7 @@ would need values up to 229. So the levels are counted from ``w_min``:
 
 which is the same 256-level grid over [w_min, w_max] and the same worst-case error, Delta / 2.
 ``per_channel`` computes ``w_min`` and ``Delta`` per output channel (per column of a weight
-stored as (in, out)) instead of per tensor. Biases stay float32: they are a few hundred numbers.
+stored as (in, out)) instead of per tensor. The policy file quantizes biases too (per tensor).
 
 A constant tensor (Delta = 0) gets Delta = 1 and q = -128, so it dequantizes exactly.
 
