@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
-from ds_robot.sim2real.worlds import WORLDS
+from ds_robot.sim2real import WORLDS
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 MODES = ("none", "correction", "randomisation", "both")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ds_robot.deploy.controllers import CONTROLLERS, controller_for_env
 from ds_robot.errors import ConfigError, DsRobotError
-from ds_robot.sim2real.worlds import WORLDS
+from ds_robot.sim2real import WORLDS
 
 ALGOS = ("a2c", "ppo", "sac")
 BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real")

@@ -20,10 +20,12 @@ CLI, the benchmarks and the ROS node.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ds_robot.control.robot_model import RobotModel
+if TYPE_CHECKING:  # the contract itself loads no MuJoCo model
+    from ds_robot.control.robot_model import RobotModel
 
 
 class Controller(ABC):

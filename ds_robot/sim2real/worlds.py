@@ -26,6 +26,7 @@ from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
 from ds_robot.sim import scene
+from ds_robot.sim2real import WORLDS
 
 RANGES = {"damping_scale": (0.5, 2.0), "armature_scale": (0.5, 2.0), "gain": (0.8, 1.2),
           "payload_kg": (0.0, 0.5), "object_mass_scale": (0.5, 2.0), "object_friction_scale": (0.7, 1.3)}
@@ -120,8 +121,6 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
             torque, gripper = self._pending[0]
         return super().step(torque, gripper, duration_s)
 
-
-WORLDS = ("nominal", "shifted", "pybullet")
 
 
 def build_world(name: str, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0,
