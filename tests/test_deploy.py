@@ -75,6 +75,7 @@ def test_int8_file_damage_is_refused(tmp_path):
 
 
 def test_robot_side_path_never_imports_torch():
+    pytest.importorskip("rclpy", reason="the nodes need the [ros] extra")
     code = ("import sys; from ds_robot.deploy.core import ControlCore, NodeConfig; "
             "from ds_robot.deploy.sim_core import SimArm; import ds_robot.deploy.policy_node, ds_robot.deploy.sim_node; "
             "from ds_robot.hier.controller import HierarchicalController; from ds_robot.hier.policy import HierPolicy; "
@@ -265,3 +266,29 @@ def test_effort_command_removes_gravity_and_respects_limits(running):
     core.model.update(core.state.q, core.state.qd, core.state.gripper_opening_m)
     pushes_out = 10.0 - core.model.gravity_torque() > 0
     np.testing.assert_allclose(out[pushes_out], 0.0, atol=1e-9)
+
+
+def test_limits_changed_while_running_apply_to_the_held_command_at_once(running):
+    """A safety limit lowered between policy steps must not wait for the next policy step: the
+    held command is re-limited at the next tick; impossible values change nothing."""
+    core, arm = running
+    t = arm.time_s
+    held = core.tick(t)  # inside the policy period: the held command
+    assert held is core.tick(t) and not held.stop
+    s = core.state
+    core.model.update(s.q, s.qd, s.gripper_opening_m)
+    gravity = core.model.gravity_torque()
+    tiny = 0.02
+    core.reconfigure(max_torque_fraction=tiny)
+    command = core.tick(t)
+    assert not command.stop
+    np.testing.assert_array_less(np.abs(command.values + gravity), tiny * core.joint_limit_nm + 1e-9)
+    assert np.abs(held.values + gravity).max() > tiny * core.joint_limit_nm.max(), "the held command was already small"
+    with pytest.raises(ConfigError, match="max_torque_fraction"):
+        core.reconfigure(max_torque_fraction=0.0)
+    with pytest.raises(ConfigError, match="restart"):
+        core.reconfigure(ur_type="ur5")
+    assert core.config.max_torque_fraction == tiny and core.config.ur_type == "ur5e"
+    core.reconfigure(joint_limit_margin_rad=0.2, state_timeout_s=0.5)
+    np.testing.assert_allclose(core.q_low - core.joint_range_rad[:, 0], 0.2)
+    assert core.config.state_timeout_s == 0.5

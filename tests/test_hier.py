@@ -186,6 +186,31 @@ def test_a_diverged_update_stops_training_instead_of_writing_nan_weights():
         trainer.close()
 
 
+def test_domain_randomisation_trains_in_the_world_it_is_handed_and_resumes_only_there(tmp_path):
+    from ds_robot.physics.mujoco_backend import MuJoCoBackend
+    from ds_robot.rl.amp import TrainingError
+    from ds_robot.sim2real.worlds import ShiftedMuJoCoBackend
+
+    small = {"workers": 0, "envs_per_worker": 2, "n_steps": 16, "planner_batch": 2, "skill_minibatch": 16,
+             "randomize_physics": True}
+    with pytest.raises(ConfigError, match="randomized_world"):
+        HierTrainer(HierTrainConfig(**small))
+    out = tmp_path / "dr"
+    trainer = HierTrainer(HierTrainConfig(**small), out=out, randomized_world=ShiftedMuJoCoBackend)
+    try:
+        backends = [e.unwrapped.env.backend for e in trainer.envs.envs]
+        assert all(isinstance(b, ShiftedMuJoCoBackend) for b in backends)
+        assert backends[0].shift != backends[1].shift, "every episode should draw its own physics"
+        trainer.train(budget_s=1.0, progress=False)
+    finally:
+        trainer.close()
+    with pytest.raises(TrainingError, match="world"):
+        train_grasp(out, resume=True, budget_s=0.5, progress=False, randomized_world=MuJoCoBackend, **small)
+    resumed, _ = train_grasp(out, resume=True, budget_s=0.5, progress=False, randomized_world=ShiftedMuJoCoBackend,
+                             **small)
+    assert resumed.steps > trainer.steps
+
+
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
     out = tmp_path / "run"
     small = {"workers": 0, "envs_per_worker": 1, "n_steps": 8}

@@ -3,6 +3,8 @@ control core) encode the same physical state into the same vector; decoding inve
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -18,12 +20,16 @@ def _robot_path_observation(core: ControlCore, env: UR5GraspEnv, world_tcp: bool
     The node gets the TCP pose from its own model's forward kinematics; ``world_tcp`` hands it the
     world's instead (the one input the two paths compute differently)."""
     s = env.state
-    if world_tcp:
-        core.model.forward_kinematics = lambda q: (s.tcp_pos_m.copy(), s.tcp_rot.copy())
     core.on_joint_state([*ARM_JOINT_NAMES, *core.config.gripper_joints], [*s.q_rad, s.gripper_opening_m, 0.0],
                         [*s.qd_rad_s, s.gripper_speed_m_s, 0.0], [*s.tau_measured_nm, 0.0, 0.0], s.time_s)
     core.on_object_pose(s.object_pos_m, s.object_quat, s.time_s)
-    return core.observation()
+    if not world_tcp:
+        return core.observation()
+    world = (s.tcp_pos_m.copy(), s.tcp_rot.copy())
+    with mock.patch.object(core.model, "forward_kinematics", side_effect=lambda q: world) as fk:
+        obs = core.observation()
+    assert fk.called
+    return obs
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -34,23 +40,27 @@ def test_training_and_robot_paths_encode_the_same_state_identically(seed):
     controller.reset(obs)
     core = ControlCore(NodeConfig(object_half_extents_m=tuple(env.setup.obj.half_extents_m)),
                        ScriptedGraspController(), torque_features=True)
-    compared = 0
+    compared, own_fk_differs = 0, False
     for step in range(400):  # approach, descend, close, lift: every field moves
         if step % 20 == 0:
             robot = _robot_path_observation(core, env, world_tcp=True)
             np.testing.assert_array_equal(robot, obs, err_msg=f"step {step}")
-            # With the node's own forward kinematics: the TCP pose differs in the last bits
-            # (two MuJoCo models of the same arm), so only the TCP-frame fields may differ, by that.
+            # With the node's own forward kinematics of q, only the TCP-frame fields may differ:
+            # after mj_step MuJoCo's site poses are those of the step's start, so the env's TCP is
+            # one physics step (2 ms) older than its q — up to 0.74 mm while the arm moves (a
+            # known difference, left for the retrained realistic task: docs/architecture.md).
             robot = _robot_path_observation(core, env)
             tcp_frame = np.zeros(OBS_SIZE, bool)
             tcp_frame[OBS_SLICES["object_pos"].start : OBS_SLICES["object_rot"].stop] = True
             np.testing.assert_array_equal(robot[~tcp_frame], obs[~tcp_frame], err_msg=f"step {step}")
-            np.testing.assert_allclose(robot[tcp_frame], obs[tcp_frame], rtol=0, atol=1e-12, err_msg=f"step {step}")
+            np.testing.assert_allclose(robot[tcp_frame], obs[tcp_frame], rtol=0, atol=2e-3, err_msg=f"step {step}")
+            own_fk_differs |= not np.array_equal(robot, obs)
             compared += 1
         obs, _, terminated, truncated, _ = env.step(controller.act(obs))
         if terminated or truncated:
             break
     assert compared >= 10
+    assert own_fk_differs, "the node's own forward kinematics was never used"
     assert obs[OBS_SLICES["goal"]][2] < 0.09, "the test never lifted the object: it compared too little"
 
 
@@ -136,3 +146,27 @@ def test_training_env_and_runtime_controller_compose_the_same_commands():
         if done or cut:
             break
     assert residual_steps > 100, "the residual was ~0: the test compared the model term only"
+
+
+def test_the_layout_is_pinned_field_by_field():
+    """A hand-written vector: a wrong scale, sign, frame or field order fails here, whatever both
+    paths agree on."""
+    limit = np.array([150.0, 150.0, 150.0, 28.0, 28.0, 28.0])
+    layout = ObservationLayout(limit, 0.1)
+    tcp_rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # TCP x = world y, TCP y = -world x
+    obs = layout.encode(q_rad=np.arange(1, 7) * 0.1, qd_rad_s=np.r_[np.pi, -np.pi / 2, 0, 0, 0, 0],
+                        tau_nm=limit * np.r_[0.5, -0.25, 0, 0, 0, 1.0], gripper_opening_m=0.05,
+                        gripper_speed_m_s=-0.01, tcp_pos_m=np.array([0.4, 0.0, 0.3]), tcp_rot=tcp_rot,
+                        object_pos_m=np.array([0.5, 0.1, 0.02]), object_quat_wxyz=np.array([1.0, 0, 0, 0]),
+                        object_half_extents_m=np.array([0.02, 0.03, 0.04]), goal_m=np.array([0.5, 0.1, 0.12]))
+    expected = np.r_[
+        0.1, 0.2, 0.3, 0.4, 0.5, 0.6,  # q, rad
+        1.0, -0.5, 0, 0, 0, 0,  # qd / pi
+        0.5, -0.25, 0, 0, 0, 1.0,  # tau / limit
+        0.5, -0.1,  # opening / max, speed x 10
+        0.1, -0.1, -0.28,  # object - tcp in the TCP frame
+        0.0, -1.0, 0.0, 1.0, 0.0, 0.0,  # object x and y axes in the TCP frame
+        0.02, 0.03, 0.04,  # half-extents
+        0.0, 0.0, 0.1,  # goal - object, base frame
+    ]
+    np.testing.assert_allclose(obs, expected, atol=1e-7)

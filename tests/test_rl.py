@@ -201,6 +201,23 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     assert fresh.steps == 4_000
 
 
+def test_a_checkpoint_from_before_the_network_rename_still_resumes_and_evaluates(tmp_path):
+    """Checkpoints written when the source document's network was called "seed"."""
+    from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
+    from ds_robot.rl.train import evaluate_checkpoint
+
+    out = tmp_path / "run"
+    train("a2c", out, resume=False, progress=False, env_id="CartPole-v1", total_steps=400)
+    old = load_checkpoint(out / "checkpoint.pt")
+    old["policy"] = old["config"]["policy"] = "seed"
+    old.pop("format_version")
+    save_checkpoint(out / "checkpoint.pt", old)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["policy"] == "seed"
+    resumed, result = train("a2c", out, resume=True, progress=False, env_id="CartPole-v1", total_steps=800)
+    assert result.steps == 800 and resumed.config.policy == "a2c_paper"
+    assert evaluate_checkpoint(out / "checkpoint.pt", 2, 0, env_id="CartPole-v1", algo="a2c")["episodes"] == 2
+
+
 def test_corrupt_missing_and_mismatched_checkpoints_are_refused(tmp_path):
     agent = A2C(A2CConfig(total_steps=100))
     path = tmp_path / "ckpt.pt"

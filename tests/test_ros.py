@@ -286,6 +286,7 @@ def test_parameter_sets_take_effect_or_are_refused_in_process():
         assert not both.successful and node.core.config.joint_limit_margin_rad == 0.05
         ok = node.set_parameters([Parameter("object_half_extents_m", value=[0.02, 0.03, 0.04])])[0]
         assert ok.successful and node.core.object_extents.tolist() == [0.02, 0.03, 0.04]
+        assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful  # rclpy's own
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -67,30 +66,21 @@ def run_job(variant: str, object_set: str, seed: int, episodes: int, policies: d
     torch.set_num_threads(1)
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds, run_episode
+    from ds_robot.hier.controller import HierarchicalController
 
     env = UR5GraspEnv(objects=_object_set_path(object_set))
     controller = _controller(variant, env, policies)
-    machine = getattr(controller, "machine", controller)
-    plan_times: list[float] = []
-    if hasattr(machine, "_plan_attempt"):
-        plan = machine._plan_attempt
-
-        def timed_plan(obs, t, plan=plan):
-            start = time.perf_counter()
-            plan(obs, t)
-            plan_times.append(time.perf_counter() - start)
-
-        machine._plan_attempt = timed_plan
+    hier = isinstance(controller, HierarchicalController)
     episodes_out = []
     for episode_seed in episode_seeds(seed, episodes):
         result = run_episode(env, controller, episode_seed)
         episodes_out.append({"object": result.object, "success": result.success,
                              "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
                              "control_step_us": result.control_step_us,
-                             "residual_share": getattr(controller, "residual_share", None)})
+                             "residual_share": controller.residual_share if hier else None})
     env.close()
     return {"variant": variant, "set": object_set, "seed": seed, "episodes": episodes_out,
-            "planning_s": plan_times, "options": list(getattr(controller, "chosen", []))}
+            "planning_s": list(controller.planning_s), "options": list(controller.chosen) if hier else []}
 
 
 def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str, Any]:

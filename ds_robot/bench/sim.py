@@ -113,7 +113,7 @@ def _rollout_rows(quick: bool, repeats: int, robot: str) -> list[dict]:
 
 def _run(quick: bool, repeats: int, robot: str, pinned: str) -> tuple[list[dict], dict]:
     from ds_robot.control.robot_model import RobotModel
-    from ds_robot.control.scripted import ScriptedGraspController
+    from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
 
     env = UR5GraspEnv(robot=robot)
@@ -136,7 +136,7 @@ def _run(quick: bool, repeats: int, robot: str, pinned: str) -> tuple[list[dict]
         repeats = min(repeats, 2)
     bare_steps = 5_000 if quick else 100_000
     env_steps = 500 if quick else 10_000
-    controller = ScriptedGraspController.for_env(env)
+    controller = controller_for_env("scripted", env)
     samples = {"mujoco_bare": [], "ur5grasp_env": [], "ur5grasp_env_scripted": []}
     for _ in range(repeats):
         samples["mujoco_bare"].append(_bare_steps_per_s(model, qpos, ctrl, bare_steps))

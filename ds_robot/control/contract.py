@@ -5,7 +5,7 @@ A controller sees the grasp env's observation (``ds_robot.envs.layout``) and ret
 action: 6 joint torques normalised by the joint torque limits and a gripper command, all in
 [-1, 1]. ``reset(obs)`` starts an episode (a grasp) from its first observation.
 
-It declares what it depends on instead of being reached into:
+It declares what it depends on (and what benchmarks measure) instead of being reached into:
 
 - ``robot_model``: the :class:`RobotModel` it computes its torques with, or ``None`` for a
   model-free controller. The online corrector (``ds_robot.sim2real.correction``) writes its
@@ -48,3 +48,9 @@ class Controller(ABC):
     @abstractmethod
     def uses_torque_features(self) -> bool:
         """True if the actions depend on the measured joint torques."""
+
+    @property
+    def planning_s(self) -> list[float]:
+        """Wall time of each high-level decision so far (planning a grasp attempt): the planning
+        latency metric. Empty for a controller that does not plan."""
+        return []

@@ -22,6 +22,7 @@ height and its own arm model.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -138,6 +139,7 @@ class ScriptedGraspController(Controller):
         self.option = self.config.option
         # (obs, attempts so far) -> GraspOption; None: always ``config.option``.
         self.option_chooser: Callable[[np.ndarray, int], GraspOption] | None = None
+        self._planning_s: list[float] = []
 
     @classmethod
     def for_env(cls, env, config: ScriptedConfig | None = None) -> ScriptedGraspController:
@@ -147,6 +149,11 @@ class ScriptedGraspController(Controller):
     @property
     def robot_model(self) -> RobotModel:
         return self.robot
+
+    @property
+    def planning_s(self) -> list[float]:
+        """Wall time of each attempt's planning (option choice, grasp pose, segments), all episodes."""
+        return self._planning_s
 
     # -- observation decoding ---------------------------------------------------------------
 
@@ -178,6 +185,11 @@ class ScriptedGraspController(Controller):
         return pos, rot
 
     def _plan_attempt(self, obs: np.ndarray, t: float) -> None:
+        start = time.perf_counter()
+        self._plan(obs, t)
+        self._planning_s.append(time.perf_counter() - start)
+
+    def _plan(self, obs: np.ndarray, t: float) -> None:
         cfg = self.config
         self.option = self.option_chooser(obs, self.attempt) if self.option_chooser else cfg.option
         self.grasp_pos, self.grasp_rot = self._grasp_pose(obs)

@@ -12,7 +12,8 @@ decides what reaches the arm lives here:
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
 - **Observation**: the training env's, encoded by the same ``ObservationLayout`` from the
-  joint state, the forward kinematics of the controller's model and the object pose.
+  joint state, the TCP pose from the forward kinematics of the core's own nominal model of the
+  arm (the description the controller's model is built from) and the object pose.
 - **Policy** at ``policy_rate_hz`` (the rate it was trained at, 100 Hz); between policy steps
   the last command is held, as the training environment holds torques over its physics steps.
 - **Command interfaces**: ``effort`` (UR e-Series direct torque; the controller box adds its
@@ -43,7 +44,7 @@ import numpy as np
 
 from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.envs.layout import ObservationLayout, goal_position
+from ds_robot.envs.layout import ACTION_SIZE, ObservationLayout, goal_position
 from ds_robot.errors import ConfigError
 from ds_robot.model.params import ARM_JOINT_NAMES, N_ARM_JOINTS, default_description
 from ds_robot.sim import scene
@@ -137,6 +138,7 @@ class Command:
     gripper: float  # -1 open .. 1 closed
     stop: bool
     reason: str = ""
+    torque_nm: np.ndarray | None = None  # the controller's torque before the interface and its limits
 
 
 @dataclass
@@ -228,6 +230,10 @@ class ControlCore:
         config = dataclasses.replace(self.config, **changes)  # validates
         self.config = config
         self._apply_limits()
+        held = self._held
+        if held is not None and not held.stop and self.state is not None:
+            # The command held until the next policy step obeys the new limits from the next tick on.
+            self._held = Command(self._to_interface(held.torque_nm), held.gripper, False, torque_nm=held.torque_nm)
         return config
 
     # -- inputs --------------------------------------------------------------------------------
@@ -357,14 +363,15 @@ class ControlCore:
         action = np.asarray(self.controller.act(obs), dtype=float)
         self.stats.policy_step_s.append(time.perf_counter() - start)
         self.stats.policy_steps += 1
-        if action.shape != (N_ARM_JOINTS + 1,) or not np.all(np.isfinite(action)):
+        if action.shape != (ACTION_SIZE,) or not np.all(np.isfinite(action)):
             return self.stop_command(f"policy output rejected: shape {action.shape}, "
                                      f"finite={bool(np.all(np.isfinite(action)))}")
-        values = self._to_interface(np.clip(action[:N_ARM_JOINTS], -1.0, 1.0) * self.joint_limit_nm)
+        torque = np.clip(action[:N_ARM_JOINTS], -1.0, 1.0) * self.joint_limit_nm
+        values = self._to_interface(torque)
         if not np.all(np.isfinite(values)):
             return self.stop_command("command conversion produced NaN/Inf")
         self._gripper_cmd = float(np.clip(action[N_ARM_JOINTS], -1.0, 1.0))
-        return Command(values, self._gripper_cmd, False)
+        return Command(values, self._gripper_cmd, False, torque_nm=torque)
 
     def _to_interface(self, tau: np.ndarray) -> np.ndarray:
         s, cfg = self.state, self.config

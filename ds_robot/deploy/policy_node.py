@@ -18,7 +18,8 @@ restarts from the nominal model on ``~/reset``.
 Parameters are checked when set: a ``ros2 param set`` of a safety limit or timeout
 (``max_torque_fraction``, ``max_velocity_rad_s``, ``joint_limit_margin_rad``,
 ``state_timeout_s``, ``object_timeout_s``) or of ``object_half_extents_m`` takes effect at the
-next tick or is refused with the reason (an impossible value); every other parameter is read at
+next tick (the command held between policy steps is re-limited too) or is refused with the
+reason (an impossible value); ``use_sim_time`` is rclpy's own; every other parameter is read at
 start-up, and setting it while the node runs is refused (restart the node instead).
 
 On SIGINT/SIGTERM, and on any exception in the loop, the last command it sends is a stop.
@@ -172,9 +173,9 @@ class PolicyNode(Node):
             if correction:
                 raise ConfigError("correction needs a controller to correct: controller hier or scripted")
             return IdleController()
+        hier = {"policy": policy, "runtime": runtime} if kind == "hier" else {}  # scripted: no policy to run
         return build_controller(kind, variant=self.config.ur_type, control_dt_s=1.0 / self.config.policy_rate_hz,
-                                policy=policy if kind == "hier" else None, runtime=runtime, correction=correction,
-                                max_torque_fraction=self.config.max_torque_fraction)
+                                correction=correction, max_torque_fraction=self.config.max_torque_fraction, **hier)
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

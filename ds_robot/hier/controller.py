@@ -43,6 +43,10 @@ class HierarchicalController(Controller):
     def uses_torque_features(self) -> bool:
         return self.policy.torque_features
 
+    @property
+    def planning_s(self) -> list[float]:
+        return self.machine.planning_s
+
     def _choose(self, obs: np.ndarray, attempt: int):
         start = time.perf_counter()
         index = int(np.argmax(self.policy.planner(self.features)))

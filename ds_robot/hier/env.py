@@ -27,15 +27,13 @@ from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ActionError
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
+    HIER_ACTION_SIZE,
     HIER_OBS_SIZE,
     RESIDUAL_SCALE,
-    RESIDUAL_SIZE,
     compose_action,
     hier_observation,
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, validate_options
-
-HIER_ACTION_SIZE = 1 + RESIDUAL_SIZE  # option index, residual
 
 
 class HierGraspEnv(gym.Env):

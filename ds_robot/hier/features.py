@@ -35,6 +35,7 @@ HIER_SLICES: dict[str, slice] = field_slices(HIER_FIELDS)
 HIER_OBS_SIZE = sum(size for _, size in HIER_FIELDS)
 H = HIER_SLICES
 RESIDUAL_SIZE = 7  # 6 joint torques / limits, gripper correction
+HIER_ACTION_SIZE = 1 + RESIDUAL_SIZE  # the training env's action: option index, residual
 RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
 GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
 

@@ -35,7 +35,16 @@ from torch import nn
 from torch.distributions import Categorical
 
 from ds_robot.errors import ConfigError
-from ds_robot.hier.features import GRIPPER_SCALE, HIER_OBS_SIZE, RESIDUAL_SCALE, RESIDUAL_SIZE, SKILLS, H, skill_of
+from ds_robot.hier.features import (
+    GRIPPER_SCALE,
+    HIER_ACTION_SIZE,
+    HIER_OBS_SIZE,
+    RESIDUAL_SCALE,
+    RESIDUAL_SIZE,
+    SKILLS,
+    H,
+    skill_of,
+)
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
 from ds_robot.hier.policy import HierPolicy, NumpyMLP
 from ds_robot.rl.amp import DynamicLossScaler, optimize_step
@@ -129,6 +138,8 @@ class HierTrainer:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
                                   "(e.g. ds_robot.sim2real.worlds.ShiftedMuJoCoBackend)")
             env_kwargs["backend_factory"] = randomized_world
+        # Recorded in checkpoints: a run resumes only in the world it was trained in.
+        self.world = f"{randomized_world.__module__}.{randomized_world.__qualname__}" if cfg.randomize_physics else None
         if cfg.objects is not None:
             env_kwargs["objects"] = cfg.objects
         factory = EnvFactory(HIER_ENV_ID, env_kwargs)
@@ -168,7 +179,7 @@ class HierTrainer:
         """Sample options (where due) and residuals; returns actions, skill ids, log-probs, values."""
         n = len(obs)
         obs_t = torch.as_tensor(obs)
-        actions = np.zeros((n, 8), np.float32)
+        actions = np.zeros((n, HIER_ACTION_SIZE), np.float32)
         log_probs = np.zeros(n, np.float32)
         values = np.zeros(n, np.float32)
         skills = skill_of(obs)
@@ -203,7 +214,7 @@ class HierTrainer:
     def collect(self) -> dict[str, np.ndarray]:
         cfg = self.config
         t_max, n = cfg.n_steps, cfg.n_envs
-        batch = {"obs": np.zeros((t_max, n, HIER_OBS_SIZE), np.float32), "actions": np.zeros((t_max, n, 7), np.float32),
+        batch = {"obs": np.zeros((t_max, n, HIER_OBS_SIZE), np.float32), "actions": np.zeros((t_max, n, RESIDUAL_SIZE), np.float32),
                  "skills": np.zeros((t_max, n), np.int64), "log_probs": np.zeros((t_max, n), np.float32),
                  "values": np.zeros((t_max, n), np.float32), "rewards": np.zeros((t_max, n), np.float32),
                  "dones": np.zeros((t_max, n), np.float32)}
@@ -363,7 +374,7 @@ class HierTrainer:
 
     def identity(self) -> dict:
         return {"algo": "hier_grasp", "obs_dim": HIER_OBS_SIZE, "options": [list(o) for o in self.config.options],
-                "torque_features": self.config.torque_features}
+                "torque_features": self.config.torque_features, "world": self.world}
 
     def save(self, path: str | Path) -> None:
         save_checkpoint(path, {

@@ -10,6 +10,8 @@ import torch
 from ds_robot.rl.amp import TrainingError
 
 CHECKPOINT_FORMAT_VERSION = 1
+# Names a network had in checkpoints written before it was renamed: read as the new name.
+RENAMED_POLICIES = {"seed": "a2c_paper"}
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -31,6 +33,9 @@ def load_checkpoint(path: str | Path, expect: dict | None = None) -> dict:
         raise TrainingError(f"{path} is not a readable ds-robot checkpoint (corrupt or truncated?): {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format_version") != CHECKPOINT_FORMAT_VERSION:
         raise TrainingError(f"{path}: not a ds-robot checkpoint of format {CHECKPOINT_FORMAT_VERSION}")
+    for holder in (payload, payload.get("config")):
+        if isinstance(holder, dict) and holder.get("policy") in RENAMED_POLICIES:
+            holder["policy"] = RENAMED_POLICIES[holder["policy"]]
     for key, value in (expect or {}).items():
         if payload.get(key) != value:
             raise TrainingError(

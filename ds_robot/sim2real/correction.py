@@ -81,6 +81,10 @@ class CorrectedController(Controller):
     def robot_model(self) -> RobotModel:
         return self.inner.robot_model
 
+    @property
+    def planning_s(self) -> list[float]:
+        return self.inner.planning_s
+
     def set_command_limit(self, command_limit_nm) -> None:
         """The downstream clip changed (a node's ``max_torque_fraction`` was set while running)."""
         self.command_limit = np.minimum(self.limit, np.asarray(command_limit_nm, dtype=float))
