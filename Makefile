@@ -13,7 +13,7 @@ $(BIN)/ds-robot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,bench,dist,ros]"
+	$(BIN)/pip install --quiet -e ".[dev,bench,dist,ros,train]"
 	touch $@
 
 setup: $(BIN)/ds-robot

@@ -100,3 +100,19 @@ def test_help_everywhere():
     for args in ([], ["eval"], ["render"], ["bench"], ["model"], ["quantize"], ["train"]):
         result = run_cli(*args, "--help")
         assert result.returncode == 0 and "usage: ds-robot" in result.stdout
+
+
+def _without_torch(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """The CLI in a Python where torch and TensorBoard cannot be imported (a robot-side install)."""
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorboard'] = None; "
+            "from ds_robot.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_the_robot_side_runs_without_torch_and_training_says_which_extra_it_needs(tmp_path):
+    run = _without_torch("eval", "grasp", "--controller", "hier", "--episodes", "1", "--quiet",
+                         "--json", str(tmp_path / "e.json"))
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["machine"]["torch"] is None
+    run = _without_torch("train", "a2c", "--env", "CartPole-v1", "--steps", "100", "--out", str(tmp_path / "r"))
+    assert run.returncode == 2 and "pip install 'ds-robot[train]'" in run.stderr, run.stderr

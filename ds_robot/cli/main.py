@@ -17,6 +17,9 @@ from ds_robot.errors import ConfigError, DsRobotError
 from ds_robot.sim2real import WORLDS
 
 ALGOS = ("a2c", "ppo", "sac")
+# Dependencies of some commands only, and the extra that installs each.
+OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "stable_baselines3": "bench", "cpprb": "bench",
+                    "envpool": "bench", "ale_py": "bench", "ray": "dist", "rclpy": "ros"}
 BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real")
 
 
@@ -407,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DsRobotError as exc:
         print(f"ds-robot: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = OPTIONAL_MODULES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"ds-robot: error: this command needs {exc.name}, which is not installed (the robot-side install "
+              f"leaves it out): pip install 'ds-robot[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ds-robot: interrupted", file=sys.stderr)
