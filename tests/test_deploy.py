@@ -292,3 +292,28 @@ def test_limits_changed_while_running_apply_to_the_held_command_at_once(running)
     core.reconfigure(joint_limit_margin_rad=0.2, state_timeout_s=0.5)
     np.testing.assert_allclose(core.q_low - core.joint_range_rad[:, 0], 0.2)
     assert core.config.state_timeout_s == 0.5
+
+
+def test_a_future_stamped_state_is_refused_and_cannot_lock_the_node_out(running):
+    """One joint state stamped far ahead of the node's clock used to be accepted: it then looked
+    fresh to the watchdog while the policy ran on it, and every correctly stamped state after it
+    was refused as out of order."""
+    core, arm = running
+    s = arm.env.state
+    names = [*arm.arm_joint_names, *arm.gripper_joint_names]
+    q, qd, tau = [*s.q_rad, 0, 0], [*s.qd_rad_s, 0, 0], [*s.tau_measured_nm, 0, 0]
+    now = arm.time_s
+    before = core.state
+    with pytest.raises(MessageError, match="ahead of the node's clock"):
+        core.on_joint_state(names, q, qd, tau, now + 3600.0, now)
+    assert core.state is before
+    core.on_joint_state(names, q, qd, tau, now + 0.005, now)  # within max_stamp_ahead_s: clock jitter
+    later = now + 0.002
+    core.on_joint_state(names, q, qd, tau, later + 0.004, later)  # the next, correctly stamped one
+    assert core.state.stamp_s == pytest.approx(later + 0.004)
+    with pytest.raises(MessageError, match="ahead of the node's clock"):
+        core.on_object_pose(s.object_pos_m, s.object_quat, now + 60.0, now)
+    # Without new states the watchdog stops the arm on time: nothing stale looks fresh.
+    assert core.tick(later + 0.004 + core.config.state_timeout_s + 0.001).stop
+    with pytest.raises(ConfigError, match="max_stamp_ahead_s"):
+        NodeConfig(max_stamp_ahead_s=-1.0)

@@ -6,8 +6,10 @@ decides what reaches the arm lives here:
 
 - **Joint states** are matched by name (``tf_prefix`` + UR joint names, plus the gripper's
   finger joints), never by index. A message with a missing joint, mismatched array lengths,
-  NaN/Inf, no efforts while the policy uses torque features, or a stamp older than the last
-  accepted one is rejected with a reason and changes nothing.
+  NaN/Inf, no efforts while the policy uses torque features, a stamp older than the last
+  accepted one, or a stamp more than ``max_stamp_ahead_s`` ahead of the node's clock (accepted,
+  it would look fresh to the watchdog and lock out every later state as "older") is rejected
+  with a reason and changes nothing.
 - **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
@@ -76,6 +78,9 @@ class NodeConfig:
     robot_adds_gravity: bool = True
     state_timeout_s: float = 0.004  # 2 periods at 500 Hz
     object_timeout_s: float = 0.5
+    # A stamp further ahead of the node's clock is refused: accepted, it would look fresh to the
+    # watchdog long after the data stopped and lock every correctly stamped message out as "older".
+    max_stamp_ahead_s: float = 0.01
     max_torque_fraction: float = 1.0
     max_velocity_rad_s: float = math.pi
     joint_limit_margin_rad: float = 0.05
@@ -100,6 +105,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 < self.max_torque_fraction <= 1):
             raise ConfigError(f"max_torque_fraction must be in (0, 1], got {self.max_torque_fraction}")
+        if not (self.max_stamp_ahead_s >= 0 and math.isfinite(self.max_stamp_ahead_s)):
+            raise ConfigError(f"max_stamp_ahead_s must be >= 0, got {self.max_stamp_ahead_s}")
         if self.joint_limit_margin_rad < 0:
             raise ConfigError(f"joint_limit_margin_rad must be >= 0, got {self.joint_limit_margin_rad}")
         if self.object_half_extents_m and (len(self.object_half_extents_m) != 3
@@ -238,9 +245,16 @@ class ControlCore:
 
     # -- inputs --------------------------------------------------------------------------------
 
-    def on_joint_state(self, names, positions, velocities, efforts, stamp_s: float) -> None:
+    def _check_not_ahead(self, what: str, stamp_s: float, now_s: float | None) -> None:
+        if now_s is not None and stamp_s - now_s > self.config.max_stamp_ahead_s:
+            raise MessageError(f"{what} stamped {(stamp_s - now_s) * 1e3:.1f} ms ahead of the node's clock "
+                               f"(> max_stamp_ahead_s {self.config.max_stamp_ahead_s * 1e3:.1f} ms): clocks not in sync?")
+
+    def on_joint_state(self, names, positions, velocities, efforts, stamp_s: float, now_s: float | None = None) -> None:
+        """``now_s``: the node's clock when the message arrived (stamps ahead of it are refused)."""
         try:
             state = parse_joint_state(self.config, names, positions, velocities, efforts, stamp_s, self.need_effort)
+            self._check_not_ahead("joint_states", state.stamp_s, now_s)
             if self.state is not None and state.stamp_s < self.state.stamp_s:
                 raise MessageError(f"out-of-order joint_states: stamp {state.stamp_s:.6f} s is older than the last "
                                    f"accepted {self.state.stamp_s:.6f} s")
@@ -249,7 +263,7 @@ class ControlCore:
             raise
         self.state = state
 
-    def on_object_pose(self, pos, quat_wxyz, stamp_s: float) -> None:
+    def on_object_pose(self, pos, quat_wxyz, stamp_s: float, now_s: float | None = None) -> None:
         try:
             pos, quat = np.asarray(pos, dtype=float), np.asarray(quat_wxyz, dtype=float)
             if pos.shape != (3,) or quat.shape != (4,):
@@ -259,6 +273,7 @@ class ControlCore:
             norm = float(np.linalg.norm(quat))
             if not 0.9 < norm < 1.1:
                 raise MessageError(f"object pose orientation is not a unit quaternion (norm {norm:.3f})")
+            self._check_not_ahead("object pose", stamp_s, now_s)
             if self.object is not None and stamp_s < self.object.stamp_s:
                 raise MessageError("out-of-order object pose")
         except MessageError as exc:

@@ -100,6 +100,7 @@ class PolicyNode(Node):
             max_torque_fraction=float(p("max_torque_fraction", d.max_torque_fraction).value),
             max_velocity_rad_s=float(p("max_velocity_rad_s", d.max_velocity_rad_s).value),
             joint_limit_margin_rad=float(p("joint_limit_margin_rad", d.joint_limit_margin_rad).value),
+            max_stamp_ahead_s=float(p("max_stamp_ahead_s", d.max_stamp_ahead_s).value),
             goal_height_m=float(p("goal_height_m", d.goal_height_m).value),
         )
         extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
@@ -219,7 +220,8 @@ class PolicyNode(Node):
 
     def _on_joint_state(self, msg) -> None:
         try:
-            self.core.on_joint_state(msg.name, msg.position, msg.velocity, msg.effort, stamp_s(msg.header))
+            self.core.on_joint_state(msg.name, msg.position, msg.velocity, msg.effort, stamp_s(msg.header),
+                                     self.now_s())
         except MessageError as exc:
             self._warn(f"joint_states ignored: {exc}")
             return
@@ -234,7 +236,7 @@ class PolicyNode(Node):
     def _on_object_pose(self, msg) -> None:
         pos, q = msg.pose.position, msg.pose.orientation
         try:
-            self.core.on_object_pose((pos.x, pos.y, pos.z), (q.w, q.x, q.y, q.z), stamp_s(msg.header))
+            self.core.on_object_pose((pos.x, pos.y, pos.z), (q.w, q.x, q.y, q.z), stamp_s(msg.header), self.now_s())
         except MessageError as exc:
             self._warn(f"object pose ignored: {exc}")
 
