@@ -317,3 +317,60 @@ def test_a_future_stamped_state_is_refused_and_cannot_lock_the_node_out(running)
     assert core.tick(later + 0.004 + core.config.state_timeout_s + 0.001).stop
     with pytest.raises(ConfigError, match="max_stamp_ahead_s"):
         NodeConfig(max_stamp_ahead_s=-1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_corrupted_joint_states_interleaved_with_real_ones_never_reach_the_arm(seed):
+    """After every real joint state a corrupted one: a finite but impossible position (1e30), a
+    plausible-looking 1 rad jump, a speed no UR reaches, NaN. Every corrupted one is refused, the
+    arm is driven by the real ones only, and the grasp succeeds as without corruption."""
+    arm = SimArm("ur5e", "effort")
+    arm.reset(seed)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m)),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    names = [*arm.arm_joint_names, *arm.gripper_joint_names]
+    rng = np.random.default_rng(seed)
+    refused = 0
+    for k in range(int(6.0 / arm.dt)):
+        t = arm.time_s
+        _feed(core, arm, t)
+        s = arm.env.state
+        q, qd = np.r_[s.q_rad, 0, 0], np.r_[s.qd_rad_s, 0, 0]
+        kind = k % 4
+        bad_q, bad_qd = q.copy(), qd.copy()
+        joint = int(rng.integers(6))
+        if kind == 0:
+            bad_q[joint] = 1e30
+        elif kind == 1:
+            bad_q[joint] += rng.choice([-1.0, 1.0])
+        elif kind == 2:
+            bad_qd[joint] = 40.0
+        else:
+            bad_q[joint] = np.nan
+        with pytest.raises(MessageError):
+            core.on_joint_state(names, bad_q, bad_qd, [*s.tau_measured_nm, 0, 0], t + 0.0005)
+        refused += 1
+        np.testing.assert_array_equal(core.state.q, s.q_rad)  # the real state stands
+        command = core.tick(t + 0.0005)
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+        if arm.done:
+            break
+    assert arm.info["success"], arm.info
+    assert core.stats.stops == 0 and refused > 1000
+    assert {"implausible joint_states positions", "implausible joint_states jump",
+            "implausible joint_states velocities", "non-finite joint_states positions"} <= set(core.stats.rejected)
+
+
+def test_the_jump_gate_re_anchors_when_the_last_accepted_state_was_the_outlier(running):
+    core, arm = running
+    s = arm.env.state
+    names = [*arm.arm_joint_names, *arm.gripper_joint_names]
+    t = core.state.stamp_s
+    shifted = np.r_[s.q_rad, 0, 0]
+    shifted[0] += 0.5  # the arm really is elsewhere (e.g. the node missed a fast motion)
+    for k in range(2):
+        with pytest.raises(MessageError, match="jump"):
+            core.on_joint_state(names, shifted, np.zeros(8), np.zeros(8), t + 0.002 * (k + 1))
+    core.on_joint_state(names, shifted, np.zeros(8), np.zeros(8), t + 0.006)  # the third agreeing one is taken
+    assert core.state.q[0] == pytest.approx(shifted[0])

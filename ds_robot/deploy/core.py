@@ -8,8 +8,10 @@ decides what reaches the arm lives here:
   finger joints), never by index. A message with a missing joint, mismatched array lengths,
   NaN/Inf, no efforts while the policy uses torque features, a stamp older than the last
   accepted one, or a stamp more than ``max_stamp_ahead_s`` ahead of the node's clock (accepted,
-  it would look fresh to the watchdog and lock out every later state as "older") is rejected
-  with a reason and changes nothing.
+  it would look fresh to the watchdog and lock out every later state as "older"), or a state no
+  real arm could report (``_check_plausible``: outside the joint range, beyond twice the speed
+  limit, a jump the joints cannot make in the stamp interval) is rejected with a reason and
+  changes nothing.
 - **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
@@ -56,6 +58,17 @@ COMMAND_INTERFACES = ("effort", "velocity")
 UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
             "ur5": {"series": "CB3", "rate_hz": 125.0, "effort": False}}
 
+
+# Physical plausibility of a joint state (what no real UR can report): positions beyond the
+# joint range by more than POSITION_GATE_RAD, speeds beyond SPEED_GATE_FACTOR x the datasheet
+# limit, and a position change since the last accepted state larger than that speed over the
+# stamp interval plus JUMP_TOLERANCE_RAD (encoder noise and stamp jitter). After
+# REANCHOR_STATES consecutive messages that agree with each other but not with the last
+# accepted state, the newest is taken (the last accepted one was the outlier).
+POSITION_GATE_RAD = 0.1
+SPEED_GATE_FACTOR = 2.0
+JUMP_TOLERANCE_RAD = 0.02
+REANCHOR_STATES = 3
 
 # What may change while the node runs (a `ros2 param set` of these takes effect at the next tick).
 LIVE_FIELDS = ("max_torque_fraction", "max_velocity_rad_s", "joint_limit_margin_rad", "state_timeout_s",
@@ -212,6 +225,8 @@ class ControlCore:
         self.model = RobotModel(variant)
         m = self.model.model
         self.joint_range_rad = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
+        self.speed_gate_rad_s = SPEED_GATE_FACTOR * np.array(desc.variant(variant).joint_velocity_limit_rad_s)
+        self._disagreeing: list[ArmState] = []  # consecutive states refused as jumps, newest last
         self._apply_limits()
         self.policy_period_s = 1.0 / config.policy_rate_hz
         self.stats = Stats()
@@ -258,10 +273,36 @@ class ControlCore:
             if self.state is not None and state.stamp_s < self.state.stamp_s:
                 raise MessageError(f"out-of-order joint_states: stamp {state.stamp_s:.6f} s is older than the last "
                                    f"accepted {self.state.stamp_s:.6f} s")
+            self._check_plausible(state)
         except MessageError as exc:
             self.stats.reject(str(exc))
             raise
         self.state = state
+
+    def _jump(self, state: ArmState, before: ArmState) -> float:
+        """How far ``state``'s positions are beyond what the arm can move since ``before`` (rad)."""
+        reach = self.speed_gate_rad_s * max(state.stamp_s - before.stamp_s, 0.0) + JUMP_TOLERANCE_RAD
+        return float(np.max(np.abs(state.q - before.q) - reach))
+
+    def _check_plausible(self, state: ArmState) -> None:
+        low, high = self.joint_range_rad[:, 0] - POSITION_GATE_RAD, self.joint_range_rad[:, 1] + POSITION_GATE_RAD
+        if np.any(state.q < low) or np.any(state.q > high):
+            raise MessageError(f"implausible joint_states positions: {np.round(state.q, 3).tolist()} rad is outside "
+                               "the joint range")
+        if np.any(np.abs(state.qd) > self.speed_gate_rad_s):
+            raise MessageError(f"implausible joint_states velocities: {np.round(state.qd, 3).tolist()} rad/s is beyond "
+                               f"{SPEED_GATE_FACTOR:g}x the joint speed limit")
+        if self.state is None or self._jump(state, self.state) <= 0:
+            self._disagreeing = []
+            return
+        agrees = not self._disagreeing or self._jump(state, self._disagreeing[-1]) <= 0
+        self._disagreeing = [*self._disagreeing, state][-REANCHOR_STATES:] if agrees else [state]
+        if len(self._disagreeing) >= REANCHOR_STATES:  # the last accepted state was the outlier
+            self._disagreeing = []
+            return
+        moved = float(np.max(np.abs(state.q - self.state.q)))
+        raise MessageError(f"implausible joint_states jump: a joint moved {moved:.3f} rad in "
+                           f"{(state.stamp_s - self.state.stamp_s) * 1e3:.1f} ms, more than it can")
 
     def on_object_pose(self, pos, quat_wxyz, stamp_s: float, now_s: float | None = None) -> None:
         try:
