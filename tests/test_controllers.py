@@ -16,7 +16,7 @@ from ds_robot.errors import ConfigError
 @pytest.mark.parametrize("kind", CONTROLLERS)
 def test_every_kind_keeps_the_contract(kind):
     env = UR5GraspEnv()
-    controller = controller_for_env(kind, env)
+    controller = controller_for_env(kind, env, **({"option": 2} if kind == "fixed" else {}))
     assert isinstance(controller, Controller)
     obs, _ = env.reset(seed=0)
     controller.reset(obs)
@@ -63,3 +63,16 @@ def test_cli_refuses_correction_of_a_model_free_controller(capsys):
 
     assert main(["eval", "grasp", "--controller", "flat", "--correction", "on", "--episodes", "1", "--quiet"]) == 2
     assert "without a model of the arm" in capsys.readouterr().err
+
+
+def test_a_fixed_controller_takes_its_one_option_for_every_attempt_and_bad_indices_are_refused():
+    from ds_robot.hier.options import DEFAULT_OPTIONS
+
+    env = UR5GraspEnv()
+    controller = controller_for_env("fixed", env, option=2)
+    assert controller.name == "fixed_2" and controller.config.option == DEFAULT_OPTIONS[2]
+    for bad in (-1, len(DEFAULT_OPTIONS), "1"):
+        with pytest.raises(ConfigError, match="option"):
+            controller_for_env("fixed", env, option=bad)
+    with pytest.raises(ConfigError, match="option K"):
+        controller_for_env("scripted", env, option=1)

@@ -53,10 +53,27 @@ def test_time_limit_truncates_and_success_terminates():
     assert flags[-1] == (False, True) and all(f == (False, False) for f in flags[:-1])
 
 
-def fake_state(t: float, object_z: float, work: float = 0.0) -> RobotState:
+def fake_state(t: float, object_z: float, work: float = 0.0, pads=(True, True)) -> RobotState:
     z3 = np.zeros(3)
     return RobotState(t, np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6), 0.05, 0.0, np.array([0.5, 0, 0.2]),
-                      np.eye(3), np.array([0.5, 0.0, object_z]) + z3, np.array([1.0, 0, 0, 0]), work)
+                      np.eye(3), np.array([0.5, 0.0, object_z]) + z3, np.array([1.0, 0, 0, 0]), work, pads)
+
+
+@pytest.mark.parametrize("pads", [(True, False), (False, True), (False, False)])
+def test_a_lifted_object_without_both_pads_on_it_is_no_success(pads):
+    """Balanced on the closed fingers, pushed up or thrown: lifted for 3 s, never held."""
+    objects = load_object_set(default_object_set_path())
+    task = GraspTask(GraspTaskConfig(), np.full(6, 100.0), 0.1)
+    task.reset(EpisodeSetup(objects.objects[0], 0.5, 0.0, 0.0, np.zeros(6), 0.1), fake_state(0.0, 0.02))
+    outcomes = [task.update(fake_state(step * 0.01, 0.09, pads=pads)) for step in range(1, 301)]
+    assert all(o.lifted for o in outcomes) and not any(o.success for o in outcomes)
+    # the same trace with both pads on the object succeeds after the 1 s hold
+    task.reset(EpisodeSetup(objects.objects[0], 0.5, 0.0, 0.0, np.zeros(6), 0.1), fake_state(0.0, 0.02))
+    assert any(task.update(fake_state(step * 0.01, 0.09)).success for step in range(1, 301))
+    # and with the gate switched off the height alone counts (the old definition)
+    task = GraspTask(GraspTaskConfig(require_pad_contact=False), np.full(6, 100.0), 0.1)
+    task.reset(EpisodeSetup(objects.objects[0], 0.5, 0.0, 0.0, np.zeros(6), 0.1), fake_state(0.0, 0.02))
+    assert any(task.update(fake_state(step * 0.01, 0.09, pads=pads)).success for step in range(1, 301))
 
 
 def test_success_and_energy_bookkeeping_on_a_hand_checked_case():
@@ -136,3 +153,28 @@ def test_sensor_noise_and_delay_pipeline():
     assert np.array_equal(second[OBS_SLICES["q"]], first[OBS_SLICES["q"]])  # two steps late
     with pytest.raises(ConfigError, match="unknown observation fields"):
         UR5GraspEnv(sensor_noise={"torque": 0.1})
+
+
+def _scripted_return(env: UR5GraspEnv, seed: int) -> tuple[float, bool, int]:
+    from ds_robot.control.scripted import ScriptedGraspController
+
+    controller = ScriptedGraspController.for_env(env)
+    obs, _ = env.reset(seed=seed)
+    controller.reset(obs)
+    total, done, steps, info = 0.0, False, 0, {}
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(controller.act(obs))
+        total += reward
+        steps += 1
+        done = terminated or truncated
+    return total, bool(info["success"]), steps
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_succeeding_returns_more_than_hovering_with_the_object_lifted(seed):
+    """The scripted trajectory: once with success ending the episode, once where success can never
+    happen (hold 100 s) so the controller keeps the object lifted until the time limit."""
+    succeed, ok, steps = _scripted_return(UR5GraspEnv(), seed)
+    hover, never, hover_steps = _scripted_return(UR5GraspEnv(task=GraspTaskConfig(hold_s=100.0)), seed)
+    assert ok and not never and hover_steps > steps + 50  # it really hovered, lifted, for longer
+    assert succeed > hover + 5.0

@@ -239,9 +239,46 @@ def test_bench_grasp_small_run(tmp_path):
     _untrained_policy().save(policy)
     out = tmp_path / "grasp.json"
     run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=2, workers=1, variants=("scripted", "hier"),
-                        sets=("default",), policies={"hier": policy})
+                        sets=("train",), policies={"hier": policy}, task="nominal")
     rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["scripted"]["success_rate"] == 1.0 and rows["scripted"]["episodes"] == 2
     for row in rows.values():
         assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0
     assert "residual_share" in rows["hier"] and "options_chosen" in rows["hier"]
+
+
+def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_peers(tmp_path):
+    from ds_robot.bench.grasp import run_grasp_benchmark
+
+    out = tmp_path / "grasp.json"
+    run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=3, workers=2,
+                        variants=("scripted", "best_fixed", "sb3_sac"), task="realistic")
+    doc = json.loads(out.read_text())
+    rows = {(r["object_set"], r["name"]): r for r in doc["results"]}
+    searched = {name: r for (split, name), r in rows.items() if name.startswith("fixed_")}
+    assert len(searched) == len(DEFAULT_OPTIONS) and all(r["object_set"] == "train" for r in searched.values())
+    best = rows[("train", "best_fixed")]
+    assert best["success_rate"] == max(r["success_rate"] for r in searched.values())
+    assert doc["config"]["best_fixed"] == f"fixed_{best['option']['index']}"
+    assert ("test", "best_fixed") in rows and rows[("test", "best_fixed")]["episodes"] == 3
+    assert "missing" in rows[("test", "sb3_sac")]
+
+
+def test_the_exported_planner_folds_the_input_scales_and_gives_the_torch_logits():
+    import torch
+
+    trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, n_steps=8))
+    try:
+        with torch.no_grad():
+            for p in trainer.planner.actor.parameters():
+                p.normal_(0.0, 0.3)
+        features = np.random.default_rng(0).normal(0.0, 0.5, (5, trainer.planner.scale.numel())).astype(np.float32)
+        with torch.no_grad():
+            expected = trainer.planner(torch.as_tensor(features))[0].logits
+        exported = trainer.export().planner(features.astype(np.float64))
+        expected = expected - expected.logsumexp(-1, keepdim=True)
+        exported = exported - np.log(np.exp(exported).sum(-1, keepdims=True))
+        assert np.allclose(exported, expected.numpy(), atol=1e-5)
+        assert trainer.planner.scale.max() > 1.0  # the object fields are scaled up
+    finally:
+        trainer.close()

@@ -38,6 +38,12 @@ def test_default_set_has_at_least_eight_objects_in_the_specified_ranges():
         ("{name: a, shape: sphere, size_m: [0.02], mass_kg: .nan, friction: 0.8}", "mass_kg", "finite"),
         ("{name: a, shape: sphere, size_m: [0.02], mass_kg: 0.1}", "friction", "missing"),
         ("{name: a, shape: capsule, size_m: [0.02, x], mass_kg: 0.1, friction: 0.8}", "size_m", "finite numbers"),
+        ("{name: a, shape: box, size_m: [0.02, 0.02, 0.02], mass_kg: 0.1, friction: 0.8, rests: [lying]}", "rests",
+         "can rest"),
+        ("{name: a, shape: box, size_m: [0.02, 0.02, 0.02], mass_kg: 0.1, friction: 0.8, rests: side_x}", "rests",
+         "list of distinct"),
+        ("{name: a, shape: sphere, size_m: [0.02], mass_kg: 0.1, friction: 0.8, crush_force_n: 0}", "crush_force_n",
+         "outside"),
     ],
 )
 def test_malformed_entry_error_names_file_entry_and_field(tmp_path, entry, field, problem):
@@ -76,3 +82,17 @@ def test_per_object_placement_overrides_the_default(tmp_path):
     objects = load_object_set(path).objects
     assert objects[0].placement.x_range_m == (0.4, 0.6)
     assert objects[1].placement.x_range_m == (0.7, 0.7)
+
+
+def test_the_realistic_sets_hold_objects_on_several_faces_fragile_and_heavy_ones():
+    from ds_robot.paths import sim_dir
+
+    for name, least in (("train", 24), ("test", 8)):
+        objects = load_object_set(sim_dir() / "objects" / f"{name}.yaml").objects
+        assert len(objects) >= least
+        assert any(len(o.rests) > 1 for o in objects)
+        assert any(o.crush_force_n < 10 for o in objects) and any(o.mass_kg >= 1.0 for o in objects)
+        for o in objects:
+            for rest in o.rests:
+                model = build_scene("ur5e", o.at_rest(rest))
+                assert model.body("object").mass[0] == pytest.approx(o.mass_kg)

@@ -90,3 +90,26 @@ def test_a2c_trains_identically_on_ray_actors_and_in_process(local_ray):
 
     for a, b in zip(trained(), trained(workers=2, backend="ray"), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_hierarchical_grasp_trainer_learns_identically_on_ray_actors_and_in_process(local_ray):
+    """``train grasp --backend ray``: the same envs (seeded seed + j) on two Ray actors give the same
+    update as stepping them in this process."""
+    import torch
+
+    from ds_robot.hier.train import HierTrainConfig, HierTrainer
+    from ds_robot.rollout.ray_backend import RayRolloutEngine
+
+    def trained(**kwargs):
+        config = HierTrainConfig(n_steps=16, planner_batch=2, skill_minibatch=32, seed=3, total_steps=64, **kwargs)
+        trainer = HierTrainer(config)
+        engine = type(trainer.envs)
+        trainer.train(progress=False)
+        trainer.close()
+        return engine, [p.detach().clone() for p in trainer.skills.parameters()]
+
+    local_engine, local = trained(workers=0, envs_per_worker=4)
+    ray_engine, on_ray = trained(workers=2, envs_per_worker=2, backend="ray")
+    assert ray_engine is RayRolloutEngine and local_engine is not RayRolloutEngine
+    for a, b in zip(local, on_ray, strict=True):
+        assert torch.equal(a, b)

@@ -1,24 +1,26 @@
-"""``ds-robot bench grasp``: the hierarchical controller against the scripted and flat baselines.
+"""``ds-robot bench grasp``: the hierarchical controller against the best non-learned alternatives.
 
-In one run, on the default object set and the harder one (``sim/objects/hard.yaml``), for
-``seeds`` base seeds x ``episodes`` episodes each (defaults 3 x 200; episode seeds derive from
-the base seed, identical for every variant):
+In one run, on the ``--task`` preset's training and test object sets (default: the realistic
+task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` episodes each
+(defaults 3 x 200; episode seeds derive from the base seed, identical for every variant):
 
-- ``scripted``: the model-based computed-torque controller (``ScriptedGraspController``);
-- ``flat``: one PPO policy from observation to torques, no hierarchy, no torque features
-  (``models/policies/grasp_flat.pt``: the seed's "before");
-- ``hier_no_torque``: the hierarchical controller trained without torque features
-  (``models/policies/grasp_hier_no_torque.npz``);
+- ``scripted``: the model-based computed-torque controller with its default option;
+- ``best_fixed``: the single planner option (``DEFAULT_OPTIONS``) with the highest success on
+  the *training* set, found here by running every option (``fixed_K`` rows, training set only),
+  then reported on both sets;
 - ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``);
-- ``hier_planner_only``: ``hier``'s planner with its residual skill policies switched off (the
-  bare model-based skills), to show what the learned residual contributes.
+  ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
+  lifted hand off; ``hier_no_torque``: the policy trained without torque features;
+- ``flat``: the flat PPO policy of the first releases (``grasp_flat.pt``: raw torques, no
+  gravity compensation; not the fair flat baseline issue 16 asks for);
+- ``flat_ppo`` (the fair flat baseline) and ``sb3_sac`` (Stable-Baselines3 SAC) are reported
+  as missing until trained.
 
 Per variant and set: success rate (Wilson 95% CI), time to lift (successful episodes), energy,
-``planning_latency_ms`` (one high-level decision: choosing and planning an attempt, timed
-around the machine's ``_plan_attempt``), ``control_step_us`` (one full controller call, all
-policies included), the residual share of the torque and the options chosen. Episodes run in
-``workers`` processes, one (variant, set, seed) job each, one thread per process, so the
-latencies are one-core numbers.
+crushed episodes, re-plans, ``planning_latency_ms`` (one high-level decision, timed around the
+machine's ``_plan_attempt``), ``control_step_us`` (one full controller call), the residual
+share of the torque, and the options chosen per object. Episodes run in ``workers`` processes,
+one (variant, set, seed) job each, one thread per process, so the latencies are one-core numbers.
 """
 
 from __future__ import annotations
@@ -37,50 +39,58 @@ from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-VARIANTS = ("scripted", "flat", "hier_no_torque", "hier", "hier_planner_only")
+VARIANTS = ("scripted", "best_fixed", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
+            "flat_ppo", "sb3_sac")
+MISSING = {"flat_ppo": "the fair flat PPO baseline is not trained yet (issue 16)",
+           "sb3_sac": "Stable-Baselines3 SAC on the grasp env is not trained yet (issue 16)"}
 POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque.npz", "hier": "grasp_hier.npz",
-                "hier_planner_only": "grasp_hier.npz"}
-SETS = ("default", "hard")
+                "hier_planner_only": "grasp_hier.npz", "hier_no_replan": "grasp_hier.npz"}
+SETS = ("train", "test")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
-GOALS = {"hier_success": 0.95, "energy_ratio": 0.69, "planning_ms": 1.0, "control_step_us": 500.0}
-
-
-def _object_set_path(name: str) -> Path:
-    from ds_robot.paths import sim_dir
-
-    return sim_dir() / "objects" / f"{name}.yaml"
+GOALS = {"hier_success": 0.95, "margin_over_best_fixed": 0.10, "best_fixed_ceiling": 0.85, "energy_ratio": 0.69,
+         "planning_ms": 1.0, "control_step_us": 500.0}
 
 
 def _controller(variant: str, env, policies: dict[str, Path]):
     from ds_robot.deploy.controllers import controller_for_env
 
+    if variant.startswith("fixed_"):
+        return controller_for_env("fixed", env, option=int(variant.split("_")[1]))
     if variant in ("scripted", "flat"):
         return controller_for_env(variant, env, policy=policies.get(variant))
-    return controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only")
+    return controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only",
+                              replan=variant != "hier_no_replan")
 
 
-def run_job(variant: str, object_set: str, seed: int, episodes: int, policies: dict[str, Path]) -> dict[str, Any]:
+def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[str, Path],
+            task: str = "realistic") -> dict[str, Any]:
     """Run one (variant, set, seed) job in this process; returns per-episode records."""
     import torch
 
     torch.set_num_threads(1)
     from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.presets import load_task
     from ds_robot.evaluate import episode_seeds, run_episode
     from ds_robot.hier.controller import HierarchicalController
 
-    env = UR5GraspEnv(objects=_object_set_path(object_set))
+    env = UR5GraspEnv(**load_task(task).env_kwargs(split))
     controller = _controller(variant, env, policies)
     hier = isinstance(controller, HierarchicalController)
+    machine = controller.machine if hier else controller
     episodes_out = []
     for episode_seed in episode_seeds(seed, episodes):
+        before = len(controller.chosen) if hier else 0
         result = run_episode(env, controller, episode_seed)
-        episodes_out.append({"object": result.object, "success": result.success,
+        fixed = [int(variant.split("_")[1])] if variant.startswith("fixed_") else []
+        episodes_out.append({"object": result.object, "rest": env.setup.obj.rest, "success": result.success,
                              "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
-                             "control_step_us": result.control_step_us,
+                             "control_step_us": result.control_step_us, "crushed": bool(env.task.crushed),
+                             "replans": int(getattr(machine, "replans", 0)),
+                             "options": list(controller.chosen[before:]) if hier else fixed,
                              "residual_share": controller.residual_share if hier else None})
     env.close()
-    return {"variant": variant, "set": object_set, "seed": seed, "episodes": episodes_out,
-            "planning_s": list(controller.planning_s), "options": list(controller.chosen) if hier else []}
+    return {"variant": variant, "set": split, "seed": seed, "episodes": episodes_out,
+            "planning_s": list(controller.planning_s)}
 
 
 def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str, Any]:
@@ -105,20 +115,37 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
     shares = [e["residual_share"] for e in episodes if e["residual_share"] is not None]
     if shares:
         row["residual_share"] = float(np.mean(shares))
-    options = Counter(o for j in jobs for o in j["options"])
+    row["crushed"] = int(sum(e["crushed"] for e in episodes))
+    row["replans"] = int(sum(e["replans"] for e in episodes))
+    options = Counter(o for e in episodes for o in e["options"])
     if options:
         row["options_chosen"] = {str(k): v for k, v in sorted(options.items())}
     objects = sorted({e["object"] for e in episodes})
     row["per_object_success"] = {o: float(np.mean([e["success"] for e in episodes if e["object"] == o]))
                                  for o in objects}
+    row["per_object_options"] = {o: {str(k): v for k, v in sorted(Counter(
+        x for e in episodes if e["object"] == o for x in e["options"]).items())} for o in objects}
     return row
+
+
+def _run(jobs: list[tuple], workers: int, desc: str) -> list[dict]:
+    done: list[dict] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_job, *job) for job in jobs]
+        for future in tqdm(futures, desc=desc, unit="job"):
+            done.append(future.result())
+    return done
 
 
 def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
                         seeds: int = 3, episodes: int | None = None, workers: int | None = None,
-                        policies: dict[str, Path] | None = None, variants=VARIANTS, sets=SETS) -> int:
+                        policies: dict[str, Path] | None = None, variants=VARIANTS, sets=SETS,
+                        task: str = "realistic") -> int:
+    from ds_robot.envs.presets import load_task
+    from ds_robot.hier.options import DEFAULT_OPTIONS
     from ds_robot.paths import policies_dir
 
+    preset = load_task(task)
     episodes = episodes or (10 if quick else 200)
     seeds = min(seeds, 2) if quick else seeds
     workers = workers or os.cpu_count() or 1
@@ -129,29 +156,54 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
         if variant in policies and not Path(policies[variant]).is_file():
             raise ConfigError(f"bench grasp: {variant} needs its policy file {policies[variant]} (train it, see "
                               "BENCHMARKS.md, or pass another)")
-    jobs = [(v, s, seed, episodes, policies) for s in sets for v in variants for seed in range(seeds)]
-    print(f"bench grasp: {len(variants)} variants x {len(sets)} object sets x {seeds} seeds x {episodes} episodes, "
-          f"{workers} processes")
-    done: list[dict] = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_job, *job) for job in jobs]
-        for future in tqdm(futures, desc="bench grasp", unit="job"):
-            done.append(future.result())
+    runnable = [v for v in variants if v not in MISSING]
+    print(f"bench grasp: task {preset.name}, {len(runnable)} variants x {len(sets)} object sets x {seeds} seeds x "
+          f"{episodes} episodes, {workers} processes")
+    search: list[dict] = []
+    best = None
+    if "best_fixed" in runnable:
+        # every option on the training set, the same episodes; the best one is best_fixed
+        fixed = [f"fixed_{k}" for k in range(len(DEFAULT_OPTIONS))]
+        search = _run([(v, "train", seed, episodes, policies, task) for v in fixed for seed in range(seeds)],
+                      workers, "bench grasp: options")
+        rates = {v: np.mean([e["success"] for j in search if j["variant"] == v for e in j["episodes"]]) for v in fixed}
+        best = max(fixed, key=lambda v: (rates[v], -int(v.split("_")[1])))
+        print("options on the training set: " + ", ".join(f"{v.split('_')[1]} ({DEFAULT_OPTIONS[int(v.split('_')[1])].describe()}) "
+                                                          f"{rates[v]:.3f}" for v in fixed) + f"; best_fixed = {best}")
+    jobs = [(best if v == "best_fixed" else v, s, seed, episodes, policies, task)
+            for s in sets for v in runnable if not (v == "best_fixed" and s == "train") for seed in range(seeds)]
+    done = _run(jobs, workers, "bench grasp") + [{**j, "variant": "best_fixed"} for j in search if j["variant"] == best]
+    for job in done:
+        if best is not None and job["variant"] == best:
+            job["variant"] = "best_fixed"
     results = [summarise_jobs(v, s, [j for j in done if j["variant"] == v and j["set"] == s])
-               for s in sets for v in variants]
-    _print_table(results)
+               for s in sets for v in runnable]
+    for row in results:
+        if row["name"] == "best_fixed":
+            k = int(best.split("_")[1])
+            row["option"] = {"index": k, "describe": DEFAULT_OPTIONS[k].describe()}
+    options_rows = [summarise_jobs(v, "train", [j for j in search if j["variant"] == v])
+                    for v in dict.fromkeys(j["variant"] for j in search)]
+    results += [{"name": v, "object_set": s, "missing": why} for v, why in MISSING.items() if v in variants
+                for s in sets]
+    _print_table([r for r in results if "missing" not in r])
+    for v, why in MISSING.items():
+        if v in variants:
+            print(f"{v}: missing ({why})")
     lines = verdict(results)
     for line in lines:
         print(line)
     if json_path:
-        config = {"variants": list(variants), "object_sets": {s: str(_object_set_path(s)) for s in sets},
-                  "seeds": seeds, "episodes_per_seed": episodes, "processes": workers,
+        config = {"task": preset.name, "task_file": str(preset.source), "variants": list(variants),
+                  "object_sets": {s: str(preset.object_set(s)) for s in sets}, "seeds": seeds,
+                  "episodes_per_seed": episodes, "processes": workers, "best_fixed": best,
+                  "options": [o.describe() for o in DEFAULT_OPTIONS],
                   "policies": {k: str(v) for k, v in policies.items()}, "quick": quick, "verdict": lines,
                   "goals": GOALS, "seed_claims": SEED_CLAIMS}
-        write_json(json_path, "grasp", config, results)
+        write_json(json_path, "grasp", config, results + options_rows)
         print(f"wrote {json_path}")
     if plot_path:
-        plot_results(plot_path, results)
+        plot_results(plot_path, [r for r in results if "missing" not in r])
         print(f"wrote {plot_path}")
     return 0
 
@@ -159,57 +211,53 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
 def _print_table(results: list[dict]) -> None:
     rows = [[r["object_set"], r["name"], r["episodes"], ci_text(r["success_rate"], r["success_rate_ci95"], digits=3),
              ci_text(r["time_to_lift_s"], r["time_to_lift_s_ci95"]), ci_text(r["energy_j"], r["energy_j_ci95"], digits=1),
+             r["crushed"], r["replans"],
              "-" if math.isnan(r["planning_latency_ms"]) else f"{r['planning_latency_ms']:.3f}",
              f"{r['control_step_us']:.0f}", f"{r['residual_share']:.3f}" if "residual_share" in r else "-"]
             for r in results]
-    print(format_table(["set", "variant", "episodes", "success [95% CI]", "time to lift s", "energy J",
-                        "plan ms", "step us", "residual share"], rows))
+    print(format_table(["set", "variant", "episodes", "success [95% CI]", "time to lift s", "energy J", "crushed",
+                        "re-plans", "plan ms", "step us", "residual share"], rows))
+
+
+def _rate(row: dict) -> str:
+    lo, hi = row["success_rate_ci95"]
+    return f"{row['success_rate']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def verdict(results: list[dict]) -> list[str]:
-    """The goals and the seed's three claims, on the default set."""
-    by = {(r["object_set"], r["name"]): r for r in results}
+    """The goals of issue 16 and the seed's claims, on the test set."""
+    by = {(r["object_set"], r["name"]): r for r in results if "missing" not in r}
     lines = []
-    hier, scripted, flat = by.get(("default", "hier")), by.get(("default", "scripted")), by.get(("default", "flat"))
+    hier, scripted, best = by.get(("test", "hier")), by.get(("test", "scripted")), by.get(("test", "best_fixed"))
+    if best:
+        too_easy = best["success_rate"] > GOALS["best_fixed_ceiling"]
+        lines.append(f"best_fixed (option {best['option']['describe']}, chosen on the training set) on the test set "
+                     f"{_rate(best)}: the task is {'still too easy' if too_easy else 'hard enough'} for a fixed "
+                     f"option (ceiling {GOALS['best_fixed_ceiling']})")
     if hier:
         ok = hier["success_rate"] >= GOALS["hier_success"]
-        lines.append(f"hier success on the default set {hier['success_rate']:.3f} "
-                     f"[{hier['success_rate_ci95'][0]:.3f}, {hier['success_rate_ci95'][1]:.3f}] "
-                     f"(goal >= {GOALS['hier_success']}: {'met' if ok else 'not met'})")
+        lines.append(f"hier success on the test set {_rate(hier)} (goal >= {GOALS['hier_success']}: "
+                     f"{'met' if ok else 'not met'})")
+        if best:
+            margin = hier["success_rate"] - best["success_rate"]
+            lines.append(f"hier - best_fixed on the test set {100 * margin:+.1f} points (goal >= "
+                         f"+{100 * GOALS['margin_over_best_fixed']:.0f}: "
+                         f"{'met' if margin >= GOALS['margin_over_best_fixed'] else 'not met'})")
+        used = {k for k, v in hier.get("options_chosen", {}).items() if v}
+        lines.append(f"hier uses {len(used)} options on the test set (goal >= 3: {'met' if len(used) >= 3 else 'not met'})")
         lines.append(f"planning latency {hier['planning_latency_ms']:.3f} ms mean, "
-                     f"{hier['planning_latency_p99_ms']:.3f} ms P99 (goal <= {GOALS['planning_ms']} ms: "
-                     f"{'met' if hier['planning_latency_p99_ms'] <= GOALS['planning_ms'] else 'not met'}); control "
-                     f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us: "
-                     f"{'met' if hier['control_step_us'] <= GOALS['control_step_us'] else 'not met'})")
+                     f"{hier['planning_latency_p99_ms']:.3f} ms P99 (goal <= {GOALS['planning_ms']} ms); control "
+                     f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us)")
     if hier and scripted:
         ratio = hier["energy_j"] / scripted["energy_j"]
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
         lines.append(f"energy hier / scripted = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
-                     f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'}); "
-                     f"seed claim -31% energy: {'holds' if ratio <= 1 - SEED_CLAIMS['energy_cut'] else 'not reproduced'}"
-                     f" (measured {100 * (ratio - 1):+.1f}%)")
-    if hier and flat:
-        lines.append(f"seed claim success 72% -> 89% (flat -> hierarchical with torque): measured "
-                     f"{100 * flat['success_rate']:.1f}% -> {100 * hier['success_rate']:.1f}%")
-    planner_only = by.get(("default", "hier_planner_only"))
-    if hier and planner_only:
-        lines.append(f"learned residual: hier {hier['success_rate']:.3f} success / {hier['energy_j']:.1f} J vs the same "
-                     f"planner on bare model-based skills {planner_only['success_rate']:.3f} / "
-                     f"{planner_only['energy_j']:.1f} J; residual share of the torque "
-                     f"{hier.get('residual_share', math.nan):.3f}")
-    no_torque = by.get(("default", "hier_no_torque"))
-    if hier and no_torque:
-        lo, hi = hier["success_rate_ci95"]
-        nlo, nhi = no_torque["success_rate_ci95"]
-        overlap = not (lo > nhi or nlo > hi)
-        lines.append(f"torque features: hier {hier['success_rate']:.3f} vs hier_no_torque "
-                     f"{no_torque['success_rate']:.3f} success, energy {hier['energy_j']:.1f} vs "
-                     f"{no_torque['energy_j']:.1f} J ({'CIs overlap: no measurable effect' if overlap else 'differs'})")
-    if hier and scripted:
-        lines.append(f"seed claim planning time 3.2 s -> 0.8 s: one high-level decision takes "
-                     f"{hier['planning_latency_ms']:.3f} ms here (scripted planning {scripted['planning_latency_ms']:.3f} "
-                     f"ms); time to lift {scripted['time_to_lift_s']:.2f} s scripted -> {hier['time_to_lift_s']:.2f} s "
-                     "hier")
+                     f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
+    for ablation in ("hier_planner_only", "hier_no_replan", "hier_no_torque"):
+        row = by.get(("test", ablation))
+        if hier and row:
+            lines.append(f"{ablation} on the test set {_rate(row)} vs hier {_rate(hier)} "
+                         f"({100 * (row['success_rate'] - hier['success_rate']):+.1f} points)")
     return lines
 
 
@@ -221,8 +269,8 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
 
     sets = list(dict.fromkeys(r["object_set"] for r in results))
     variants = list(dict.fromkeys(r["name"] for r in results))
-    colors = {"scripted": "#8C8C8C", "flat": "#DD8452", "hier_no_torque": "#8172B3", "hier": "#4C72B0",
-              "hier_planner_only": "#64B5CD"}
+    colors = {"scripted": "#8C8C8C", "best_fixed": "#55A868", "flat": "#DD8452", "hier_no_torque": "#8172B3",
+              "hier": "#4C72B0", "hier_planner_only": "#64B5CD", "hier_no_replan": "#C44E52"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
@@ -239,7 +287,7 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
         ax.set_ylabel(label)
     axes[0].set_ylim(0, 1.05)
     axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("bench grasp: scripted vs flat PPO vs hierarchical (with / without torque features)")
+    fig.suptitle("bench grasp: scripted / best fixed option vs hierarchical and its ablations")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -248,14 +296,15 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
 # -- success against wall-clock training time -------------------------------------------------
 
 
-def _curve_job(path: str, episodes: int, seed: int) -> dict[str, Any]:
+def _curve_job(path: str, episodes: int, seed: int, task: str = "realistic") -> dict[str, Any]:
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.presets import load_task
     from ds_robot.evaluate import episode_seeds, run_episode
     from ds_robot.hier.policy import HierPolicy
 
     policy = HierPolicy.load(path)
-    env = UR5GraspEnv()
+    env = UR5GraspEnv(**load_task(task).env_kwargs("train"))
     controller = controller_for_env("hier", env, policy=policy)
     results = [run_episode(env, controller, s) for s in episode_seeds(seed, episodes)]
     env.close()
@@ -265,9 +314,9 @@ def _curve_job(path: str, episodes: int, seed: int) -> dict[str, Any]:
 
 
 def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | None, plot_path: str | Path | None,
-                    workers: int = 2, seed: int = 1000) -> int:
+                    workers: int = 2, seed: int = 1000, task: str = "realistic") -> int:
     """Deterministic success of every snapshot of a ``train grasp`` run (and its final policy)
-    on the default set, against the wall-clock minutes of training that produced it."""
+    on the ``task`` preset's training set, against the wall-clock minutes of training that produced it."""
     run_dir = Path(run_dir)
     paths = sorted((run_dir / "snapshots").glob("policy_*s.npz"))
     if (run_dir / "policy.npz").is_file():
@@ -275,7 +324,7 @@ def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | 
     if not paths:
         raise ConfigError(f"{run_dir}: no snapshots/policy_*s.npz or policy.npz (is it a train grasp run directory?)")
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_curve_job, str(p), episodes, seed) for p in paths]
+        futures = [pool.submit(_curve_job, str(p), episodes, seed, task) for p in paths]
         rows = [f.result() for f in tqdm(futures, desc="grasp curve", unit="policy")]
     for row in rows:
         rate, ci = wilson_ci95(row["successes"], row["episodes"])
@@ -289,7 +338,8 @@ def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | 
     reached = "none" if first is None else f"{first['name']} after {first['minutes']:.1f} min"
     print(f"first policy at >= 90% deterministic success: {reached}")
     if json_path:
-        write_json(json_path, "grasp_curve", {"run": str(run_dir), "episodes": episodes, "seed": seed}, rows)
+        write_json(json_path, "grasp_curve", {"run": str(run_dir), "episodes": episodes, "seed": seed, "task": task},
+                   rows)
         print(f"wrote {json_path}")
     if plot_path:
         import matplotlib

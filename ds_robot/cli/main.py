@@ -24,18 +24,27 @@ BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "gr
 
 
 def grasp_env_from_args(args, **kwargs):
-    """The grasp env in the world ``--world`` names (``--world-seed`` for the shifted one)."""
+    """The grasp env of the ``--task`` preset (its ``--split`` object set unless ``--objects``),
+    in the world ``--world`` names (``--world-seed`` for the shifted one)."""
     from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.presets import load_task
     from ds_robot.sim2real.worlds import build_world
 
+    preset = load_task(args.task_preset).env_kwargs(args.split)
+    if args.objects is not None:
+        preset["objects"] = args.objects
     backend = build_world(getattr(args, "world", "nominal"), args.robot, seed=args.world_seed)
-    return UR5GraspEnv(objects=args.objects, robot=args.robot, backend=backend, **kwargs)
+    return UR5GraspEnv(robot=args.robot, backend=backend, **preset, **kwargs)
 
 
 def controller_from_args(args, env):
-    """``--controller`` (with ``--policy``) for ``env``; ``--correction on`` wraps it in the online
-    correction of its model."""
-    return controller_for_env(args.controller, env, policy=args.policy, correction=args.correction == "on")
+    """``--controller`` (with ``--policy``, ``--option``) for ``env``; ``--correction on`` wraps it in
+    the online correction of its model."""
+    if (args.controller == "fixed") != (args.option is not None):
+        raise ConfigError("--option K goes with --controller fixed (and fixed needs it)")
+    options = {"option": args.option} if args.option is not None else {}
+    return controller_for_env(args.controller, env, policy=args.policy, correction=args.correction == "on",
+                              **options)
 
 
 def positive_int(text: str) -> int:
@@ -52,13 +61,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _add_task_arg(p: argparse.ArgumentParser, default: str) -> None:
+    from ds_robot.envs.presets import TASKS
+
+    p.add_argument("--task", dest="task_preset", default=default, metavar="{" + ",".join(TASKS) + "}|YAML",
+                   help="task preset (sim/tasks/): realistic = perceived object pose (bias, noise, 30 Hz, latency, "
+                        "dropouts), varied start and rest poses, fragile and heavy objects, joint sensor noise; "
+                        f"nominal = ground truth, the first releases' task (default: {default})")
+
+
 def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
     p.add_argument("--controller", choices=CONTROLLERS, default="hier",
-                   help="hier: the hierarchical policy (default); scripted: the model-based baseline; flat: one PPO "
-                        "policy")
+                   help="hier: the hierarchical policy (default); scripted: the model-based baseline; fixed: the "
+                        "same machine with one planner option (--option K); flat: one PPO policy")
+    p.add_argument("--option", type=int, default=None,
+                   help="fixed: the option index K (ds_robot/hier/options.py: DEFAULT_OPTIONS)")
+    _add_task_arg(p, "nominal")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="the preset's training or test object set (default: train)")
     p.add_argument("--policy", type=Path, default=None,
                    help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
-    p.add_argument("--objects", type=Path, default=None, help="object-set YAML (default: sim/objects/default.yaml)")
+    p.add_argument("--objects", type=Path, default=None,
+                   help="object-set YAML (default: the --task preset's --split set)")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
     p.add_argument("--world", choices=WORLDS, default="nominal",
                    help="nominal: the controller's own model; shifted: MuJoCo with hidden physics changes per "
@@ -87,7 +111,7 @@ def cmd_eval(args) -> int:
     controller = controller_from_args(args, env)
     by_seed = {seed: run_episodes(env, controller, args.episodes, seed, progress=not args.quiet) for seed in args.seed}
     results = [r for seed_results in by_seed.values() for r in seed_results]
-    overall = summarise(args.controller, results)
+    overall = summarise(controller.name, results)
     objects = per_object(results)
     seeds = {seed: summarise(f"seed {seed}", rs) for seed, rs in by_seed.items()} if len(by_seed) > 1 else {}
     headers = ["object / seed", "episodes", "success rate [95% CI]", "time to lift s [95% CI]", "energy J [95% CI]"]
@@ -99,15 +123,17 @@ def cmd_eval(args) -> int:
             ci_text(row["time_to_lift_s"], row["time_to_lift_s_ci95"]),
             ci_text(row["energy_j"], row["energy_j_ci95"], digits=1),
         ]
-        for row in [*objects.values(), *seeds.values(), {**overall, "name": f"ALL ({args.controller})"}]
+        for row in [*objects.values(), *seeds.values(), {**overall, "name": f"ALL ({controller.name})"}]
     ]
     seed_text = " ".join(str(s) for s in args.seed)
-    print(f"\ngrasp evaluation: controller={args.controller} robot={args.robot} object set={env.object_set.name} "
+    print(f"\ngrasp evaluation: controller={controller.name} task={args.task_preset} robot={args.robot} "
+          f"object set={env.object_set.name} "
           f"seeds={seed_text} world={args.world} correction={args.correction}")
     print(format_table(headers, rows))
     print(f"controller step: {overall['control_step_us']:.0f} us mean")
     config = {
-        "controller": args.controller,
+        "controller": controller.name,
+        "task": args.task_preset,
         "world": args.world,
         "world_seed": args.world_seed,
         "correction": args.correction,
@@ -157,16 +183,18 @@ def cmd_train_grasp(args) -> int:
 
     for flag, value in (("--env", args.env), ("--steps", args.steps),
                         ("--ent-coef", args.ent_coef), ("--replay", args.replay), ("--envs", args.envs),
-                        ("--policy", args.policy), ("--backend", args.backend), ("--address", args.address),
-                        ("--checkpoint-every", args.checkpoint_every)):
+                        ("--policy", args.policy), ("--checkpoint-every", args.checkpoint_every)):
         if value is not None:
             raise ConfigError(f"{flag} does not apply to train grasp (see ds-robot train --help)")
+    if args.address is not None and args.backend != "ray":
+        raise ConfigError("--address goes with --backend ray")
     budget_s = (args.budget_minutes if args.budget_minutes is not None else 60.0) * 60.0
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     _, summary = train_grasp(args.out, resume=args.resume, budget_s=budget_s, progress=not args.quiet,
                              seed=args.seed, workers=workers, torque_features=not args.no_torque_features,
                              randomize_physics=True if args.randomize_physics else None, amp=True if args.amp else None,
-                             randomized_world=ShiftedMuJoCoBackend,
+                             randomized_world=ShiftedMuJoCoBackend, task=args.task_preset,
+                             backend=args.backend, ray_address=args.address,
                              objects=str(args.objects) if args.objects else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
@@ -260,14 +288,14 @@ def cmd_bench(args) -> int:
 
         return run_grasp_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                    seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
-                                   workers=args.workers)
+                                   workers=args.workers, task=args.task_preset)
     if args.name == "grasp-curve":
         from ds_robot.bench.grasp import run_grasp_curve
 
         if args.run is None:
             raise ConfigError("bench grasp-curve needs --run DIR (a train grasp run directory)")
         return run_grasp_curve(args.run, args.episodes or (10 if args.quick else 100), args.json, args.plot,
-                               workers=args.workers)
+                               workers=args.workers, task=args.task_preset)
     if args.name == "sim2real":
         from ds_robot.bench.sim2real import run_sim2real_benchmark
 
@@ -350,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
+    _add_task_arg(p, "realistic")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train the hierarchical grasp controller, or an RL agent on any Gymnasium env")
@@ -360,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grasp: train without the measured-torque observations (the ablation)")
     p.add_argument("--randomize-physics", action="store_true",
                    help="grasp: domain randomisation, the shifted-MuJoCo physics drawn anew every episode")
-    p.add_argument("--objects", type=Path, default=None, help="grasp: object-set YAML (default: the default set)")
+    _add_task_arg(p, "realistic")
+    p.add_argument("--objects", type=Path, default=None,
+                   help="grasp: object-set YAML (default: the --task preset's training set)")
     p.add_argument("--steps", type=positive_int, default=None, help="total environment steps (default: per algo)")
     p.add_argument("--budget-minutes", type=positive_float, default=None,
                    help="stop after this much wall time (a checkpoint is written; --resume continues); "
@@ -380,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=("a2c_paper", "mlp", "cnn"), default=None,
                    help="a2c/ppo network: a2c_paper, the source document's A2C network (a2c default); mlp (ppo default); cnn (Atari frames)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
-                   help="a2c/ppo: rollout workers as local processes (default) or Ray actors")
+                   help="a2c/ppo/grasp: rollout workers as local processes (default) or Ray actors")
     p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: local Ray)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -8,7 +8,15 @@ own MuJoCo model (``RobotModel``) -> computed torque:
 
 Phases: plan -> pre-grasp (above the object, jaws across its narrower side) -> descend ->
 close -> lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and
-re-plans with the object's new pose, up to ``max_attempts`` times.
+re-plans with the object's new pose, up to ``max_attempts`` times; so does a lift that ends
+with an empty hand (``replan_on_empty``): over the first 0.2 s of the hold the measured joint
+torques are compared with the model's gravity torques, and the difference, projected on the
+TCP's vertical Jacobian row (weighted by 1 / torque limit^2, the sensor noise scale), is the payload
+``m = (j W dtau) / (g j W j)``, averaged over the window; under ``empty_payload_kg`` the hand is empty. So it is when
+the jaws are shut, or when the perceived object rose less than half the lift (it slipped: pads
+sliding along an object pull on the hand with their friction, which the torques alone cannot
+tell from a light payload). Without torque features (``torque_available = False``) the jaws
+and the perceived height count.
 
 Each attempt follows a ``GraspOption`` (which side the jaws close across, pre-grasp and lift
 heights); the scripted controller always takes ``ScriptedConfig.option``. The hierarchical
@@ -40,12 +48,16 @@ class GraspOption:
 
     ``axis``: the jaws close across the object's ``narrow`` or ``wide`` horizontal side (a
     round object has no preference); ``pregrasp_height_m``: how far above the grasp pose the
-    approach ends before descending; ``lift_height_m``: how high the object is lifted.
+    approach ends before descending; ``lift_height_m``: how high the object is lifted;
+    ``grip_force_n``: the normal force each pad presses with (0: the gripper's full force, about
+    24 N per pad; a gentle grip holds a fragile object without breaking it, and lets a heavy
+    one slip).
     """
 
     axis: str = "narrow"
     pregrasp_height_m: float = 0.12
     lift_height_m: float = 0.12
+    grip_force_n: float = 0.0
 
     def __post_init__(self):
         from ds_robot.errors import ConfigError
@@ -55,9 +67,12 @@ class GraspOption:
         if not (0.02 <= self.pregrasp_height_m <= 0.3 and 0.055 <= self.lift_height_m <= 0.3):
             raise ConfigError(f"grasp option heights out of range: pregrasp {self.pregrasp_height_m} m "
                               f"(0.02-0.3), lift {self.lift_height_m} m (0.055-0.3; success needs 0.05)")
+        if not (self.grip_force_n == 0.0 or 1.0 <= self.grip_force_n <= 30.0):
+            raise ConfigError(f"grasp option grip_force_n={self.grip_force_n}: 0 (full force) or 1-30 N per pad")
 
     def describe(self) -> str:
-        return f"{self.axis}/pre{self.pregrasp_height_m * 100:.0f}cm/lift{self.lift_height_m * 100:.0f}cm"
+        grip = f"/grip{self.grip_force_n:.0f}N" if self.grip_force_n else ""
+        return f"{self.axis}/pre{self.pregrasp_height_m * 100:.0f}cm/lift{self.lift_height_m * 100:.0f}cm{grip}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,12 @@ class ScriptedConfig:
     damping_ratio: float = 1.0
     missed_opening_m: float = 0.004  # jaws closer than this after closing: nothing was grasped
     max_attempts: int = 3
+    # Re-plan when the lifted hand is empty: 0.2 s into the hold, the payload the measured joint
+    # torques show under ``empty_payload_kg``, the jaws shut, or the object seen less than half
+    # the lift above where it was, starts a new attempt.
+    replan_on_empty: bool = True
+    empty_payload_kg: float = 0.02
+    payload_check_s: float = 0.2
 
 
 def min_jerk(s: float) -> float:
@@ -137,6 +158,11 @@ class ScriptedGraspController(Controller):
         self.kp, self.kd = w * w, 2.0 * z * w
         self.phase = "idle"
         self.option = self.config.option
+        self.torque_available = True  # False: the observation's torque slice is zeroed (no payload check)
+        self.grip_gain_n_m = desc.gripper.actuator_kp_n_m / 2.0  # pad force per metre of finger lag
+        self.finger_travel_m = desc.gripper.finger_travel_m
+        self.payload_kg = float("nan")  # the last payload estimate (kg), for diagnostics
+        self.replans = 0  # attempts started because the lifted hand was empty
         # (obs, attempts so far) -> GraspOption; None: always ``config.option``.
         self.option_chooser: Callable[[np.ndarray, int], GraspOption] | None = None
         self._planning_s: list[float] = []
@@ -170,6 +196,7 @@ class ScriptedGraspController(Controller):
     def _grasp_pose(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """TCP pose for grasping: pointing down, jaws closing across the option's side."""
         obj_pos, obj_rot = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)
+        self.object_z_m = float(obj_pos[2])  # where the object was seen when this attempt was planned
         half = self.layout.object_half_extents(obs)
         narrow_is_x = half[0] <= half[1]
         across_x = narrow_is_x if self.option.axis == "narrow" else not narrow_is_x
@@ -214,6 +241,8 @@ class ScriptedGraspController(Controller):
         self.option = self.config.option
         self.segments: dict[str, Segment] = {}
         self.phase = "plan"  # the first attempt is planned on the first act()
+        self.payload_kg = float("nan")
+        self.replans = 0
 
     def decision_due(self) -> bool:
         """True when the next ``act`` plans an attempt (calls ``option_chooser``)."""
@@ -232,10 +261,7 @@ class ScriptedGraspController(Controller):
             self.gripper_command = 1.0
         elif self.phase == "close" and t - self.phase_start >= cfg.close_s:
             if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
-                self.phase, self.phase_start = "retreat", t
-                self.gripper_command = -1.0
-                above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])
-                self.segments["retreat"] = Segment(t, cfg.retreat_s, self.ref_pos, above, self.ref_rot, self.ref_rot)
+                self._retreat(t)
             else:
                 self.phase = "lift"
                 top = self.grasp_pos + np.array([0.0, 0.0, self.option.lift_height_m])
@@ -244,7 +270,48 @@ class ScriptedGraspController(Controller):
         elif self.phase == "retreat" and self.segments["retreat"].done(t):
             self._plan_attempt(obs, t)
         elif self.phase == "lift" and self.segments["lift"].done(t):
-            self.phase = "hold"
+            self.phase, self.phase_start = "hold", t
+            self._checked = False
+            self._payloads: list[float] = []
+        elif self.phase == "hold" and cfg.replan_on_empty and not self._checked:
+            if self.torque_available:
+                self._payloads.append(self.payload_estimate(obs))
+            if t - self.phase_start < cfg.payload_check_s:
+                return
+            self._checked = True
+            # the mean over the window: one sample's torque noise is ~0.1 kg
+            self.payload_kg = float(np.mean(self._payloads)) if self._payloads else float("nan")
+            obj_pos, _ = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)
+            # the perceived object rose less than half as far as the hand: it slipped (or was never held)
+            behind = obj_pos[2] - self.object_z_m < 0.5 * self.option.lift_height_m
+            empty = self.opening < cfg.missed_opening_m or self.payload_kg < cfg.empty_payload_kg or behind
+            if empty and self.attempt < cfg.max_attempts:
+                self.replans += 1
+                self._retreat(t)
+
+    def _retreat(self, t: float) -> None:
+        """Open, back off to above the last grasp pose; the next attempt is planned when there."""
+        self.phase, self.phase_start = "retreat", t
+        self.gripper_command = -1.0
+        above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])
+        self.segments["retreat"] = Segment(t, self.config.retreat_s, self.ref_pos, above, self.ref_rot, self.ref_rot)
+
+    def payload_estimate(self, obs: np.ndarray) -> float:
+        """The mass (kg) hanging from the TCP that the measured joint torques show (quasi-static)."""
+        dtau = self.layout.measured_torque_nm(obs) - self.robot.gravity_torque()
+        jz = self.robot.tcp_jacobian()[2]
+        w = 1.0 / self.torque_limit_nm**2
+        return float((jz * w) @ dtau / (9.81 * (jz * w) @ jz))  # the joints hold the load up: +m g j
+
+    def _gripper(self) -> float:
+        """The gripper command: open/close, or (a gentle option, while closed) the finger target
+        that makes each pad press with ``grip_force_n``: the position actuator's force is its gain
+        times the lag of the target behind the measured opening."""
+        force = self.option.grip_force_n
+        if self.gripper_command < 0 or not force:
+            return self.gripper_command
+        target = self.opening / 2.0 - force / self.grip_gain_n_m  # per-finger target, m
+        return float(np.clip(1.0 - 2.0 * target / self.finger_travel_m, -1.0, 1.0))
 
     def command(self, obs: np.ndarray) -> tuple[np.ndarray, float]:
         """Advance one control step: the model-based joint torques (N m) and the gripper command."""
@@ -259,7 +326,7 @@ class ScriptedGraspController(Controller):
         acc = self.kp * (q_des - self.q) + self.kd * (qd_des - self.qd)
         torque = self.robot.mass_matrix() @ acc + self.robot.bias_torque()
         self.t += self.control_dt_s
-        return torque, self.gripper_command
+        return torque, self._gripper()
 
     def phase_progress(self) -> float:
         """How far the current phase's motion is, 0..1 (1 for phases without a motion)."""

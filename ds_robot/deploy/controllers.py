@@ -1,9 +1,11 @@
 """The one place controllers are built: the CLI, the benchmarks and the ROS node all call
 :func:`build_controller` (or :func:`controller_for_env`).
 
-Kinds: ``scripted`` (the model-based baseline), ``hier`` (the hierarchical policy, NumPy
+Kinds: ``scripted`` (the model-based baseline), ``fixed`` (the same machine with one planner
+option, ``option=K`` indexing ``ds_robot.hier.options.DEFAULT_OPTIONS``, for every attempt), ``hier`` (the hierarchical policy, NumPy
 runtime; ``runtime="torch"`` runs the same weights in torch eager for comparison; ``residual=
-False`` keeps the planner and drops the residual skills, an ablation) and ``flat`` (one PPO
+False`` keeps the planner and drops the residual skills, ``replan=False`` switches off the
+re-plan of an empty lifted hand: ablations) and ``flat`` (one PPO
 policy; needs torch). ``correction=True`` wraps the controller in the online sim-to-real
 correction, which needs a model-based controller (scripted or hier).
 
@@ -21,7 +23,7 @@ from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.paths import policies_dir
 
-CONTROLLERS = ("scripted", "hier", "flat")
+CONTROLLERS = ("scripted", "fixed", "hier", "flat")
 SHIPPED_POLICIES = {"hier": "grasp_hier.npz", "flat": "grasp_flat.pt"}
 RUNTIMES = ("numpy", "torch")
 
@@ -32,7 +34,8 @@ def shipped_policy(kind: str) -> Path:
 
 
 def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 0.01, policy=None,
-                     residual: bool = True, runtime: str = "numpy", correction: bool = False,
+                     residual: bool = True, replan: bool = True, option: int | None = None,
+                     runtime: str = "numpy", correction: bool = False,
                      max_torque_fraction: float = 1.0, **correction_options) -> Controller:
     """A controller of ``kind`` for arm ``variant`` at ``control_dt_s``.
 
@@ -45,8 +48,10 @@ def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 
         raise ConfigError(f"unknown controller {kind!r}: choose one of {', '.join(CONTROLLERS)}")
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
-    if kind != "hier" and (runtime != "numpy" or not residual):
-        raise ConfigError("runtime and residual apply to the hier controller only")
+    if kind != "hier" and (runtime != "numpy" or not residual or not replan):
+        raise ConfigError("runtime, residual and replan apply to the hier controller only")
+    if (kind == "fixed") != (option is not None):
+        raise ConfigError("option K applies to (and is needed by) the fixed controller only")
     if correction_options and not correction:
         raise ConfigError(f"{sorted(correction_options)} apply with correction only")
     if kind == "scripted":
@@ -55,6 +60,17 @@ def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 
         from ds_robot.control.scripted import ScriptedGraspController
 
         controller: Controller = ScriptedGraspController(control_dt_s, variant)
+    elif kind == "fixed":
+        from ds_robot.control.scripted import ScriptedConfig, ScriptedGraspController
+        from ds_robot.hier.options import DEFAULT_OPTIONS
+
+        if policy is not None:
+            raise ConfigError("a policy applies to the hier and flat controllers, not fixed")
+        if not (isinstance(option, int) and 0 <= option < len(DEFAULT_OPTIONS)):
+            raise ConfigError(f"option {option!r}: choose 0-{len(DEFAULT_OPTIONS) - 1} ("
+                              + ", ".join(f"{i}: {o.describe()}" for i, o in enumerate(DEFAULT_OPTIONS)) + ")")
+        controller = ScriptedGraspController(control_dt_s, variant, ScriptedConfig(option=DEFAULT_OPTIONS[option]))
+        controller.name = f"fixed_{option}"
     elif kind == "hier":
         from ds_robot.hier.controller import HierarchicalController
         from ds_robot.hier.policy import HierPolicy
@@ -64,7 +80,7 @@ def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 
             from ds_robot.deploy.torch_runtime import torch_policy
 
             loaded = torch_policy(loaded)
-        controller = HierarchicalController(loaded, control_dt_s, variant, residual=residual)
+        controller = HierarchicalController(loaded, control_dt_s, variant, residual=residual, replan=replan)
     else:
         from ds_robot.control.learned import FlatPolicyController
 

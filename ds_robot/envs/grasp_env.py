@@ -6,11 +6,12 @@ clipped (documented clamping); NaN/Inf or a wrong shape raise ``ActionError``.
 
 Timing: physics ``physics_dt_s`` (default 2 ms), control ``control_dt_s`` (default 10 ms,
 100 Hz; torques are held between control steps), episode ``episode_s`` (default 8 s).
-``terminated``: success (lifted and held) or object dropped off the table; ``truncated``:
+``terminated``: success (lifted and held), object dropped off the table, or a fragile object
+crushed; ``truncated``:
 the episode's time limit.
 
 ``info``: ``success``, ``time_to_lift_s`` (inf until success), ``energy_j`` (episode so far),
-``object`` (its name), ``lifted``.
+``object`` (its name), ``lifted``, ``crushed``.
 
 The world is a :class:`~ds_robot.physics.PhysicsBackend`: MuJoCo by default, a ready
 ``backend``, or one built by ``backend_factory(robot, physics_dt_s)`` (a picklable callable,
@@ -19,6 +20,11 @@ so rollout workers can build their own: domain randomisation passes
 
 ``torque_features=False`` zeroes the measured-torque slice of the observation (the ablation
 without torque features; ``ds_robot/UR5GraspNoTorque-v0``).
+
+``perception`` (a ``PerceptionConfig``; None = ground truth): the object pose and size in the
+observation come from a simulated detector (bias, noise, frame rate, latency, dropouts:
+``ds_robot.envs.perception``). An object with several ``rests`` lies on one of them, drawn per
+episode. Task presets (``ds_robot.envs.presets``, ``--task``) bundle these settings.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 from ds_robot.envs.grasp_task import GraspTask, GraspTaskConfig
 from ds_robot.envs.layout import ACTION_SIZE, OBS_SIZE, OBS_SLICES
 from ds_robot.envs.observation import ObservationPipeline
+from ds_robot.envs.perception import Perception, PerceptionConfig
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
@@ -59,6 +66,7 @@ class UR5GraspEnv(gym.Env):
         camera: str = "front",
         torque_features: bool = True,
         backend_factory: Callable[[str, float], PhysicsBackend] | None = None,
+        perception: PerceptionConfig | None = None,
     ):
         if isinstance(objects, ObjectSet):
             self.object_set = objects
@@ -86,6 +94,7 @@ class UR5GraspEnv(gym.Env):
         self.task = GraspTask(task or GraspTaskConfig(), self.backend.joint_torque_limit_nm,
                               self.backend.max_gripper_opening_m)
         self.sensors = ObservationPipeline(OBS_SLICES, sensor_noise, sensor_delay_steps)
+        self.perception = Perception(perception) if perception is not None else None
         self.obs_slices = dict(OBS_SLICES)
         self.torque_features = torque_features  # False: the tau slice reads 0 (the "no torque" ablation)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_SIZE,), dtype=np.float32)
@@ -111,13 +120,19 @@ class UR5GraspEnv(gym.Env):
             obj = self.object_set.objects[names.index(options["object"])]
         else:
             obj = self.object_set.objects[int(rng.integers(len(self.object_set.objects)))]
+        if len(obj.rests) > 1:
+            obj = obj.at_rest(options.get("rest") or obj.rests[int(rng.integers(len(obj.rests)))])
         x, y, yaw = obj.placement.sample(rng)
         qpos = self.home_qpos_rad + rng.uniform(-1.0, 1.0, 6) * self.init_qpos_noise_rad
         self.setup = EpisodeSetup(obj, x, y, yaw, qpos, self.backend.max_gripper_opening_m)
         self.state = self.backend.reset(self.setup)
         self.task.reset(self.setup, self.state)
         self._steps = 0
-        obs = self.sensors.reset(self.task.observation(self.state), rng)
+        seen = None
+        if self.perception is not None:
+            s = self.state
+            seen = self.perception.reset(s.time_s, s.object_pos_m, s.object_quat, obj.half_extents_m, rng)
+        obs = self.sensors.reset(self.task.observation(self.state, seen), rng)
         if not self.torque_features:
             obs[OBS_SLICES["tau"]] = 0.0
         return obs, self._info(lifted=False)
@@ -130,9 +145,13 @@ class UR5GraspEnv(gym.Env):
         self.state = self.backend.step(torque, float(action[6]), self.control_dt_s)
         self._steps += 1
         outcome = self.task.update(self.state)
-        terminated = outcome.success or outcome.dropped
+        terminated = outcome.success or outcome.dropped or outcome.crushed
         truncated = not terminated and self._steps >= self.max_steps
-        obs = self.task.observation(self.state)
+        seen = None
+        if self.perception is not None:
+            s = self.state
+            seen = self.perception(s.time_s, s.object_pos_m, s.object_quat, self.np_random)
+        obs = self.task.observation(self.state, seen)
         if self.sensors.active:
             obs = self.sensors(obs, self.np_random)
         if not self.torque_features:
@@ -186,4 +205,5 @@ class UR5GraspEnv(gym.Env):
             "energy_j": self.task.energy_j,
             "object": self.setup.obj.name,
             "lifted": lifted,
+            "crushed": self.task.crushed,
         }

@@ -16,7 +16,7 @@ import numpy as np
 
 from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.control.scripted import ScriptedGraspController
+from ds_robot.control.scripted import ScriptedConfig, ScriptedGraspController
 from ds_robot.hier.features import RESIDUAL_SIZE, compose_action, hier_observation, skill_of
 from ds_robot.hier.policy import HierPolicy
 
@@ -25,10 +25,13 @@ class HierarchicalController(Controller):
     name = "hier"
 
     def __init__(self, policy: HierPolicy, control_dt_s: float = 0.01, variant: str = "ur5e",
-                 residual: bool = True):
+                 residual: bool = True, replan: bool = True):
         self.policy = policy
         self.residual = residual  # False: the planner's options on the bare model-based skills (an ablation)
-        self.machine = ScriptedGraspController(control_dt_s, variant)
+        # replan False: an empty hand after the lift no longer starts a new decision (an ablation)
+        self.machine = ScriptedGraspController(control_dt_s, variant,
+                                               ScriptedConfig(replan_on_empty=replan))
+        self.machine.torque_available = policy.torque_features
         self.machine.option_chooser = self._choose
         self.limit = self.machine.torque_limit_nm
         self.planning_latency_s: list[float] = []

@@ -51,6 +51,7 @@ class HierGraspEnv(gym.Env):
         self.energy_weight, self.time_weight, self.residual_weight = energy_weight, time_weight, residual_weight
         self.machine = ScriptedGraspController.for_env(self.env)
         self.machine.option_chooser = self._chosen
+        self.machine.torque_available = torque_features  # the payload check reads the measured torques
         self.limit = self.env.backend.joint_torque_limit_nm
         k = len(self.options)
         self.action_space = gym.spaces.Box(np.array([0.0] + [-1.0] * 7, np.float32),

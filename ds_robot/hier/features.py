@@ -40,6 +40,17 @@ RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
 GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
 
 
+def feature_scale() -> np.ndarray:
+    """Per-feature input scales for the planner (folded into its first layer when exported, so
+    the policy file and the run time are unchanged): the object's position, size and goal
+    offset are metres (0.01-0.5), the rest is about unit range already. With these the
+    planner sees a 1 cm size difference as 0.2, not 0.01."""
+    scale = np.ones(HIER_OBS_SIZE, dtype=np.float32)
+    for name, factor in (("object_pos", 5.0), ("object_size", 20.0), ("goal", 5.0)):
+        scale[OBS_SLICES[name]] = factor
+    return scale
+
+
 def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
     """The 47-D features of the grasp env's observation ``obs`` and the machine's state."""
     out = np.zeros(HIER_OBS_SIZE, dtype=np.float32)

@@ -1,11 +1,14 @@
 """The high-level planner's options: grasp candidates, at most ``MAX_OPTIONS``.
 
-The default set crosses the three choices the scripted controller makes once and for all:
-which side the jaws close across (narrow / wide), the pre-grasp height the approach ends at
-(4 cm / 12 cm above the grasp pose) and how high the object is lifted (6.5 cm / 12 cm; success
-needs 5 cm held for 1 s). Option 3 (narrow, 12 cm, 12 cm) is exactly the scripted baseline.
-They trade success (a low approach can brush the object, a wide grasp can slip or not fit)
-against energy and time, which is what the planner learns from.
+The default set (10) crosses the choices the scripted controller makes once and for all:
+how hard the pads press (the full force, about 24 N per pad; 12 N; a gentle 5 N), which side the
+jaws close across (narrow / wide), the pre-grasp height the approach ends at (4 cm / 12 cm
+above the grasp pose) and how high the object is lifted (6.5 cm / 12 cm; success needs 5 cm
+held for 1 s). Option 0 (narrow, 12 cm, 12 cm, full force) is exactly the scripted baseline.
+On the realistic task they are different strategies: the full grip breaks fragile objects, a
+gentle one lets heavy or slippery ones slip, a low approach is faster but can brush the object,
+a wide grasp can slip or not fit. ``LEGACY_OPTIONS`` are the 8 full-force options of the
+policies trained before grip forces existed (their files list them).
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ from ds_robot.errors import ConfigError
 
 MAX_OPTIONS = 10
 
-DEFAULT_OPTIONS: tuple[GraspOption, ...] = tuple(
+LEGACY_OPTIONS: tuple[GraspOption, ...] = tuple(
     GraspOption(axis, pregrasp, lift)
     for axis, pregrasp, lift in itertools.product(("narrow", "wide"), (0.04, 0.12), (0.065, 0.12))
+)
+DEFAULT_OPTIONS: tuple[GraspOption, ...] = (
+    *(GraspOption("narrow", 0.12, 0.12, grip) for grip in (0.0, 12.0, 5.0)),
+    *(GraspOption("wide", 0.12, 0.12, grip) for grip in (0.0, 12.0, 5.0)),
+    *(GraspOption("narrow", 0.04, 0.065, grip) for grip in (0.0, 5.0)),
+    *(GraspOption("narrow", 0.12, 0.065, grip) for grip in (0.0, 5.0)),
 )
 
 
@@ -37,11 +46,19 @@ def validate_options(options) -> tuple[GraspOption, ...]:
 
 
 def options_to_list(options) -> list[list]:
-    return [[o.axis, o.pregrasp_height_m, o.lift_height_m] for o in options]
+    """Rows ``[axis, pregrasp m, lift m]``, with the grip force (N per pad) as a fourth entry
+    when it is not the full force (so files written before grip forces existed read the same)."""
+    return [[o.axis, o.pregrasp_height_m, o.lift_height_m] + ([o.grip_force_n] if o.grip_force_n else [])
+            for o in options]
 
 
 def options_from_list(rows) -> tuple[GraspOption, ...]:
     try:
-        return validate_options(GraspOption(str(a), float(p), float(h)) for a, p, h in rows)
-    except (TypeError, ValueError) as exc:
+        return validate_options(GraspOption(str(r[0]), *(float(v) for v in r[1:])) for r in rows
+                                if 3 <= len(r) <= 4 or _bad_row(r))
+    except (TypeError, ValueError, IndexError) as exc:
         raise ConfigError(f"malformed option list {rows!r}: {exc}") from exc
+
+
+def _bad_row(row) -> bool:
+    raise ValueError(f"option {row!r}: expected [axis, pregrasp m, lift m] or [axis, pregrasp m, lift m, grip N]")

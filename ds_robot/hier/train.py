@@ -1,7 +1,9 @@
 """``ds-robot train grasp``: the hierarchical controller, trained from scratch on the rollout engine.
 
 Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` envs over
-``workers`` rollout-engine processes, step mode):
+``workers`` rollout-engine processes, step mode; or over ``workers`` Ray actors with
+``backend="ray"``, on a local Ray instance or the cluster at ``ray_address``: env j is seeded
+``seed + j`` either way, so both give the same trajectories):
 
 - the **planner** (A2C with entropy regularisation, the RL core's recipe): a categorical
   policy over the k grasp options with a value baseline. One sample per attempt; the return
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from ds_robot.envs.presets import load_task
 from ds_robot.errors import ConfigError
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
@@ -43,6 +46,7 @@ from ds_robot.hier.features import (
     RESIDUAL_SIZE,
     SKILLS,
     H,
+    feature_scale,
     skill_of,
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
@@ -65,6 +69,8 @@ class HierTrainConfig:
     seed: int = 0
     workers: int = 2
     envs_per_worker: int = 8
+    backend: str = "local"  # local: rollout-engine processes; ray: Ray actors (one machine or a cluster)
+    ray_address: str | None = None  # None: a local Ray instance; "auto" or "HOST:PORT": a cluster
     n_steps: int = 64
     gamma: float = 0.99
     gae_lambda: float = 0.95
@@ -74,13 +80,14 @@ class HierTrainConfig:
     clip_range: float = 0.2
     log_std_init: float = -1.0
     planner_lr: float = 3e-3
-    planner_ent_coef: float = 0.01
+    planner_ent_coef: float = 0.02
     planner_batch: int = 32
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
     torque_features: bool = True
     randomize_physics: bool = False  # domain randomisation: the caller's randomized world, new physics every episode
+    task: str = "realistic"  # the task preset (sim/tasks/), its training object set unless ``objects``
     objects: str | None = None
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
     total_steps: int = 50_000_000
@@ -94,7 +101,8 @@ class HierTrainConfig:
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_ent_coef": self.planner_ent_coef >= 0, "total_steps": self.total_steps >= 1,
-                  "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0}
+                  "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0,
+                  "backend": self.backend in ("local", "ray")}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError("train grasp: impossible value for " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
@@ -108,19 +116,26 @@ class HierTrainConfig:
 
 
 class Planner(nn.Module):
+    """Option logits and a value from the features, each input scaled by ``feature_scale`` first
+    (the export folds the scales into the first layer: ``x diag(s) W = x (diag(s) W)``)."""
+
     def __init__(self, obs_dim: int, n_options: int):
         super().__init__()
         self.actor = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
         self.critic = mlp([obs_dim, 64, 64, 1], out_gain=1.0)
+        self.register_buffer("scale", torch.as_tensor(feature_scale()))
 
     def forward(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
-        return Categorical(logits=self.actor(obs)), self.critic(obs).squeeze(-1)
+        x = obs * self.scale
+        return Categorical(logits=self.actor(x)), self.critic(x).squeeze(-1)
 
 
-def _numpy_mlp(seq: nn.Sequential) -> NumpyMLP:
+def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None) -> NumpyMLP:
     linears = [m for m in seq if isinstance(m, nn.Linear)]
-    return NumpyMLP([m.weight.detach().double().numpy().T.copy() for m in linears],
-                    [m.bias.detach().double().numpy().copy() for m in linears])
+    weights = [m.weight.detach().double().numpy().T.copy() for m in linears]
+    if input_scale is not None:
+        weights[0] *= np.asarray(input_scale, dtype=np.float64)[:, None]
+    return NumpyMLP(weights, [m.bias.detach().double().numpy().copy() for m in linears])
 
 
 class HierTrainer:
@@ -132,7 +147,8 @@ class HierTrainer:
         self.config = cfg = config
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
-        env_kwargs = {"options": self.options, "torque_features": cfg.torque_features}
+        env_kwargs = {**load_task(cfg.task).env_kwargs("train"), "options": self.options,
+                      "torque_features": cfg.torque_features}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -143,7 +159,12 @@ class HierTrainer:
         if cfg.objects is not None:
             env_kwargs["objects"] = cfg.objects
         factory = EnvFactory(HIER_ENV_ID, env_kwargs)
-        if cfg.workers:
+        if cfg.backend == "ray":
+            from ds_robot.rollout.ray_backend import RayRolloutEngine
+
+            self.envs = RayRolloutEngine(factory, num_workers=max(cfg.workers, 1), envs_per_worker=cfg.envs_per_worker,
+                                         address=cfg.ray_address)
+        elif cfg.workers:
             self.envs = RolloutEngine(factory, num_workers=cfg.workers, envs_per_worker=cfg.envs_per_worker)
         else:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
@@ -366,7 +387,7 @@ class HierTrainer:
     # -- export and checkpoints ----------------------------------------------------------------
 
     def export(self, meta: dict | None = None) -> HierPolicy:
-        return HierPolicy(planner=_numpy_mlp(self.planner.actor), skills=[_numpy_mlp(s.actor) for s in self.skills],
+        return HierPolicy(planner=_numpy_mlp(self.planner.actor, self.planner.scale.numpy()), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
@@ -387,7 +408,9 @@ class HierTrainer:
 
     def load(self, path: str | Path) -> None:
         payload = load_checkpoint(path, self.identity())
-        self.planner.load_state_dict(payload["planner"])
+        planner = dict(payload["planner"])
+        planner.setdefault("scale", torch.ones_like(self.planner.scale))  # runs from before input scaling
+        self.planner.load_state_dict(planner)
         self.skills.load_state_dict(payload["skills"])
         self.planner_opt.load_state_dict(payload["planner_opt"])
         for opt, state in zip(self.skill_opts, payload["skill_opts"], strict=True):
@@ -441,8 +464,10 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if resume and run.checkpoint.exists():
         saved = load_checkpoint(run.checkpoint, {"algo": "hier_grasp"})
+        saved["config"].setdefault("task", "nominal")  # runs from before task presets trained the nominal task
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
-        changed = {k: v for k, v in overrides.items() if k not in ("workers",) and getattr(config, k) != v}
+        changed = {k: v for k, v in overrides.items()
+                   if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}
         if changed:
             raise ConfigError(f"--resume continues {run.checkpoint} with its own settings; these differ: {changed}")
         if "workers" in overrides:  # the same envs, spread over another number of processes
@@ -450,6 +475,8 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
             if config.n_envs % max(workers, 1):
                 raise ConfigError(f"--workers {workers}: the run's {config.n_envs} envs do not split evenly")
             config = dataclasses.replace(config, workers=workers, envs_per_worker=config.n_envs // max(workers, 1))
+        # where the envs run is not part of the run: a run may resume on Ray or locally
+        config = dataclasses.replace(config, **{k: overrides[k] for k in ("backend", "ray_address") if k in overrides})
     else:
         config = HierTrainConfig(**overrides)
     os.makedirs(run.root, exist_ok=True)

@@ -47,6 +47,11 @@ class RobotState:
     object_quat: np.ndarray  # (4,) w, x, y, z
     step_work_j: float  # sum_j |tau_j * dq_j| over the last step: the energy metric (docs/architecture.md) sum |tau qd| dt, exact
     # for the held torques unless a joint reverses inside the step (measured < 1% low)
+    # (left, right): each finger pad touches the object at the end of the step (the task's
+    # success needs both for the whole hold: an object balanced on the fingers does not count)
+    pad_contact: tuple[bool, bool] = (False, False)
+    grip_force_n: float = 0.0  # the larger of the two pads' normal force on the object, N
+    press_force_n: float = 0.0  # the largest normal force any other part of the robot puts on the object, N
 
 
 class PhysicsBackend(ABC):

@@ -47,6 +47,9 @@ class MuJoCoBackend(PhysicsBackend):
         self._tcp = m.site(scene.TCP_SITE).id
         self._obj_body = m.body(scene.OBJECT_BODY).id
         self._obj_qpos = m.jnt_qposadr[m.body_jntadr[self._obj_body]]
+        self._pads = [m.geom(g).id for g in scene.PAD_GEOMS]
+        self._obj_geom = m.geom(scene.OBJECT_GEOM).id
+        self._force6 = np.zeros(6)
         d = self.data
         # Views into MjData's fixed-size buffers stay valid across steps; taking them once keeps
         # attribute lookups off the per-step path.
@@ -122,4 +125,30 @@ class MuJoCoBackend(PhysicsBackend):
             object_pos_m=qpos[o : o + 3],
             object_quat=qpos[o + 3 : o + 7],
             step_work_j=work_j,
+            **self._object_contacts(),
         )
+
+    def _object_contacts(self) -> dict:
+        """Which pads touch the object and the normal forces the robot puts on it (end of the step)."""
+        d = self.data
+        if d.ncon == 0:
+            return {}
+        pairs = d.contact.geom[: d.ncon]
+        rows = np.flatnonzero((pairs == self._obj_geom).any(axis=1))
+        if not len(rows):
+            return {}
+        pads, press = [0.0, 0.0], 0.0
+        touching = [False, False]
+        for i in rows:
+            other = pairs[i, 1] if pairs[i, 0] == self._obj_geom else pairs[i, 0]
+            body = self.model.geom_bodyid[other]
+            if body == 0 or body == self._obj_body:  # the table (world body)
+                continue
+            mujoco.mj_contactForce(self.model, d, int(i), self._force6)
+            if other == self._pads[0] or other == self._pads[1]:
+                side = 0 if other == self._pads[0] else 1
+                touching[side] = True
+                pads[side] += self._force6[0]
+            else:
+                press = max(press, float(self._force6[0]))
+        return {"pad_contact": (touching[0], touching[1]), "grip_force_n": float(max(pads)), "press_force_n": press}

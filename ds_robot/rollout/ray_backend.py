@@ -213,8 +213,14 @@ class RayRolloutEngine(gym.vector.VectorEnv):
     def step(self, actions: Any):
         self._require_open()
         actions = np.asarray(actions)
-        if actions.shape[:1] != (self.num_envs,) or not self.action_space.contains(
-                actions.astype(self.action_space.dtype)):
+        # Box actions: the shape (the env clips or refuses the values, as with the local engine);
+        # other spaces: membership
+        if isinstance(self.single_action_space, gym.spaces.Box):
+            valid = actions.shape == (self.num_envs, *self.single_action_space.shape)
+        else:
+            valid = actions.shape[:1] == (self.num_envs,) and self.action_space.contains(
+                actions.astype(self.action_space.dtype))
+        if not valid:
             raise ActionError(f"actions must be a batch of {self.num_envs} actions from {self.single_action_space}, "
                               f"got shape {actions.shape}")
         results, failed = self._call("step", [(actions[self._slice(w)],) for w in range(self.num_workers)])

@@ -10,10 +10,21 @@ Format (see ``sim/objects/default.yaml``)::
 Sizes per shape: box ``[hx, hy, hz]``; cylinder ``[radius, half_height]`` (standing);
 sphere ``[radius]``; capsule ``[radius, half_length]`` (lying, axis along its local x).
 An object may override ``placement``. Every error names the file, the entry and the field.
+``crush_force_n`` (optional, default unbreakable): a fragile object (an egg, a paper cup, soft
+fruit) breaks when a finger pad or any other part of the robot presses on it harder than this.
+
+Rest poses (``rests``, optional, default the shape's first): the stable faces the object may
+be placed on, one drawn per episode. ``upright`` is the size as given; a box may also lie on
+its x face (``side_x``: the x and z half-sizes swap) or its y face (``side_y``: y and z swap);
+a cylinder may lie on its side (``lying``: its axis along the body's x); a capsule always
+lies. The body frame stays gravity-aligned in every rest pose (the geom is turned inside it),
+so ``half_extents_m`` is the axis-aligned box a detector reports for the resting object.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +35,18 @@ from ds_robot.paths import sim_dir
 from ds_robot.yamlio import Fields, load_yaml
 
 SHAPE_SIZE_LENGTH = {"box": 3, "cylinder": 2, "sphere": 1, "capsule": 2}
+_C = math.cos(math.pi / 4)
+# Per shape: rest pose -> (geom orientation in the body frame (w, x, y, z), which size axis
+# becomes body x, y, z). The first entry is the shape's default.
+REST_POSES: dict[str, dict[str, tuple[tuple[float, ...], tuple[int, int, int]]]] = {
+    "box": {"upright": ((1.0, 0.0, 0.0, 0.0), (0, 1, 2)),
+            "side_x": ((_C, 0.0, _C, 0.0), (2, 1, 0)),
+            "side_y": ((_C, _C, 0.0, 0.0), (0, 2, 1))},
+    "cylinder": {"upright": ((1.0, 0.0, 0.0, 0.0), (0, 1, 2)),
+                 "lying": ((_C, 0.0, _C, 0.0), (2, 1, 0))},
+    "sphere": {"upright": ((1.0, 0.0, 0.0, 0.0), (0, 1, 2))},
+    "capsule": {"lying": ((_C, 0.0, _C, 0.0), (0, 1, 2))},
+}
 MAX_HALF_EXTENT_M = 0.5
 MAX_MASS_KG = 20.0
 
@@ -52,18 +75,45 @@ class ObjectSpec:
     friction: float
     placement: Placement
     rgba: tuple[float, ...] = (0.15, 0.45, 0.85, 1.0)
+    rests: tuple[str, ...] = ()  # allowed rest poses; () = the shape's default only
+    crush_force_n: float = math.inf  # a pad (or the palm) pressing harder than this breaks the object
+    rest: str = ""  # the rest pose of this instance; "" = the shape's default
+
+    def __post_init__(self):
+        poses = REST_POSES[self.shape]
+        if not self.rests:
+            object.__setattr__(self, "rests", (next(iter(poses)),))
+        if not self.rest:
+            object.__setattr__(self, "rest", self.rests[0])
+        bad = [r for r in (*self.rests, self.rest) if r not in poses]
+        if bad or self.rest not in self.rests:
+            raise ConfigError(f"object {self.name!r} ({self.shape}): rest poses {list(self.rests)} / {self.rest!r}; "
+                              f"a {self.shape} can rest {', '.join(poses)}")
+
+    def at_rest(self, rest: str) -> ObjectSpec:
+        """This object resting on another of its allowed faces."""
+        return self if rest == self.rest else dataclasses.replace(self, rest=rest)
+
+    @property
+    def geom_quat_wxyz(self) -> tuple[float, ...]:
+        """The shape's orientation inside the (gravity-aligned) body frame for this rest pose."""
+        return REST_POSES[self.shape][self.rest][0]
 
     @property
     def half_extents_m(self) -> np.ndarray:
-        """Half-extents of the bounding box in the object's frame."""
+        """Half-extents of the bounding box in the object's (body) frame, in this rest pose."""
         s = self.size_m
         if self.shape == "box":
-            return np.array(s)
-        if self.shape == "cylinder":
-            return np.array([s[0], s[0], s[1]])
-        if self.shape == "sphere":
-            return np.array([s[0], s[0], s[0]])
-        return np.array([s[1] + s[0], s[0], s[0]])  # capsule lying along x
+            own = np.array(s)
+        elif self.shape == "cylinder":
+            own = np.array([s[0], s[0], s[1]])
+        elif self.shape == "sphere":
+            own = np.array([s[0], s[0], s[0]])
+        else:
+            own = np.array([s[1] + s[0], s[0], s[0]])  # capsule lying along x
+        if self.shape == "capsule":
+            return own
+        return own[list(REST_POSES[self.shape][self.rest][1])]
 
     @property
     def resting_height_m(self) -> float:
@@ -106,6 +156,12 @@ def _object(f: Fields, default_placement: Placement | None) -> ObjectSpec:
     else:
         raise f.fail("placement", "missing (and the set gives no default placement)")
     rgba = f.vector("rgba", 4, default=ObjectSpec.rgba, low=0.0, high=1.0)
+    rests = f.raw("rests") if "rests" in f.data else []
+    if not isinstance(rests, list) or not all(isinstance(r, str) for r in rests) or len(set(rests)) != len(rests):
+        raise f.fail("rests", f"expected a list of distinct rest poses, got {rests!r}")
+    unknown = [r for r in rests if r not in REST_POSES[shape]]
+    if unknown:
+        raise f.fail("rests", f"{unknown}: a {shape} can rest {', '.join(REST_POSES[shape])}")
     return ObjectSpec(
         name=f.string("name"),
         shape=shape,
@@ -114,6 +170,8 @@ def _object(f: Fields, default_placement: Placement | None) -> ObjectSpec:
         friction=f.number("friction", low=0.01, high=5.0),
         placement=placement,
         rgba=rgba,
+        rests=tuple(rests),
+        crush_force_n=f.number("crush_force_n", low=0.5, high=1e4) if "crush_force_n" in f.data else math.inf,
     )
 
 

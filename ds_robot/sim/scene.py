@@ -27,7 +27,9 @@ FINGER_JOINTS = (GRIPPER_PREFIX + "left_finger_joint", GRIPPER_PREFIX + "right_f
 PAYLOAD_BODY = GRIPPER_PREFIX + "gripper"  # where a payload at the flange is added (just below it)
 GRIPPER_ACTUATOR = GRIPPER_PREFIX + "gripper"
 TCP_SITE = GRIPPER_PREFIX + "tcp"
+PAD_GEOMS = (GRIPPER_PREFIX + "left_pad", GRIPPER_PREFIX + "right_pad")
 OBJECT_BODY = "object"
+OBJECT_GEOM = "object_geom"
 # Object contacts: contype 1, conaffinity 1|2|4 (table, arm links, gripper). Its friction wins
 # over the pads' and the table's (higher priority), so an object set's friction is what counts.
 OBJECT_CONTYPE, OBJECT_CONAFFINITY, OBJECT_PRIORITY = 1, 7, 1
@@ -66,12 +68,12 @@ def _add_object(spec: mujoco.MjSpec, obj: ObjectSpec) -> None:
     body = spec.worldbody.add_body(name=OBJECT_BODY, pos=[0.5, 0.0, obj.resting_height_m])
     body.add_freejoint(name="object_joint")
     size = list(obj.size_m) + [0.0] * (3 - len(obj.size_m))
-    # The body frame's z stays vertical for every shape; a capsule's geom is turned to lie
-    # along the body's x axis, so ObjectSpec.half_extents_m holds in the body frame.
-    lying = [math.cos(math.pi / 4), 0.0, math.sin(math.pi / 4), 0.0] if obj.shape == "capsule" else [1, 0, 0, 0]
+    # The body frame's z stays vertical in every rest pose; the geom is turned inside it (a
+    # capsule to lie along the body's x axis, a box on its side, a lying cylinder), so
+    # ObjectSpec.half_extents_m holds in the body frame.
     body.add_geom(
-        name="object_geom",
-        quat=lying,
+        name=OBJECT_GEOM,
+        quat=list(obj.geom_quat_wxyz),
         type=SHAPES[obj.shape],
         size=size,
         mass=obj.mass_kg,

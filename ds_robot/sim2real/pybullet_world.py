@@ -23,7 +23,6 @@ What differs, on purpose or because PyBullet has no equivalent:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 
@@ -113,16 +112,16 @@ class PyBulletBackend(PhysicsBackend):
             p.removeBody(self.object, physicsClientId=c)
         size = obj.size_m
         orientation = [0, 0, 0, 1]
+        w, x, y, z = obj.geom_quat_wxyz  # the rest pose, as in the MuJoCo scene (capsules lie along x)
+        turned = {"collisionFrameOrientation": [x, y, z, w], "physicsClientId": c}
         if obj.shape == "box":
-            shape = p.createCollisionShape(p.GEOM_BOX, halfExtents=list(size), physicsClientId=c)
+            shape = p.createCollisionShape(p.GEOM_BOX, halfExtents=list(size), **turned)
         elif obj.shape == "cylinder":
-            shape = p.createCollisionShape(p.GEOM_CYLINDER, radius=size[0], height=2 * size[1], physicsClientId=c)
+            shape = p.createCollisionShape(p.GEOM_CYLINDER, radius=size[0], height=2 * size[1], **turned)
         elif obj.shape == "sphere":
             shape = p.createCollisionShape(p.GEOM_SPHERE, radius=size[0], physicsClientId=c)
-        elif obj.shape == "capsule":  # lying along the body's x axis, as in the MuJoCo scene
-            shape = p.createCollisionShape(p.GEOM_CAPSULE, radius=size[0], height=2 * size[1],
-                                           collisionFrameOrientation=p.getQuaternionFromEuler([0, math.pi / 2, 0]),
-                                           physicsClientId=c)
+        elif obj.shape == "capsule":
+            shape = p.createCollisionShape(p.GEOM_CAPSULE, radius=size[0], height=2 * size[1], **turned)
         else:
             raise ConfigError(f"object shape {obj.shape!r} has no PyBullet equivalent here")
         yaw = p.getQuaternionFromEuler([0, 0, setup.object_yaw_rad])
@@ -187,6 +186,9 @@ class PyBulletBackend(PhysicsBackend):
             tcp_pos_m=np.array(tcp[4]), tcp_rot=np.array(p.getMatrixFromQuaternion(tcp[5])).reshape(3, 3),
             object_pos_m=np.array(pos), object_quat=np.array([quat[3], quat[0], quat[1], quat[2]]),
             step_work_j=work_j,
+            pad_contact=tuple(bool(p.getContactPoints(bodyA=self.robot, bodyB=self.object, linkIndexA=finger,
+                                                      physicsClientId=c))
+                              for finger in self.fingers),
         )
 
     def close(self) -> None:

@@ -1,0 +1,85 @@
+"""Task presets (``--task``): which objects, what the controller perceives, how episodes start.
+
+A preset is one YAML in ``sim/tasks/`` (``realistic.yaml``, the default of every benchmark,
+of ``train grasp`` and of ``make demo``; ``nominal.yaml``, the ground-truth setting of the
+first releases, kept for regression). Format::
+
+    name: realistic
+    objects: {train: train.yaml, test: test.yaml}   # files in sim/objects/
+    episode_s: 12.0                                  # default 8
+    start_qpos_noise_rad: 0.12                       # each joint uniform +- around home
+    joint_sensors: {q_rad: 1.0e-4, qd_rad_s: 0.01, tau_fraction_of_limit: 0.01, delay_steps: 0}
+    perception: {...}                                # ds_robot.envs.perception; null = ground truth
+
+``env_kwargs(split)`` gives the ``UR5GraspEnv`` keyword arguments of the preset for the
+``train`` or ``test`` object set (plain, picklable values: rollout workers build their own envs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ds_robot.envs.perception import PerceptionConfig
+from ds_robot.errors import ConfigError
+from ds_robot.paths import sim_dir
+from ds_robot.yamlio import Fields, load_yaml
+
+TASKS = ("realistic", "nominal")
+SPLITS = ("train", "test")
+DEFAULT_TASK = "realistic"
+
+
+@dataclass(frozen=True)
+class TaskPreset:
+    name: str
+    source: Path
+    objects: dict[str, Path]
+    start_qpos_noise_rad: float
+    episode_s: float
+    joint_noise: dict[str, float]  # observation field -> standard deviation, in feature units
+    joint_delay_steps: int
+    perception: PerceptionConfig | None
+
+    def object_set(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ConfigError(f"object split {split!r}: choose {' or '.join(SPLITS)}")
+        return self.objects[split]
+
+    def env_kwargs(self, split: str = "train") -> dict:
+        return {"objects": str(self.object_set(split)), "init_qpos_noise_rad": self.start_qpos_noise_rad,
+                "episode_s": self.episode_s,
+                "sensor_noise": dict(self.joint_noise) or None, "sensor_delay_steps": self.joint_delay_steps,
+                "perception": self.perception}
+
+
+def load_task(name: str | Path) -> TaskPreset:
+    """A preset by name (``sim/tasks/<name>.yaml``) or from a YAML path."""
+    path = Path(name)
+    if path.suffix not in (".yaml", ".yml"):
+        path = sim_dir() / "tasks" / f"{name}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"task preset {name!r}: no {path}; presets: {', '.join(TASKS)}")
+    f = Fields(load_yaml(path, "task preset"), str(path))
+    objects = f.sub("objects")
+    sets = {}
+    for split in SPLITS:
+        file = Path(objects.string(split))
+        sets[split] = file if file.is_absolute() else sim_dir() / "objects" / file
+        if not sets[split].is_file():
+            raise objects.fail(split, f"object set {sets[split]} does not exist")
+    sensors = f.sub("joint_sensors") if f.raw("joint_sensors", None) is not None else Fields({}, f"{path}: joint_sensors")
+    noise = {"q": sensors.number("q_rad", 0.0, low=0.0, high=0.1),
+             "qd": sensors.number("qd_rad_s", 0.0, low=0.0, high=1.0) / math.pi,  # the qd feature is rad/s / pi
+             "tau": sensors.number("tau_fraction_of_limit", 0.0, low=0.0, high=0.5)}
+    delay = sensors.number("delay_steps", 0, low=0, high=10)
+    if delay != int(delay):
+        raise sensors.fail("delay_steps", f"expected a whole number of control steps, got {delay}")
+    perception = f.raw("perception", None)
+    return TaskPreset(
+        name=f.string("name", path.stem), source=path, objects=sets,
+        start_qpos_noise_rad=f.number("start_qpos_noise_rad", 0.0, low=0.0, high=0.5),
+        episode_s=f.number("episode_s", 8.0, low=1.0, high=120.0),
+        joint_noise={k: v for k, v in noise.items() if v > 0}, joint_delay_steps=int(delay),
+        perception=None if perception is None else PerceptionConfig.from_fields(f.sub("perception")))

@@ -1,0 +1,180 @@
+"""The realistic task: perception model, rest poses, fragile objects, grip forces, re-planning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ds_robot.control.scripted import GraspOption, ScriptedConfig, ScriptedGraspController
+from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.envs.perception import Perception, PerceptionConfig
+from ds_robot.envs.presets import TASKS, load_task
+from ds_robot.errors import ConfigError
+from ds_robot.evaluate import run_episode
+from ds_robot.sim.objects import ObjectSpec, Placement, load_object_set
+
+PLACE = Placement((0.5, 0.5), (0.0, 0.0), (0.0, 0.0))
+QUAT = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+# -- perception --------------------------------------------------------------------------------
+
+
+def _episode(perception: Perception, rng, seconds: float, pos_at=lambda t: np.zeros(3), dt: float = 0.01):
+    seen = [perception.reset(0.0, pos_at(0.0), QUAT, np.full(3, 0.03), rng)]
+    for k in range(1, int(round(seconds / dt)) + 1):
+        seen.append(perception(k * dt, pos_at(k * dt), QUAT, rng))
+    return seen
+
+
+def test_perception_bias_is_per_episode_and_noise_per_frame_with_the_configured_spread():
+    cfg = PerceptionConfig(dropout_probability=0.0, latency_s=0.0)
+    perception, rng = Perception(cfg), np.random.default_rng(0)
+    biases, noise = [], []
+    for _ in range(300):
+        seen = _episode(perception, rng, 1.0)
+        biases.append(perception.bias_pos.copy())
+        frames = np.unique(np.array([s[0] for s in seen]), axis=0)  # one row per delivered frame
+        noise.append(frames - perception.bias_pos)
+    biases, noise = np.array(biases), np.concatenate(noise)
+    assert biases.std(axis=0) == pytest.approx(cfg.bias_position_m, rel=0.15)
+    assert noise.std(axis=0) == pytest.approx(np.full(3, cfg.noise_position_m), rel=0.1)
+    assert abs(noise.mean()) < 3e-4  # the bias is what the frames share
+
+
+def test_perception_delivers_30_frames_a_second_less_dropouts_and_latency_late():
+    cfg = PerceptionConfig(rate_hz=30.0, latency_s=0.06, dropout_probability=0.2, noise_position_m=0.0,
+                           bias_position_m=(0.0, 0.0, 0.0))
+    perception, rng = Perception(cfg), np.random.default_rng(1)
+    # the object jumps 10 cm at t = 1 s; the detector reports it only after a capture plus the latency
+    seen = _episode(perception, rng, 10.0, pos_at=lambda t: np.array([0.1 if t >= 1.0 else 0.0, 0.0, 0.0]))
+    first = next(k for k, s in enumerate(seen) if s[0][0] > 0.05) * 0.01
+    assert 1.0 + cfg.latency_s - 1e-9 <= first <= 1.0 + cfg.latency_s + 1.0 / cfg.rate_hz + 0.2  # dropouts may delay
+    rate = perception.delivered_frames / 10.0
+    assert rate == pytest.approx(30.0 * (1 - cfg.dropout_probability), rel=0.1)
+    assert perception.dropped_frames > 0
+
+
+def test_perception_size_estimate_has_percent_level_error_and_impossible_configs_are_refused():
+    perception, rng = Perception(PerceptionConfig(size_error_fraction=0.03)), np.random.default_rng(2)
+    ratios = [perception.reset(0.0, np.zeros(3), QUAT, np.full(3, 0.03), rng)[2] / 0.03 - 1 for _ in range(500)]
+    assert np.std(ratios) == pytest.approx(0.03, rel=0.15)
+    for bad in ({"rate_hz": 0.0}, {"dropout_probability": 1.0}, {"latency_s": -0.1}, {"noise_yaw_deg": math.nan},
+                {"bias_position_m": (0.0, 0.0)}):
+        with pytest.raises(ConfigError, match="perception"):
+            PerceptionConfig(**bad)
+
+
+def test_the_realistic_env_shows_the_perceived_not_the_true_object_position():
+    env = UR5GraspEnv(**load_task("realistic").env_kwargs("train"))
+    obs, _ = env.reset(seed=3)
+    layout, state = env.task.layout, env.state
+    seen, _ = layout.object_pose(obs, state.tcp_pos_m, state.tcp_rot)
+    error = np.linalg.norm(seen - state.object_pos_m)
+    assert 1e-4 < error < 0.03  # millimetres off, never the truth
+    nominal = UR5GraspEnv(**load_task("nominal").env_kwargs("train"))
+    obs, _ = nominal.reset(seed=3)
+    seen, _ = layout.object_pose(obs, nominal.state.tcp_pos_m, nominal.state.tcp_rot)
+    assert np.linalg.norm(seen - nominal.state.object_pos_m) < 1e-5
+
+
+def test_presets_load_and_bad_presets_are_refused(tmp_path):
+    for name in TASKS:
+        preset = load_task(name)
+        assert len(load_object_set(preset.object_set("train")).objects) >= 8
+    realistic = load_task("realistic")
+    train, test = (load_object_set(realistic.object_set(s)) for s in ("train", "test"))
+    assert len(train.objects) >= 24 and len(test.objects) >= 8 and not set(train.names()) & set(test.names())
+    with pytest.raises(ConfigError, match="no such|presets"):
+        load_task("nonsense")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nobjects: {train: train.yaml, test: test.yaml}\nperception: {rate_hz: -3}\n")
+    with pytest.raises(ConfigError, match="rate_hz"):
+        load_task(bad)
+
+
+# -- rest poses --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "size", "rest", "half"), [
+    ("box", (0.05, 0.03, 0.02), "side_x", (0.02, 0.03, 0.05)),
+    ("box", (0.05, 0.03, 0.02), "side_y", (0.05, 0.02, 0.03)),
+    ("cylinder", (0.02, 0.06), "lying", (0.06, 0.02, 0.02)),
+])
+def test_an_object_on_another_face_rests_at_that_height_in_mujoco(shape, size, rest, half):
+    obj = ObjectSpec("o", shape, size, 0.2, 0.8, PLACE, rests=("upright", rest)).at_rest(rest)
+    assert np.allclose(obj.half_extents_m, half)
+    env = UR5GraspEnv(objects=load_object_set(load_task("nominal").object_set("train")))
+    from ds_robot.physics.backend import EpisodeSetup
+
+    state = env.backend.reset(EpisodeSetup(obj, 0.5, 0.0, 0.3, env.home_qpos_rad, 0.1))
+    for _ in range(50):
+        state = env.backend.step(np.zeros(6), -1.0, 0.01)  # the arm sags, far above; the object settles
+    assert state.object_pos_m[2] == pytest.approx(half[2], abs=2e-3)
+    with pytest.raises(ConfigError, match="can rest"):
+        ObjectSpec("o", "sphere", (0.03,), 0.1, 0.8, PLACE, rests=("lying",))
+
+
+# -- fragile objects, grip force, re-planning --------------------------------------------------
+
+
+def _realistic_env(names: list[str]) -> UR5GraspEnv:
+    env = UR5GraspEnv(**load_task("realistic").env_kwargs("train"))
+    env.object_set = type(env.object_set)(env.object_set.name, env.object_set.source,
+                                          tuple(o for o in env.object_set.objects if o.name in names))
+    return env
+
+
+def _run(env, option: GraspOption | None, seed: int, chooser=None, **config):
+    controller = ScriptedGraspController(env.control_dt_s, "ur5e", ScriptedConfig(
+        option=option or GraspOption(), **config))
+    controller.option_chooser = chooser
+    result = run_episode(env, controller, seed)
+    return result, controller
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_full_grip_crushes_a_fragile_object_that_a_gentle_grip_lifts(seed):
+    env = _realistic_env(["peach"])
+    firm, _ = _run(env, GraspOption(), seed)
+    assert not firm.success and env.task.crushed
+    gentle, _ = _run(env, GraspOption(grip_force_n=5.0), seed)
+    assert gentle.success and not env.task.crushed and env.state.grip_force_n < 9.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_heavy_object_slipping_from_a_gentle_grip_triggers_a_new_decision(seed):
+    env = _realistic_env(["dumbbell", "tool_box"])
+    asked: list[int] = []
+
+    def gentle_then_firm(obs, attempt):
+        asked.append(attempt)
+        return GraspOption(grip_force_n=5.0 if attempt == 0 else 0.0)
+
+    result, machine = _run(env, None, seed, chooser=gentle_then_firm)
+    assert machine.replans >= 1 and asked[:2] == [0, 1] and result.success
+    # the same episode without the re-plan: the gentle grasp is all there is, and it fails
+    result, machine = _run(env, None, seed, chooser=gentle_then_firm, replan_on_empty=False)
+    assert machine.replans == 0 and not result.success
+
+
+def test_the_payload_the_torques_show_is_the_object_mass_when_held_and_about_zero_when_it_slipped():
+    env = _realistic_env(["heavy_block", "can"])
+    for seed in (0, 1, 2):
+        result, machine = _run(env, None, seed)
+        assert result.success
+        assert machine.payload_kg == pytest.approx(env.setup.obj.mass_kg, abs=0.06)  # a constant would fail one
+    env = _realistic_env(["dumbbell"])
+    machine = ScriptedGraspController(env.control_dt_s, "ur5e")
+    at_replan: list[float] = []
+
+    def chooser(obs, attempt):
+        if attempt == 1:
+            at_replan.append(machine.payload_kg)
+        return GraspOption(grip_force_n=5.0 if attempt == 0 else 0.0)
+
+    machine.option_chooser = chooser
+    assert run_episode(env, machine, 0).success
+    assert len(at_replan) == 1 and abs(at_replan[0]) < 0.1 < env.setup.obj.mass_kg  # the 1.3 kg dumbbell slipped out
