@@ -90,7 +90,8 @@ def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[s
                              "residual_share": controller.residual_share if hier else None})
     env.close()
     return {"variant": variant, "set": split, "seed": seed, "episodes": episodes_out,
-            "planning_s": list(controller.planning_s)}
+            "planning_s": list(controller.planning_s),
+            "option_names": [o.describe() for o in controller.policy.options] if hier else []}
 
 
 def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str, Any]:
@@ -116,6 +117,8 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
     if shares:
         row["residual_share"] = float(np.mean(shares))
     row["crushed"] = int(sum(e["crushed"] for e in episodes))
+    if jobs and jobs[0].get("option_names"):
+        row["option_names"] = jobs[0]["option_names"]
     row["replans"] = int(sum(e["replans"] for e in episodes))
     options = Counter(o for e in episodes for o in e["options"])
     if options:
@@ -135,6 +138,19 @@ def _run(jobs: list[tuple], workers: int, desc: str) -> list[dict]:
         for future in tqdm(futures, desc=desc, unit="job"):
             done.append(future.result())
     return done
+
+
+def _trained_on(policies: dict[str, Path], variants) -> dict[str, str]:
+    """The task each hierarchical variant's policy was trained on (its file's metadata; files from
+    before task presets trained the nominal task)."""
+    from ds_robot.hier.policy import HierPolicy
+
+    out = {}
+    for variant in variants:
+        path = policies.get(variant)
+        if path is not None and str(path).endswith(".npz"):
+            out[variant] = str(HierPolicy.load(path).meta.get("config", {}).get("task", "nominal"))
+    return out
 
 
 def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
@@ -178,7 +194,10 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
             job["variant"] = "best_fixed"
     results = [summarise_jobs(v, s, [j for j in done if j["variant"] == v and j["set"] == s])
                for s in sets for v in runnable]
+    trained_on = _trained_on(policies, runnable)
     for row in results:
+        if row["name"] in trained_on:
+            row["policy_trained_on"] = trained_on[row["name"]]
         if row["name"] == "best_fixed":
             k = int(best.split("_")[1])
             row["option"] = {"index": k, "describe": DEFAULT_OPTIONS[k].describe()}
@@ -187,10 +206,15 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     results += [{"name": v, "object_set": s, "missing": why} for v, why in MISSING.items() if v in variants
                 for s in sets]
     _print_table([r for r in results if "missing" not in r])
+    for row in results:
+        if row.get("name") == "hier" and row.get("per_object_options"):
+            _print_choices(row)
     for v, why in MISSING.items():
         if v in variants:
             print(f"{v}: missing ({why})")
     lines = verdict(results)
+    lines += [f"{v}: its policy was trained on the {t} task, not on {preset.name}" for v, t in trained_on.items()
+              if t != preset.name]
     for line in lines:
         print(line)
     if json_path:
@@ -217,6 +241,16 @@ def _print_table(results: list[dict]) -> None:
             for r in results]
     print(format_table(["set", "variant", "episodes", "success [95% CI]", "time to lift s", "energy J", "crushed",
                         "re-plans", "plan ms", "step us", "residual share"], rows))
+
+
+def _print_choices(row: dict) -> None:
+    """Per object: success and the options the planner chose (first decisions and re-plans)."""
+    print(f"\nhier on the {row['object_set']} set: options chosen per object (index: count; "
+          + ", ".join(f"{i} = {name}" for i, name in enumerate(row.get("option_names", []))) + ")")
+    print(format_table(["object", "success", "options chosen"],
+                       [[name, f"{row['per_object_success'][name]:.2f}",
+                         " ".join(f"{k}:{v}" for k, v in counts.items())]
+                        for name, counts in row["per_object_options"].items()]))
 
 
 def _rate(row: dict) -> str:

@@ -21,15 +21,21 @@ from ds_robot.errors import ConfigError
 from ds_robot.stats import wilson_ci95
 
 
-def rollout_features(policy, episodes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _env(task: str):
+    from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.presets import load_task
+
+    return UR5GraspEnv(**load_task(task).env_kwargs("train"))
+
+
+def rollout_features(policy, episodes: int, seed: int = 0, task: str = "realistic") -> tuple[np.ndarray, np.ndarray]:
     """The 47-D features the fp32 controller sees over ``episodes`` episodes, and which of them
     came with a planning decision."""
     from ds_robot.deploy.controllers import controller_for_env
-    from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import episode_seeds
     from ds_robot.hier.features import H
 
-    env = UR5GraspEnv()
+    env = _env(task)
     controller = controller_for_env("hier", env, policy=policy)
     features = []
     for s in episode_seeds(seed, episodes):
@@ -89,12 +95,11 @@ def agreement(fp32, other, features: np.ndarray, decisions: np.ndarray) -> dict[
             "torque_err_max_nm": float(torque_err.max()), "torque_err_mean_nm": float(torque_err.mean())}
 
 
-def success(policy, episodes: int, seed: int = 0) -> dict[str, Any]:
+def success(policy, episodes: int, seed: int = 0, task: str = "realistic") -> dict[str, Any]:
     from ds_robot.deploy.controllers import controller_for_env
-    from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.evaluate import run_episodes
 
-    env = UR5GraspEnv()
+    env = _env(task)
     results = run_episodes(env, controller_for_env("hier", env, policy=policy), episodes, seed, progress=False)
     wins = sum(r.success for r in results)
     rate, ci = wilson_ci95(wins, episodes)
@@ -103,7 +108,8 @@ def success(policy, episodes: int, seed: int = 0) -> dict[str, Any]:
 
 
 def quantize_report(policy_path: Path, out: Path, scheme: str, episodes: int, success_episodes: int,
-                    json_path: str | None = None) -> int:
+                    json_path: str | None = None, task: str = "realistic") -> int:
+    """Quantize, then compare int8 with fp32 on episodes of the ``task`` preset's training set."""
     from ds_robot.deploy.torch_runtime import torch_policy
     from ds_robot.hier.policy import HierPolicy
 
@@ -119,7 +125,7 @@ def quantize_report(policy_path: Path, out: Path, scheme: str, episodes: int, su
     size_fp32, size_int8 = Path(policy_path).stat().st_size, Path(out).stat().st_size
     print(f"wrote {out} ({scheme}): {size_int8:,} bytes, {size_int8 / size_fp32:.3f}x the fp32 file "
           f"({size_fp32:,} bytes)")
-    features, decisions = rollout_features(fp32, episodes)
+    features, decisions = rollout_features(fp32, episodes, task=task)
     agree = agreement(fp32, int8, features, decisions)
     runtimes = {"torch_fp32": torch_policy(fp32), "numpy_fp32": fp32, "int8": int8}
     rows, results = [], []
@@ -128,7 +134,7 @@ def quantize_report(policy_path: Path, out: Path, scheme: str, episodes: int, su
         size = size_int8 if name == "int8" else size_fp32
         row = {"name": name, **lat, "size_bytes": size}
         if name != "torch_fp32" and success_episodes:
-            row.update(success(pol, success_episodes))
+            row.update(success(pol, success_episodes, task=task))
         results.append(row)
         rows.append([name, f"{lat['step_p50_us']:.1f}", f"{lat['step_p99_us']:.1f}", f"{size:,}",
                      f"{row['success_rate']:.3f}" if "success_rate" in row else "(= numpy_fp32)"])
@@ -139,7 +145,7 @@ def quantize_report(policy_path: Path, out: Path, scheme: str, episodes: int, su
           f"(mean {agree['torque_err_mean_nm']:.4f})")
     if json_path:
         write_json(json_path, "quantize", {"policy": str(policy_path), "scheme": scheme, "episodes": episodes,
-                                           "success_episodes": success_episodes},
+                                           "success_episodes": success_episodes, "task": task},
                    [*results, {"name": "agreement", **agree}])
         print(f"wrote {json_path}")
     return 0

@@ -319,7 +319,8 @@ def cmd_quantize(args) -> int:
     from ds_robot.bench.quantize import quantize_report
 
     scheme = "int8_channel" if args.per_channel else "int8_tensor"
-    return quantize_report(args.policy, args.out, scheme, args.episodes, args.success_episodes, args.json)
+    return quantize_report(args.policy, args.out, scheme, args.episodes, args.success_episodes, args.json,
+                           task=args.task_preset)
 
 
 def cmd_model(args) -> int:
@@ -426,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--success-episodes", type=int, default=50,
                    help="grasp episodes to compare success of fp32 and int8 (default: 50; 0: skip)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    _add_task_arg(p, "realistic")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")

@@ -5,12 +5,13 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
 ``backend="ray"``, on a local Ray instance or the cluster at ``ray_address``: env j is seeded
 ``seed + j`` either way, so both give the same trajectories):
 
-- the **planner** (A2C with entropy regularisation, the RL core's recipe): a categorical
-  policy over the k grasp options with a value baseline. One sample per attempt; the return
-  of a decision is the sum of rewards from it to the end of the episode (the options
-  framework's high-level return, undiscounted inside an 8 s episode); loss
-  ``-log pi(o|s) A + c_v (G - V(s))^2 - beta H`` with ``A = G - V(s)`` normalised over the
-  batch, one step each time ``planner_batch`` decisions have finished;
+- the **planner** (PPO with entropy regularisation, the RL core's clipped surrogate): a
+  categorical policy over the k grasp options with a value baseline. One sample per attempt
+  (the first, and each re-plan after a missed grasp or an empty lifted hand); the return of a
+  decision is the sum of rewards from it to the end of the episode (the options framework's
+  high-level return, undiscounted inside the episode); each time ``planner_batch`` decisions
+  have finished, ``planner_epochs`` passes of the clipped surrogate on ``A = G - V(s)``
+  (normalised over the batch), ``+ c_v (G - V(s))^2 - beta H``;
 - the three **skill policies** (PPO, clipped surrogate, GAE): diagonal-Gaussian residuals on
   the model-based torque, each trained on the steps where it was active, with advantages
   computed along the whole trajectory (each step's value from the active skill's critic).
@@ -79,9 +80,11 @@ class HierTrainConfig:
     skill_minibatch: int = 512
     clip_range: float = 0.2
     log_std_init: float = -1.0
-    planner_lr: float = 3e-3
+    planner_lr: float = 1e-3
     planner_ent_coef: float = 0.02
-    planner_batch: int = 32
+    planner_batch: int = 64  # finished decisions per planner update
+    planner_epochs: int = 8
+    planner_minibatch: int = 32
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
@@ -100,6 +103,7 @@ class HierTrainConfig:
                   "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
+                  "planner_epochs": self.planner_epochs >= 1, "planner_minibatch": self.planner_minibatch >= 1,
                   "planner_ent_coef": self.planner_ent_coef >= 0, "total_steps": self.total_steps >= 1,
                   "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0,
                   "backend": self.backend in ("local", "ray")}
@@ -191,7 +195,7 @@ class HierTrainer:
         self.obs, _ = self.envs.reset(seed=seed)
         self._return = np.zeros(n)  # running episode return, per env
         self._open: list[list[list]] = [[] for _ in range(n)]  # per env: [features, option, return-at-decision]
-        self.finished_decisions: list[tuple[np.ndarray, int, float]] = []
+        self.finished_decisions: list[tuple[np.ndarray, int, float, float]] = []  # features, option, return, log p
         self.finished_episodes: list[dict] = []
 
     # -- acting --------------------------------------------------------------------------------
@@ -208,10 +212,12 @@ class HierTrainer:
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
                 dist, _ = self.planner(obs_t[due])
-                chosen = dist.sample().numpy()
+                sample = dist.sample()
+                chosen = sample.numpy()
+                log_p = dict(zip(due.tolist(), dist.log_prob(sample).numpy().tolist(), strict=True))
                 actions[due, 0] = chosen
                 for i, option in zip(due, chosen, strict=True):
-                    self._open[i].append([obs[i].copy(), int(option), self._return[i]])
+                    self._open[i].append([obs[i].copy(), int(option), self._return[i], float(log_p[i])])
             for k, skill in enumerate(self.skills):
                 rows = np.flatnonzero(skills == k)
                 if len(rows):
@@ -249,12 +255,12 @@ class HierTrainer:
                 log_probs, values, reward, done)
             for i in np.flatnonzero(done):
                 final = _final_info(infos, i)
-                for features, option, at in self._open[i]:
-                    self.finished_decisions.append((features, option, float(self._return[i] - at)))
+                for features, option, at, log_p in self._open[i]:
+                    self.finished_decisions.append((features, option, float(self._return[i] - at), log_p))
                 self.finished_episodes.append({"success": bool(final.get("success", False)),
                                                "energy_j": float(final.get("energy_j", math.nan)),
                                                "attempts": int(final.get("attempts", 0)),
-                                               "options": [o for _, o, _ in self._open[i]]})
+                                               "options": [d[1] for d in self._open[i]]})
                 self._open[i] = []
                 self._return[i] = 0.0
             self.obs = next_obs
@@ -307,29 +313,43 @@ class HierTrainer:
         return stats
 
     def update_planner(self) -> dict:
-        """One A2C step on the finished decisions (through ``optimize_step``)."""
+        """PPO on the finished decisions: ``planner_epochs`` passes of minibatches, clipped
+        surrogate on the advantage ``G - V(s)`` (normalised over the batch) against the log-probs
+        the options were sampled with, value loss and entropy bonus; every step through
+        ``optimize_step``. (One A2C step per batch, the first version, made ~200 updates in an
+        hour of training: too few to learn an option that depends on the object.)"""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
         features = torch.as_tensor(np.stack([d[0] for d in self.finished_decisions]))
         options = torch.as_tensor([d[1] for d in self.finished_decisions])
         returns = torch.as_tensor([d[2] for d in self.finished_decisions], dtype=torch.float32)
+        old_log_p = torch.as_tensor([d[3] for d in self.finished_decisions], dtype=torch.float32)
         self.finished_decisions = []
-
-        def loss_fn():
-            dist, value = self.planner(features)
-            advantage = (returns - value).detach()
-            if len(advantage) > 1:  # per-batch normalisation: the option returns differ by a few hundredths
+        with torch.no_grad():
+            advantage = returns - self.planner(features)[1]
+            if len(advantage) > 1:
                 advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
-            entropy = dist.entropy().mean()
-            value_error = ((returns - value) ** 2).mean()
-            loss = -(dist.log_prob(options) * advantage).mean() + cfg.vf_coef * value_error - cfg.planner_ent_coef * entropy
-            return loss, {"planner_entropy": entropy.item(), "planner_return": returns.mean().item(),
-                          "planner_value_error": value_error.item()}
+        params = list(self.planner.parameters())
+        stats: dict = {}
+        for _ in range(cfg.planner_epochs):
+            order = torch.as_tensor(self.rng.permutation(len(returns)))
+            for start in range(0, len(order), cfg.planner_minibatch):
+                idx = order[start:start + cfg.planner_minibatch]
 
-        stats = optimize_step(loss_fn, self.planner_opt, list(self.planner.parameters()), self.planner_scaler,
-                              cfg.max_grad_norm, cfg.amp)
-        return {k: stats[k] for k in ("planner_entropy", "planner_return", "planner_value_error")}
+                def loss_fn(idx=idx):
+                    dist, value = self.planner(features[idx])
+                    policy_loss, _, _ = clipped_surrogate(dist.log_prob(options[idx]), old_log_p[idx], advantage[idx],
+                                                          cfg.clip_range)
+                    entropy = dist.entropy().mean()
+                    value_error = ((returns[idx] - value) ** 2).mean()
+                    loss = policy_loss + cfg.vf_coef * value_error - cfg.planner_ent_coef * entropy
+                    return loss, {"planner_entropy": entropy.item(), "planner_value_error": value_error.item()}
+
+                stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler, cfg.max_grad_norm,
+                                      cfg.amp)
+        return {"planner_entropy": stats["planner_entropy"], "planner_return": returns.mean().item(),
+                "planner_value_error": stats["planner_value_error"]}
 
     # -- the loop -----------------------------------------------------------------------------
 
