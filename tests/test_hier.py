@@ -264,21 +264,42 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
     assert "missing" in rows[("test", "sb3_sac")]
 
 
-def test_the_exported_planner_folds_the_input_scales_and_gives_the_torch_logits():
+def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_values():
     import torch
 
     trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, n_steps=8))
     try:
         with torch.no_grad():
-            for p in trainer.planner.actor.parameters():
+            for p in trainer.planner.q.parameters():
                 p.normal_(0.0, 0.3)
-        features = np.random.default_rng(0).normal(0.0, 0.5, (5, trainer.planner.scale.numel())).astype(np.float32)
-        with torch.no_grad():
-            expected = trainer.planner(torch.as_tensor(features))[0].logits
+            features = np.random.default_rng(0).normal(0.0, 0.5, (5, trainer.planner.scale.numel())).astype(np.float32)
+            values = trainer.planner(torch.as_tensor(features)).numpy()
         exported = trainer.export().planner(features.astype(np.float64))
-        expected = expected - expected.logsumexp(-1, keepdim=True)
-        exported = exported - np.log(np.exp(exported).sum(-1, keepdims=True))
-        assert np.allclose(exported, expected.numpy(), atol=1e-5)
+        assert np.allclose(exported, values / trainer.config.planner_temperature, atol=1e-4)
         assert trainer.planner.scale.max() > 1.0  # the object fields are scaled up
+    finally:
+        trainer.close()
+
+
+def test_the_planner_learns_which_option_pays_in_which_state():
+    """Option values regressed on decisions: option 1 pays in states with a positive first feature,
+    option 0 in the others; after the updates the greedy choice differs between the two (a
+    constant planner fails)."""
+    trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, n_steps=8, planner_batch=16,
+                                          planner_steps=200, planner_lr=3e-3))
+    try:
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            for _ in range(64):
+                features = rng.normal(0.0, 0.3, HIER_OBS_SIZE).astype(np.float32)
+                features[0] = rng.choice([-1.0, 1.0])
+                option = int(rng.integers(len(trainer.options)))
+                good = (features[0] > 0) == (option == 1) and option in (0, 1)
+                trainer.finished_decisions.append((features, option, 1.0 if good else -1.0))
+            trainer.update_planner()
+        policy = trainer.export()
+        probe = np.zeros((2, HIER_OBS_SIZE))
+        probe[:, 0] = (1.0, -1.0)
+        assert list(np.argmax(policy.planner(probe), axis=1)) == [1, 0]
     finally:
         trainer.close()

@@ -37,7 +37,11 @@ H = HIER_SLICES
 RESIDUAL_SIZE = 7  # 6 joint torques / limits, gripper correction
 HIER_ACTION_SIZE = 1 + RESIDUAL_SIZE  # the training env's action: option index, residual
 RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
-GRIPPER_SCALE = 0.25  # gripper command correction = GRIPPER_SCALE * action
+# Gripper command correction = GRIPPER_SCALE * action. Off: the grip force is the planner's choice
+# (the option), and a residual on the gripper command changes it; at 0.25 (the first policies,
+# which keep it in their files) exploration noise on it crushed every fragile object that a
+# gentle option would have held.
+GRIPPER_SCALE = 0.0
 
 
 def feature_scale() -> np.ndarray:

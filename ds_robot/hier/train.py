@@ -5,13 +5,13 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
 ``backend="ray"``, on a local Ray instance or the cluster at ``ray_address``: env j is seeded
 ``seed + j`` either way, so both give the same trajectories):
 
-- the **planner** (PPO with entropy regularisation, the RL core's clipped surrogate): a
-  categorical policy over the k grasp options with a value baseline. One sample per attempt
-  (the first, and each re-plan after a missed grasp or an empty lifted hand); the return of a
-  decision is the sum of rewards from it to the end of the episode (the options framework's
-  high-level return, undiscounted inside the episode); each time ``planner_batch`` decisions
-  have finished, ``planner_epochs`` passes of the clipped surrogate on ``A = G - V(s)``
-  (normalised over the batch), ``+ c_v (G - V(s))^2 - beta H``;
+- the **planner**: the value of each of the k grasp options, ``Q(s, o)``, regressed on the
+  return of every decision kept (the sum of rewards from the decision to the end of the
+  episode: the options framework's high-level return, undiscounted inside the episode;
+  Monte-Carlo control, ``update_planner`` says why not PPO); it explores with
+  ``(1 - eps) softmax(Q / T) + eps / k`` and the exported policy's logits are ``Q / T`` (the run
+  time takes the argmax). One decision per attempt: the first, and each re-plan after a missed
+  grasp or an empty lifted hand;
 - the three **skill policies** (PPO, clipped surrogate, GAE): diagonal-Gaussian residuals on
   the model-based torque, each trained on the steps where it was active, with advantages
   computed along the whole trajectory (each step's value from the active skill's critic).
@@ -81,10 +81,12 @@ class HierTrainConfig:
     clip_range: float = 0.2
     log_std_init: float = -1.0
     planner_lr: float = 1e-3
-    planner_ent_coef: float = 0.02
-    planner_batch: int = 64  # finished decisions per planner update
-    planner_epochs: int = 8
-    planner_minibatch: int = 32
+    planner_temperature: float = 0.1  # behaviour: softmax(Q / T) mixed with epsilon uniform
+    planner_epsilon: float = 0.1
+    planner_batch: int = 16  # new decisions per planner update (~one update every 10 s on 2 cores)
+    planner_steps: int = 32  # minibatch steps per update, over the kept decisions
+    planner_minibatch: int = 128
+    planner_buffer: int = 20_000  # the most recent decisions kept
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
@@ -103,8 +105,10 @@ class HierTrainConfig:
                   "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
-                  "planner_epochs": self.planner_epochs >= 1, "planner_minibatch": self.planner_minibatch >= 1,
-                  "planner_ent_coef": self.planner_ent_coef >= 0, "total_steps": self.total_steps >= 1,
+                  "planner_steps": self.planner_steps >= 1, "planner_minibatch": self.planner_minibatch >= 1,
+                  "planner_buffer": self.planner_buffer >= self.planner_batch,
+                  "planner_temperature": self.planner_temperature > 0, "planner_epsilon": 0 <= self.planner_epsilon < 1,
+                  "total_steps": self.total_steps >= 1,
                   "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0,
                   "backend": self.backend in ("local", "ray")}
         bad = [name for name, ok in checks.items() if not ok]
@@ -120,26 +124,33 @@ class HierTrainConfig:
 
 
 class Planner(nn.Module):
-    """Option logits and a value from the features, each input scaled by ``feature_scale`` first
+    """The value of each option, ``Q(s, o)``: the return expected from choosing ``o`` in ``s`` (and
+    acting as the current policy does afterwards). Inputs are scaled by ``feature_scale`` first
     (the export folds the scales into the first layer: ``x diag(s) W = x (diag(s) W)``)."""
 
     def __init__(self, obs_dim: int, n_options: int):
         super().__init__()
-        self.actor = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
-        self.critic = mlp([obs_dim, 64, 64, 1], out_gain=1.0)
+        self.q = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
         self.register_buffer("scale", torch.as_tensor(feature_scale()))
 
-    def forward(self, obs: torch.Tensor) -> tuple[Categorical, torch.Tensor]:
-        x = obs * self.scale
-        return Categorical(logits=self.actor(x)), self.critic(x).squeeze(-1)
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.q(obs * self.scale)
+
+    def behaviour(self, obs: torch.Tensor, temperature: float, epsilon: float) -> Categorical:
+        """The exploring policy: ``(1 - eps) softmax(Q / T) + eps / k``."""
+        probs = torch.softmax(self(obs) / temperature, dim=-1)
+        return Categorical(probs=(1 - epsilon) * probs + epsilon / probs.shape[-1])
 
 
-def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None) -> NumpyMLP:
+def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None, output_scale: float = 1.0) -> NumpyMLP:
     linears = [m for m in seq if isinstance(m, nn.Linear)]
     weights = [m.weight.detach().double().numpy().T.copy() for m in linears]
+    biases = [m.bias.detach().double().numpy().copy() for m in linears]
     if input_scale is not None:
         weights[0] *= np.asarray(input_scale, dtype=np.float64)[:, None]
-    return NumpyMLP(weights, [m.bias.detach().double().numpy().copy() for m in linears])
+    weights[-1] *= output_scale
+    biases[-1] *= output_scale
+    return NumpyMLP(weights, biases)
 
 
 class HierTrainer:
@@ -188,6 +199,7 @@ class HierTrainer:
         self.steps = 0
         self.wall_seconds = 0.0
         self.episodes = 0
+        self.decision_buffer: list[tuple[np.ndarray, int, float]] = []
         self._reset_envs(cfg.seed)
 
     def _reset_envs(self, seed: int) -> None:
@@ -195,7 +207,7 @@ class HierTrainer:
         self.obs, _ = self.envs.reset(seed=seed)
         self._return = np.zeros(n)  # running episode return, per env
         self._open: list[list[list]] = [[] for _ in range(n)]  # per env: [features, option, return-at-decision]
-        self.finished_decisions: list[tuple[np.ndarray, int, float, float]] = []  # features, option, return, log p
+        self.finished_decisions: list[tuple[np.ndarray, int, float]] = []  # features, option, return
         self.finished_episodes: list[dict] = []
 
     # -- acting --------------------------------------------------------------------------------
@@ -211,13 +223,11 @@ class HierTrainer:
         with torch.no_grad():
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
-                dist, _ = self.planner(obs_t[due])
-                sample = dist.sample()
-                chosen = sample.numpy()
-                log_p = dict(zip(due.tolist(), dist.log_prob(sample).numpy().tolist(), strict=True))
+                cfg = self.config
+                chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon).sample().numpy()
                 actions[due, 0] = chosen
                 for i, option in zip(due, chosen, strict=True):
-                    self._open[i].append([obs[i].copy(), int(option), self._return[i], float(log_p[i])])
+                    self._open[i].append([obs[i].copy(), int(option), self._return[i]])
             for k, skill in enumerate(self.skills):
                 rows = np.flatnonzero(skills == k)
                 if len(rows):
@@ -255,8 +265,8 @@ class HierTrainer:
                 log_probs, values, reward, done)
             for i in np.flatnonzero(done):
                 final = _final_info(infos, i)
-                for features, option, at, log_p in self._open[i]:
-                    self.finished_decisions.append((features, option, float(self._return[i] - at), log_p))
+                for features, option, at in self._open[i]:
+                    self.finished_decisions.append((features, option, float(self._return[i] - at)))
                 self.finished_episodes.append({"success": bool(final.get("success", False)),
                                                "energy_j": float(final.get("energy_j", math.nan)),
                                                "attempts": int(final.get("attempts", 0)),
@@ -313,43 +323,41 @@ class HierTrainer:
         return stats
 
     def update_planner(self) -> dict:
-        """PPO on the finished decisions: ``planner_epochs`` passes of minibatches, clipped
-        surrogate on the advantage ``G - V(s)`` (normalised over the batch) against the log-probs
-        the options were sampled with, value loss and entropy bonus; every step through
-        ``optimize_step``. (One A2C step per batch, the first version, made ~200 updates in an
-        hour of training: too few to learn an option that depends on the object.)"""
+        """Regress ``Q(s, o)`` on the returns of all decisions kept (``planner_buffer``, the most
+        recent): ``planner_steps`` minibatch steps of ``(Q(s)[o] - G)^2`` each time
+        ``planner_batch`` new decisions have finished, every step through ``optimize_step``.
+
+        Why not PPO or A2C on the decisions (the first versions): an episode brings one to three
+        decisions, ~1.7 a second on 2 cores, and on-policy updates use each once (A2C) or for a
+        few epochs (PPO); four runs of those collapsed onto one option within minutes, the same
+        for every object. Regressing option values on every decision kept, many times over, is
+        Monte-Carlo control of the options (each return includes what the policy did after the
+        decision, so the values follow the policy as it improves)."""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
-        features = torch.as_tensor(np.stack([d[0] for d in self.finished_decisions]))
-        options = torch.as_tensor([d[1] for d in self.finished_decisions])
-        returns = torch.as_tensor([d[2] for d in self.finished_decisions], dtype=torch.float32)
-        old_log_p = torch.as_tensor([d[3] for d in self.finished_decisions], dtype=torch.float32)
+        self.decision_buffer.extend(self.finished_decisions)
         self.finished_decisions = []
-        with torch.no_grad():
-            advantage = returns - self.planner(features)[1]
-            if len(advantage) > 1:
-                advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        del self.decision_buffer[: max(0, len(self.decision_buffer) - cfg.planner_buffer)]
+        features = torch.as_tensor(np.stack([d[0] for d in self.decision_buffer]))
+        options = torch.as_tensor([d[1] for d in self.decision_buffer])
+        returns = torch.as_tensor([d[2] for d in self.decision_buffer], dtype=torch.float32)
         params = list(self.planner.parameters())
         stats: dict = {}
-        for _ in range(cfg.planner_epochs):
-            order = torch.as_tensor(self.rng.permutation(len(returns)))
-            for start in range(0, len(order), cfg.planner_minibatch):
-                idx = order[start:start + cfg.planner_minibatch]
+        for _ in range(cfg.planner_steps):
+            idx = torch.as_tensor(self.rng.integers(0, len(returns), min(cfg.planner_minibatch, len(returns))))
 
-                def loss_fn(idx=idx):
-                    dist, value = self.planner(features[idx])
-                    policy_loss, _, _ = clipped_surrogate(dist.log_prob(options[idx]), old_log_p[idx], advantage[idx],
-                                                          cfg.clip_range)
-                    entropy = dist.entropy().mean()
-                    value_error = ((returns[idx] - value) ** 2).mean()
-                    loss = policy_loss + cfg.vf_coef * value_error - cfg.planner_ent_coef * entropy
-                    return loss, {"planner_entropy": entropy.item(), "planner_value_error": value_error.item()}
+            def loss_fn(idx=idx):
+                q = self.planner(features[idx]).gather(1, options[idx, None]).squeeze(1)
+                loss = ((q - returns[idx]) ** 2).mean()
+                return loss, {"planner_q_error": loss.item()}
 
-                stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler, cfg.max_grad_norm,
-                                      cfg.amp)
-        return {"planner_entropy": stats["planner_entropy"], "planner_return": returns.mean().item(),
-                "planner_value_error": stats["planner_value_error"]}
+            stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler, cfg.max_grad_norm, cfg.amp)
+        with torch.no_grad():
+            recent = features[-cfg.planner_batch:]
+            entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon).entropy().mean()
+        return {"planner_entropy": float(entropy), "planner_return": returns[-cfg.planner_batch:].mean().item(),
+                "planner_q_error": stats["planner_q_error"], "planner_buffer": len(returns)}
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -407,14 +415,16 @@ class HierTrainer:
     # -- export and checkpoints ----------------------------------------------------------------
 
     def export(self, meta: dict | None = None) -> HierPolicy:
-        return HierPolicy(planner=_numpy_mlp(self.planner.actor, self.planner.scale.numpy()), skills=[_numpy_mlp(s.actor) for s in self.skills],
+        # logits Q / T: the run time's argmax picks the highest-valued option
+        return HierPolicy(planner=_numpy_mlp(self.planner.q, self.planner.scale.numpy(),
+                                             1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
 
     def identity(self) -> dict:
-        return {"algo": "hier_grasp", "obs_dim": HIER_OBS_SIZE, "options": [list(o) for o in self.config.options],
+        return {"algo": "hier_grasp", "planner_algo": "option_values", "obs_dim": HIER_OBS_SIZE, "options": [list(o) for o in self.config.options],
                 "torque_features": self.config.torque_features, "world": self.world}
 
     def save(self, path: str | Path) -> None:
@@ -422,15 +432,15 @@ class HierTrainer:
             **self.identity(), "config": _jsonable(asdict(self.config)), "steps": self.steps,
             "wall_seconds": self.wall_seconds, "episodes": self.episodes,
             "planner": self.planner.state_dict(), "skills": self.skills.state_dict(),
+            "decisions": [(f.tolist(), o, g) for f, o, g in self.decision_buffer],
             "planner_opt": self.planner_opt.state_dict(), "skill_opts": [o.state_dict() for o in self.skill_opts],
             "scalers": [s.state_dict() for s in (self.planner_scaler, *self.skill_scalers)],
             "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state})
 
     def load(self, path: str | Path) -> None:
         payload = load_checkpoint(path, self.identity())
-        planner = dict(payload["planner"])
-        planner.setdefault("scale", torch.ones_like(self.planner.scale))  # runs from before input scaling
-        self.planner.load_state_dict(planner)
+        self.planner.load_state_dict(payload["planner"])
+        self.decision_buffer = [(np.asarray(f, np.float32), int(o), float(g)) for f, o, g in payload["decisions"]]
         self.skills.load_state_dict(payload["skills"])
         self.planner_opt.load_state_dict(payload["planner_opt"])
         for opt, state in zip(self.skill_opts, payload["skill_opts"], strict=True):
