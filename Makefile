@@ -19,9 +19,9 @@ $(BIN)/ds-robot: pyproject.toml
 setup: $(BIN)/ds-robot
 
 demo: setup
-	$(BIN)/ds-robot eval grasp --controller hier --episodes 50 --seed 0 \
+	$(BIN)/ds-robot eval grasp --controller hier --task realistic --split test --episodes 50 --seed 0 \
 		--json $(OUT)/eval_hier.json --plot $(OUT)/eval_hier.png
-	$(BIN)/ds-robot render grasp --controller hier --seed 0 --out $(OUT)/grasp_hier.mp4
+	$(BIN)/ds-robot render grasp --controller hier --task realistic --split test --seed 0 --out $(OUT)/grasp_hier.mp4
 
 lint: setup
 	$(BIN)/ruff check ds_robot tests

@@ -43,6 +43,18 @@ def test_eval_of_each_controller_and_policy_errors(tmp_path, capsys):
     assert "needs --env" in capsys.readouterr().err
 
 
+def test_eval_of_one_fixed_option_on_a_preset_and_its_errors(capsys):
+    assert main(["eval", "grasp", "--controller", "fixed", "--option", "2", "--task", "realistic", "--split", "test",
+                 "--episodes", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "ALL (fixed_2)" in printed and "task=realistic" in printed and "object set=test" in printed
+    assert main(["eval", "grasp", "--controller", "fixed", "--option", "99", "--episodes", "1", "--quiet"]) == 2
+    assert "choose 0-9" in capsys.readouterr().err
+    assert main(["eval", "grasp", "--controller", "scripted", "--option", "1", "--episodes", "1", "--quiet"]) == 2
+    assert main(["eval", "grasp", "--task", "nonsense", "--episodes", "1", "--quiet"]) == 2
+    assert "presets" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("suffix", [".png", ".gif"])
 def test_render_writes_an_image(tmp_path, suffix):
     out = tmp_path / f"episode{suffix}"

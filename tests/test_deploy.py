@@ -35,14 +35,21 @@ def test_quantize_error_is_at_most_half_a_level_on_any_range(per_channel):
         quantize(np.array([[0.0, np.nan]]))
 
 
-def test_int8_policy_file_is_a_quarter_of_fp32_and_acts_the_same(tmp_path):
-    fp32 = HierPolicy.load(SHIPPED)
+@pytest.mark.parametrize("source", [
+    "grasp_hier_nominal.npz",
+    pytest.param("grasp_hier.npz", marks=pytest.mark.xfail(strict=True, reason=(
+        "the realistic-task planner's logits are option values / 0.1 with the input scales folded in: "
+        "per-tensor int8 changes them by tens and flips near-tied options (60% of decisions agree); "
+        "the shipped int8 file is still the nominal policy's"))),
+])
+def test_int8_policy_file_is_a_quarter_of_fp32_and_acts_the_same(tmp_path, source):
+    fp32 = HierPolicy.load(policies_dir() / source)
     for scheme in ("int8_tensor", "int8_channel"):
         path = tmp_path / f"{scheme}.npz"
         fp32.save(path, scheme)
         int8 = HierPolicy.load(path)
         assert int8.quantization == scheme
-        assert path.stat().st_size < 0.31 * SHIPPED.stat().st_size
+        assert path.stat().st_size < 0.31 * (policies_dir() / source).stat().st_size
         x = np.random.default_rng(1).normal(size=(500, 47))
         for a, b in zip([fp32.planner, *fp32.skills], [int8.planner, *int8.skills], strict=True):
             assert np.abs(a(x) - b(x)).max() < 0.05

@@ -76,7 +76,7 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
                         "same machine with one planner option (--option K); flat: one PPO policy")
     p.add_argument("--option", type=int, default=None,
                    help="fixed: the option index K (ds_robot/hier/options.py: DEFAULT_OPTIONS)")
-    _add_task_arg(p, "nominal")
+    _add_task_arg(p, "realistic")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="the preset's training or test object set (default: train)")
     p.add_argument("--policy", type=Path, default=None,

@@ -35,13 +35,15 @@ from ds_robot.hier.features import (
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, validate_options
 
+RESIDUAL_WEIGHT = 0.01  # the skills' regulariser; the planner's return leaves it out (hier.train)
+
 
 class HierGraspEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
-                 energy_weight: float = 0.02, time_weight: float = 0.02, residual_weight: float = 0.01,
+                 energy_weight: float = 0.02, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
                  **env_kwargs):
         self.env = UR5GraspEnv(**env_kwargs)
         self.options = validate_options(options if options is not None else DEFAULT_OPTIONS)

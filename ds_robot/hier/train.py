@@ -7,7 +7,8 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
 
 - the **planner**: the value of each of the k grasp options, ``Q(s, o)``, regressed on the
   return of every decision kept (the sum of rewards from the decision to the end of the
-  episode: the options framework's high-level return, undiscounted inside the episode;
+  episode, without the skills' residual regulariser: the options framework's high-level
+  return, undiscounted inside the episode;
   Monte-Carlo control, ``update_planner`` says why not PPO); it explores with
   ``(1 - eps) softmax(Q / T) + eps / k`` and the exported policy's logits are ``Q / T`` (the run
   time takes the argmax). One decision per attempt: the first, and each re-plan after a missed
@@ -39,6 +40,7 @@ from torch.distributions import Categorical
 
 from ds_robot.envs.presets import load_task
 from ds_robot.errors import ConfigError
+from ds_robot.hier.env import RESIDUAL_WEIGHT
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
     HIER_ACTION_SIZE,
@@ -84,7 +86,7 @@ class HierTrainConfig:
     planner_temperature: float = 0.1  # behaviour: softmax(Q / T) mixed with epsilon uniform
     planner_epsilon: float = 0.1
     planner_batch: int = 16  # new decisions per planner update (~one update every 10 s on 2 cores)
-    planner_steps: int = 32  # minibatch steps per update, over the kept decisions
+    planner_steps: int = 128  # minibatch steps per update, over the kept decisions
     planner_minibatch: int = 128
     planner_buffer: int = 20_000  # the most recent decisions kept
     vf_coef: float = 0.5
@@ -259,7 +261,9 @@ class HierTrainer:
             actions, skills, log_probs, values = self._act(self.obs)
             next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
             done = terminated | truncated
-            self._return += reward
+            # the planner's return: the task's reward without the skills' residual regulariser, whose
+            # exploration noise (~1.6 over an episode) would swamp the options' differences
+            self._return += reward + RESIDUAL_WEIGHT * np.mean(actions[:, 1:].astype(np.float64) ** 2, axis=1)
             batch["obs"][t], batch["actions"][t], batch["skills"][t] = self.obs, actions[:, 1:], skills
             batch["log_probs"][t], batch["values"][t], batch["rewards"][t], batch["dones"][t] = (
                 log_probs, values, reward, done)
