@@ -8,6 +8,8 @@ task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` epi
 - ``best_fixed``: the single planner option (``DEFAULT_OPTIONS``) with the highest success on
   the *training* set, found here by running every option (``fixed_K`` rows, training set only),
   then reported on both sets;
+- ``rule_gentle_first``: a hand-written planner on the same machine: the 5 N option first, the
+  full grip for every re-plan (a slip or a missed grasp); the best non-learned planner found;
 - ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``);
   ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
   lifted hand off; ``hier_no_torque``: the policy trained without torque features;
@@ -39,7 +41,7 @@ from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-VARIANTS = ("scripted", "best_fixed", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
+VARIANTS = ("scripted", "best_fixed", "rule_gentle_first", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
             "flat_ppo", "sb3_sac")
 MISSING = {"flat_ppo": "the fair flat PPO baseline is not trained yet (issue 16)",
            "sb3_sac": "Stable-Baselines3 SAC on the grasp env is not trained yet (issue 16)"}
@@ -56,6 +58,14 @@ def _controller(variant: str, env, policies: dict[str, Path]):
 
     if variant.startswith("fixed_"):
         return controller_for_env("fixed", env, option=int(variant.split("_")[1]))
+    if variant == "rule_gentle_first":
+        from ds_robot.hier.options import DEFAULT_OPTIONS
+
+        controller = controller_for_env("fixed", env, option=0)
+        gentle, firm = DEFAULT_OPTIONS[2], DEFAULT_OPTIONS[0]
+        controller.option_chooser = lambda obs, attempt: gentle if attempt == 0 else firm
+        controller.name = variant
+        return controller
     if variant in ("scripted", "flat"):
         return controller_for_env(variant, env, policy=policies.get(variant))
     return controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only",
@@ -287,7 +297,7 @@ def verdict(results: list[dict]) -> list[str]:
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
         lines.append(f"energy hier / scripted = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
                      f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
-    for ablation in ("hier_planner_only", "hier_no_replan", "hier_no_torque"):
+    for ablation in ("rule_gentle_first", "hier_planner_only", "hier_no_replan", "hier_no_torque"):
         row = by.get(("test", ablation))
         if hier and row:
             lines.append(f"{ablation} on the test set {_rate(row)} vs hier {_rate(hier)} "

@@ -128,11 +128,7 @@ class UR5GraspEnv(gym.Env):
         self.state = self.backend.reset(self.setup)
         self.task.reset(self.setup, self.state)
         self._steps = 0
-        seen = None
-        if self.perception is not None:
-            s = self.state
-            seen = self.perception.reset(s.time_s, s.object_pos_m, s.object_quat, obj.half_extents_m, rng)
-        obs = self.sensors.reset(self.task.observation(self.state, seen), rng)
+        obs = self.sensors.reset(self.task.observation(self.state, self._seen(reset=True)), rng)
         if not self.torque_features:
             obs[OBS_SLICES["tau"]] = 0.0
         return obs, self._info(lifted=False)
@@ -147,11 +143,7 @@ class UR5GraspEnv(gym.Env):
         outcome = self.task.update(self.state)
         terminated = outcome.success or outcome.dropped or outcome.crushed
         truncated = not terminated and self._steps >= self.max_steps
-        seen = None
-        if self.perception is not None:
-            s = self.state
-            seen = self.perception(s.time_s, s.object_pos_m, s.object_quat, self.np_random)
-        obs = self.task.observation(self.state, seen)
+        obs = self.task.observation(self.state, self._seen(reset=False))
         if self.sensors.active:
             obs = self.sensors(obs, self.np_random)
         if not self.torque_features:
@@ -181,6 +173,15 @@ class UR5GraspEnv(gym.Env):
         self.backend.close()
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _seen(self, reset: bool):
+        """What the detector reports of the object now (None: the task uses the truth)."""
+        if self.perception is None:
+            return None
+        s, rng = self.state, self.np_random
+        if reset:
+            return self.perception.reset(s.time_s, s.object_pos_m, s.object_quat, self.setup.obj.half_extents_m, rng)
+        return self.perception(s.time_s, s.object_pos_m, s.object_quat, rng)
 
     def _check_action(self, action) -> np.ndarray:
         try:

@@ -101,7 +101,7 @@ class GraspTask:
         cfg = self.config
         self.energy_j += state.step_work_j
         object_z = float(state.object_pos_m[2])
-        lifted = object_z - self.resting_height_m >= cfg.lift_threshold_m
+        lifted = self.lifted(state)
         held = lifted and (not cfg.require_pad_contact or all(state.pad_contact))
         if not held:
             self.lift_started_s = None
