@@ -282,24 +282,30 @@ def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_
 
 
 def test_the_planner_learns_which_option_pays_in_which_state():
-    """Option values regressed on decisions: option 1 pays in states with a positive first feature,
-    option 0 in the others; after the updates the greedy choice differs between the two (a
-    constant planner fails)."""
+    """Option values regressed on decisions: option 1 pays for objects wider than 3 cm, option 0
+    for the others; after the updates the greedy choice differs between the two (a constant
+    planner fails), and it does not depend on the arm's joint state (a planner that reads the
+    start pose does)."""
     trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, n_steps=8, planner_batch=16,
                                           planner_steps=200, planner_lr=3e-3))
     try:
         rng = np.random.default_rng(0)
+        size = H["object_size"].start
         for _ in range(4):
             for _ in range(64):
                 features = rng.normal(0.0, 0.3, HIER_OBS_SIZE).astype(np.float32)
-                features[0] = rng.choice([-1.0, 1.0])
+                features[size] = 0.03 + rng.choice([-0.01, 0.01])
                 option = int(rng.integers(len(trainer.options)))
-                good = (features[0] > 0) == (option == 1) and option in (0, 1)
+                good = (features[size] > 0.03) == (option == 1) and option in (0, 1)
                 trainer.finished_decisions.append((features, option, 1.0 if good else -1.0))
             trainer.update_planner()
         policy = trainer.export()
         probe = np.zeros((2, HIER_OBS_SIZE))
-        probe[:, 0] = (1.0, -1.0)
+        probe[:, size] = (0.04, 0.02)
         assert list(np.argmax(policy.planner(probe), axis=1)) == [1, 0]
+        moved = probe.copy()
+        moved[:, H["q"]] += 0.3  # another start pose
+        moved[:, H["tau"]] = 0.2
+        assert np.allclose(policy.planner(moved), policy.planner(probe))
     finally:
         trainer.close()

@@ -44,14 +44,23 @@ RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
 GRIPPER_SCALE = 0.0
 
 
+# What the planner decides from: the perceived object (position, orientation, size, goal) and how
+# many attempts were made. The arm's joint state, torques and the skill progress at a decision are
+# the start pose or the retreat pose (noise to the planner: with them its choice for one object
+# changed from episode to episode with the start pose); the torques earn their place in the
+# machine's re-plan test and in the skills.
+PLANNER_FIELDS = ("object_pos", "object_rot", "object_size", "goal", "attempt")
+PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}
+
+
 def feature_scale() -> np.ndarray:
     """Per-feature input scales for the planner (folded into its first layer when exported, so
-    the policy file and the run time are unchanged): the object's position, size and goal
-    offset are metres (0.01-0.5), the rest is about unit range already. With these the
-    planner sees a 1 cm size difference as 0.2, not 0.01."""
-    scale = np.ones(HIER_OBS_SIZE, dtype=np.float32)
-    for name, factor in (("object_pos", 5.0), ("object_size", 20.0), ("goal", 5.0)):
-        scale[OBS_SLICES[name]] = factor
+    the policy file and the run time are unchanged): 0 outside ``PLANNER_FIELDS``; the object's
+    position, size and goal offset are metres (0.01-0.5) and are scaled up, so the planner sees
+    a 1 cm size difference as 0.2, not 0.01; the rest is about unit range already."""
+    scale = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
+    for name in PLANNER_FIELDS:
+        scale[HIER_SLICES[name]] = PLANNER_GAINS.get(name, 1.0)
     return scale
 
 

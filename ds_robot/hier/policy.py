@@ -93,11 +93,14 @@ class HierPolicy:
     def arrays(self, quantization: str = "fp32") -> tuple[dict[str, np.ndarray], list]:
         """The stored arrays and, for int8, the table that unpacks them.
 
-        float32: one array per weight and bias. int8: every weight and bias quantized (per
-        tensor, or per output channel for weights) and packed into one int8 array ``q``, their
-        ``Delta`` and ``w_min`` into one float32 array ``scales`` (fewer zip entries: at this
-        size each entry's ~250 bytes of headers would be 10% of the file). Each table row is
-        ``[name, shape, q_offset, scale_offset, n_scales]``.
+        float32: one array per weight and bias. int8: every weight and bias quantized and packed
+        into one int8 array ``q``, their ``Delta`` and ``w_min`` into one float32 array ``scales``
+        (fewer zip entries: at this size each entry's ~250 bytes of headers would be 10% of the
+        file). ``int8_tensor``: one grid per tensor. ``int8_channel``: each first-layer weight per
+        input row (its rows carry the input scales folded in by the trainer), every other weight
+        per output channel, biases per tensor. Each table row is
+        ``[name, shape, q_offset, scale_offset, n_scales, channel_axis]`` (files written before
+        per-row grids have no ``channel_axis``: per output channel).
         """
         if quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
@@ -111,9 +114,10 @@ class HierPolicy:
         qs, scales, table, q_at, s_at = [], [], [], 0, 0
         for name, t in tensors.items():
             per_channel = quantization == "int8_channel" and t.ndim == 2
-            q, delta, w_min = quantize(t, per_channel=per_channel)
+            axis = 0 if name.endswith(".w0") else 1
+            q, delta, w_min = quantize(t, per_channel=per_channel, channel_axis=axis)
             n = delta.size
-            table.append([name, list(t.shape), q_at, s_at, n])
+            table.append([name, list(t.shape), q_at, s_at, n, axis])
             qs.append(q.ravel())
             scales += [delta.ravel(), w_min.ravel()]
             q_at += q.size
@@ -188,14 +192,18 @@ class HierPolicy:
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:
     q, scales, out = arrays["q"], arrays["scales"], {}
-    for name, shape, q_at, s_at, n in table:
+    for row in table:
+        name, shape, q_at, s_at, n = row[:5]
+        axis = row[5] if len(row) > 5 else 1
         size = int(np.prod(shape))
         if q_at + size > q.size or s_at + 2 * n > scales.size:
             raise ValueError(f"{name} runs past the end of the packed arrays")
+        if axis not in (0, 1) or (n != 1 and (len(shape) != 2 or n != shape[axis])):
+            raise ValueError(f"{name}: {n} scales for shape {shape} along axis {axis}")
         delta, w_min = scales[s_at : s_at + n], scales[s_at + n : s_at + 2 * n]
         if n == 1:
             delta, w_min = delta[0], w_min[0]
-        out[name] = dequantize(q[q_at : q_at + size].reshape(shape), np.asarray(delta), np.asarray(w_min))
+        out[name] = dequantize(q[q_at : q_at + size].reshape(shape), np.asarray(delta), np.asarray(w_min), axis)
     return out
 
 
