@@ -11,8 +11,8 @@ import pytest
 from ds_robot.deploy.core import ControlCore, MessageError, NodeConfig
 from ds_robot.deploy.sim_core import SimArm
 from ds_robot.errors import ConfigError
-from ds_robot.hier.features import HIER_OBS_SIZE, PLANNER_GAINS, H
 from ds_robot.hier.controller import HierarchicalController
+from ds_robot.hier.features import HIER_OBS_SIZE, PLANNER_GAINS, H
 from ds_robot.hier.policy import HierPolicy, PolicyFileError
 from ds_robot.hier.quantize import dequantize, quantize
 from ds_robot.paths import policies_dir
