@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/ds-robot render grasp --controller hier --task realistic --split test --seed 0 --out $(OUT)/grasp_hier.mp4
 
 lint: setup
-	$(BIN)/ruff check ds_robot tests
+	$(BIN)/ruff check ds_robot tests launch
 
 test: lint
 	$(BIN)/python -m ds_robot.model.generate --check

@@ -244,6 +244,7 @@ def test_ros2_ws_builds_and_installs(tmp_path):
                  "share/ds_robot/config/ur5e.yaml", "share/ds_robot/config/ur5.yaml", "share/ds_robot/package.xml",
                  "share/ament_index/resource_index/packages/ds_robot"):
         assert (install / path).exists(), path
+    assert (install / "share/ds_robot/launch/grasp.launch.py").read_text() == (REPO / "launch/grasp.launch.py").read_text()
     run = subprocess.run([str(install / "lib/ds_robot/policy_node"), "--ros-args", "-p", "ur_type:=ur9"],
                          capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(next((install / "lib").glob("python3*/site-packages")))})

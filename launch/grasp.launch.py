@@ -1,13 +1,19 @@
 """ros2 launch ds_robot grasp.launch.py [use_sim:=true|false] [ur_type:=ur5e|ur5] [robot_ip:=...]
-[command_interface:=effort|velocity] [policy:=FILE] [config:=FILE] [correction:=true|false]
-[world:=nominal|shifted]
+[tf_prefix:=...] [command_interface:=effort|velocity] [policy:=FILE] [config:=FILE]
+[correction:=true|false] [world:=nominal|shifted]
 
 use_sim:=true (default): the MuJoCo sim node plays the arm, gripper and object.
-use_sim:=false: includes ur_robot_driver's ur_control.launch.py for the arm at robot_ip, with
-forward_effort_controller (e-Series) or forward_velocity_controller (CB3) as the initial
-controller. The object pose must then come from your perception on /object_pose.
+use_sim:=false: includes ur_robot_driver's ur_control.launch.py for the arm at robot_ip with
+every motion controller inactive (``ds_robot.deploy.ur_driver``: the arguments, tested against
+the driver's own declarations). Once the External Control program runs on the pendant, the
+operator hands the arm to the policy with
+``ros2 control switch_controllers --activate forward_effort_controller`` (e-Series) or
+``forward_velocity_controller`` (CB3); until then the node's commands reach no controller.
+The object pose must come from your perception on /object_pose.
 correction:=true: online sim-to-real physics correction in the policy node (effort only).
 world:=shifted (sim only): the sim node runs physics-shifted MuJoCo instead of the nominal model.
+
+This file is the one source: ros2_ws/src/ds_robot/launch links here and the package installs it.
 """
 
 import os
@@ -15,10 +21,12 @@ import os
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
-from launch.conditions import IfCondition, UnlessCondition
+from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from ds_robot.deploy.ur_driver import driver_launch_arguments, motion_controller
 
 
 def _nodes(context):
@@ -35,25 +43,24 @@ def _nodes(context):
     if correction and interface != "effort":
         raise RuntimeError("correction:=true needs command_interface:=effort (it identifies the arm from its torques)")
     overrides = {"ur_type": ur_type, "command_interface": interface,
+                 "tf_prefix": LaunchConfiguration("tf_prefix").perform(context),
                  "policy": LaunchConfiguration("policy").perform(context), "correction": correction}
     use_sim = LaunchConfiguration("use_sim")
     actions = [
         Node(package="ds_robot", executable="sim_node", name="ds_robot_sim", output="screen",
-             parameters=[config, {"ur_type": ur_type, "command_interface": interface,
+             parameters=[config, {"ur_type": ur_type, "command_interface": interface, "tf_prefix": overrides["tf_prefix"],
                                   "world": LaunchConfiguration("world").perform(context)}],
              condition=IfCondition(use_sim)),
         Node(package="ds_robot", executable="policy_node", name="ds_robot_policy", output="screen",
              parameters=[config, overrides]),
     ]
-    controller = f"forward_{interface}_controller"
-    driver_launch = os.path.join(get_package_share_directory("ur_robot_driver"), "launch", "ur_control.launch.py") \
-        if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0") else None
-    if driver_launch:
-        actions.append(IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(driver_launch),
-            launch_arguments={"ur_type": ur_type, "robot_ip": LaunchConfiguration("robot_ip"),
-                              "initial_joint_controller": controller, "launch_rviz": "false"}.items(),
-            condition=UnlessCondition(use_sim)))
+    if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0"):
+        motion_controller(interface)  # refuses an interface the driver has no controller for
+        driver_launch = os.path.join(get_package_share_directory("ur_robot_driver"), "launch", "ur_control.launch.py")
+        arguments = driver_launch_arguments(ur_type, LaunchConfiguration("robot_ip").perform(context),
+                                            LaunchConfiguration("tf_prefix").perform(context))
+        actions.append(IncludeLaunchDescription(PythonLaunchDescriptionSource(driver_launch),
+                                                launch_arguments=arguments.items()))
     return actions
 
 
@@ -62,6 +69,7 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim", default_value="true", description="MuJoCo sim node instead of the arm"),
         DeclareLaunchArgument("robot_ip", default_value="192.168.56.101", description="the UR controller's address"),
         DeclareLaunchArgument("ur_type", default_value="ur5e", description="ur5e (e-Series) or ur5 (CB3)"),
+        DeclareLaunchArgument("tf_prefix", default_value="", description="the driver's joint name prefix"),
         DeclareLaunchArgument("command_interface", default_value="",
                               description="effort (e-Series direct torque) or velocity (CB3); empty: by ur_type"),
         DeclareLaunchArgument("policy", default_value="", description="policy file; empty: the shipped int8 policy"),
