@@ -187,9 +187,11 @@ def running():
 def test_watchdog_stops_on_stale_or_missing_inputs(running):
     core, arm = running
     t = core.state.stamp_s
-    assert not core.tick(t + 0.003).stop
-    stale = core.tick(t + 0.0045)  # newest joint state 4.5 ms old > 4 ms
+    timeout = core.config.state_timeout_s
+    assert not core.tick(t + timeout - 0.001).stop
+    stale = core.tick(t + timeout + 0.0005)  # newest joint state older than the timeout
     assert stale.stop and "joint_states stale" in stale.reason and not np.any(stale.values)
+    assert core.stats.stop_reasons["joint_states stale"] == 1
     fresh = SimArm()
     fresh.reset(0)
     blank = ControlCore(NodeConfig(), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))

@@ -84,7 +84,9 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
                     "state_to_command_p50_ms": float(np.percentile(ages, 50)),
                     "state_to_command_p99_ms": float(np.percentile(ages, 99)),
                     "ros_episodes": len(episodes), "ros_success_rate": wins / len(episodes) if episodes else math.nan,
-                    "stops": data["stops"]})
+                    "state_to_command_max_ms": float(ages.max()) if ages.size else math.nan,
+                    "stops": data["stops"],
+                    "watchdog_stops": int(data.get("stop_reasons", {}).get("joint_states stale", 0))})
     return row
 
 
@@ -144,11 +146,13 @@ def _fmt(row: dict, key: str, spec: str) -> str:
 def print_node(results: list[dict]) -> None:
     rows = [[r["name"], _fmt(r, "late_rate", ".2%"), _fmt(r, "period_p50_ms", ".2f"), _fmt(r, "period_p99_ms", ".2f"),
              _fmt(r, "period_max_ms", ".1f"), _fmt(r, "step_p99_us", ".1f"), _fmt(r, "control_step_p99_us", ".0f"),
-             _fmt(r, "state_to_command_p99_ms", ".2f"), _fmt(r, "size_bytes", ",d"), _fmt(r, "success_rate", ".3f"),
+             _fmt(r, "state_to_command_p99_ms", ".2f"), _fmt(r, "state_to_command_max_ms", ".1f"),
+             _fmt(r, "watchdog_stops", "d"), _fmt(r, "size_bytes", ",d"), _fmt(r, "success_rate", ".3f"),
              f"{r['ros_success_rate']:.2f} ({r['ros_episodes']})" if r.get("ros_episodes") else "-"]
             for r in results if r["name"] != "agreement"]
     print(format_table(["variant", "late", "period P50 ms", "P99 ms", "max ms", "net step P99 us",
-                        "control step P99 us", "state->cmd P99 ms", "file bytes", "grasp success", "ROS grasps"],
+                        "control step P99 us", "state->cmd P99 ms", "max ms", "watchdog stops", "file bytes",
+                        "grasp success", "ROS grasps"],
                        rows))
 
 
@@ -165,6 +169,9 @@ def node_verdict(results: list[dict]) -> list[str]:
         ratio = int8["late_rate"] / empty["late_rate"] if empty["late_rate"] > 0 else math.inf
         lines.append(f"late cycles: int8 node {int8['late_rate']:.2%} vs empty loop {empty['late_rate']:.2%} "
                      f"= {ratio:.2f}x (goal <= {GOALS['late_vs_empty']}x: {met(ratio <= GOALS['late_vs_empty'])})")
+    if int8 and "watchdog_stops" in int8:
+        lines.append(f"watchdog stops in nominal operation (int8 node, {int8['cycles']:,} cycles): "
+                     f"{int8['watchdog_stops']} (goal 0: {met(int8['watchdog_stops'] == 0)})")
     if int8 and torch_:
         p99, ratio = int8["step_p99_us"], int8["step_p99_us"] / torch_["step_p99_us"]
         lines.append(f"policy step P99: int8 {p99:.1f} us (goal <= {GOALS['int8_step_p99_us']:g}: "

@@ -95,7 +95,7 @@ class PolicyNode(Node):
             joint_names=tuple(p("joint_names", list(d.joint_names)).value),
             gripper_joints=tuple(p("gripper_joints", list(d.gripper_joints)).value),
             robot_adds_gravity=bool(p("robot_adds_gravity", d.robot_adds_gravity).value),
-            state_timeout_s=float(p("state_timeout_s", 2.0 / rate_hz if rate_hz > 0 else 1.0).value),
+            state_timeout_s=float(p("state_timeout_s", min(10.0 / rate_hz, 0.04) if rate_hz > 0 else 1.0).value),
             object_timeout_s=float(p("object_timeout_s", d.object_timeout_s).value),
             max_torque_fraction=float(p("max_torque_fraction", d.max_torque_fraction).value),
             max_velocity_rad_s=float(p("max_velocity_rad_s", d.max_velocity_rad_s).value),
@@ -319,7 +319,8 @@ class PolicyNode(Node):
         return {**self.loop.summary(), "policy_steps": self.core.stats.policy_steps,
                 "policy_step_p50_us": float(np.percentile(steps, 50)),
                 "policy_step_p99_us": float(np.percentile(steps, 99)),
-                "stops": self.core.stats.stops, "rejected": self.core.stats.rejected,
+                "stops": self.core.stats.stops, "stop_reasons": self.core.stats.stop_reasons,
+                "rejected": self.core.stats.rejected,
                 "limits": {name: getattr(self.core.config, name) for name in LIVE_FIELDS},
                 **self.estimate_summary()}
 
