@@ -11,6 +11,8 @@ def _register_envs() -> None:
         register(id="ds_robot/UR5GraspNoTorque-v0", entry_point="ds_robot.envs.grasp_env:UR5GraspEnv",
                  kwargs={"torque_features": False})
         register(id="ds_robot/UR5GraspHier-v0", entry_point="ds_robot.hier.env:HierGraspEnv")
+        register(id="ds_robot/UR5GraspCartesian-v0", entry_point="ds_robot.envs.cartesian_env:CartesianGraspEnv",
+                 kwargs={"task": "realistic"})
 
 
 _register_envs()

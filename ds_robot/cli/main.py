@@ -202,6 +202,22 @@ def cmd_train_grasp(args) -> int:
     return 0
 
 
+def cmd_train_sb3(args) -> int:
+    from ds_robot.rl.sb3_peer import ENV_ID, train_sb3_sac
+
+    for flag, value in (("--env", args.env), ("--steps", args.steps), ("--ent-coef", args.ent_coef),
+                        ("--replay", args.replay), ("--envs", args.envs), ("--policy", args.policy),
+                        ("--workers", args.workers), ("--backend", args.backend), ("--objects", args.objects)):
+        if value is not None:
+            raise ConfigError(f"{flag} does not apply to train sb3-sac (SB3's SAC defaults on {ENV_ID})")
+    budget_s = (args.budget_minutes if args.budget_minutes is not None else 60.0) * 60.0
+    summary = train_sb3_sac(args.out, budget_s, seed=args.seed, resume=args.resume, progress=not args.quiet,
+                            task=args.task_preset)
+    print(f"trained sb3-sac on {ENV_ID}: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
+          f"{summary['seconds'] / 60:.1f} min; model {summary['model']}")
+    return 0
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -210,6 +226,8 @@ def cmd_train(args) -> int:
     torch.set_num_threads(args.threads)
     if args.algo == "grasp":
         return cmd_train_grasp(args)
+    if args.algo == "sb3-sac":
+        return cmd_train_sb3(args)
     if args.env is None:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
     if args.no_torque_features or args.randomize_physics or args.objects is not None:
@@ -383,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train the hierarchical grasp controller, or an RL agent on any Gymnasium env")
-    p.add_argument("algo", choices=("grasp", *ALGOS),
-                   help="grasp: the hierarchical grasp controller; a2c|ppo|sac: an agent on --env")
+    p.add_argument("algo", choices=("grasp", *ALGOS, "sb3-sac"),
+                   help="grasp: the hierarchical grasp controller; a2c|ppo|sac: an agent on --env; sb3-sac: the "
+                        "Stable-Baselines3 SAC peer on ds_robot/UR5GraspCartesian-v0 (bench grasp's sb3_sac)")
     p.add_argument("--env", default=None, help="a2c|ppo|sac: Gymnasium environment id, e.g. CartPole-v1")
     p.add_argument("--no-torque-features", action="store_true",
                    help="grasp: train without the measured-torque observations (the ablation)")
@@ -409,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="rollout worker processes (0 = step envs in-process); a2c/ppo default 0, grasp default: "
                         "the CPU count")
-    p.add_argument("--policy", choices=("a2c_paper", "mlp", "cnn"), default=None,
-                   help="a2c/ppo network: a2c_paper, the source document's A2C network (a2c default); mlp (ppo default); cnn (Atari frames)")
+    p.add_argument("--policy", choices=("a2c_paper", "mlp", "mlp_norm", "cnn"), default=None,
+                   help="a2c/ppo network: a2c_paper, the source document's A2C network (a2c default); mlp (ppo default); "
+                        "mlp_norm (mlp behind a running observation normaliser); cnn (Atari frames)")
     p.add_argument("--backend", choices=("local", "ray"), default=None,
                    help="a2c/ppo/grasp: rollout workers as local processes (default) or Ray actors")
     p.add_argument("--address", default=None, help="with --backend ray: 'auto' or HOST:PORT (default: local Ray)")

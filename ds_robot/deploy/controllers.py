@@ -84,7 +84,7 @@ def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 
     else:
         from ds_robot.control.learned import FlatPolicyController
 
-        controller = FlatPolicyController(policy or shipped_policy(kind))
+        controller = FlatPolicyController(policy or shipped_policy(kind), variant, control_dt_s)
     if not correction:
         return controller
     from ds_robot.sim2real.correction import CorrectedController

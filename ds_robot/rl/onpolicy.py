@@ -184,6 +184,9 @@ class OnPolicyAlgorithm(ABC):
 
     def _after_update(self, rollout: Rollout, td_errors: np.ndarray, stats: dict) -> None:
         self.updates += 1
+        norm = getattr(self.policy, "obs_norm", None)
+        if norm is not None:  # after the update: the rollout's log-probs and the update used the same statistics
+            norm.update(rollout.obs)
         self.diagnostics.policy_entropy(stats["entropy"], self.steps, self.updates, discrete=self.discrete)
         self.diagnostics.td_errors(td_errors, self.steps, self.updates)
         if self.updates % 50 == 1:

@@ -2,7 +2,11 @@
 
 ``A2CPaperActorCritic`` wraps the seed's A2C network (discrete actions). ``MLPActorCritic`` is the
 usual separate-trunk MLP (64-64 tanh) with a categorical head for Discrete spaces or a
-diagonal Gaussian with a state-independent log-std for Box spaces (PPO's torque policies).
+diagonal Gaussian with a state-independent log-std for Box spaces (PPO's torque policies);
+``mlp_norm`` is the same behind a running observation normaliser (``RunningNorm``: the
+statistics are buffers, so checkpoints and evaluation carry them; the trainer updates them
+from each rollout's observations before the update, as Stable-Baselines3's ``VecNormalize`` does
+for observations).
 """
 
 from __future__ import annotations
@@ -96,6 +100,46 @@ class MLPActorCritic(ActorCritic):
         return Normal(head, self.log_std.exp().expand_as(head)), value
 
 
+class RunningNorm(nn.Module):
+    """``clip((x - mean) / sqrt(var + eps), -clip, clip)`` with the mean and variance of every
+    observation seen so far (Chan et al.'s parallel update, in float64)."""
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8):
+        super().__init__()
+        self.clip, self.eps = clip, eps
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(0.0, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, batch: np.ndarray) -> None:
+        x = torch.as_tensor(np.asarray(batch, dtype=np.float64).reshape(-1, self.mean.numel()))
+        if not torch.isfinite(x).all():
+            raise ValueError("observation normaliser: NaN/Inf in the observations")
+        n = float(x.shape[0])
+        if n == 0:
+            return
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = mean - self.mean
+        self.var.copy_((self.var * self.count + var * n + delta**2 * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.fill_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = (x.double() - self.mean) / torch.sqrt(self.var + self.eps)
+        return scaled.clamp(-self.clip, self.clip).to(x.dtype if x.is_floating_point() else torch.float32)
+
+
+class NormalizedMLPActorCritic(MLPActorCritic):
+    def __init__(self, obs_dim: int, action_space: gym.Space, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__(obs_dim, action_space, hidden)
+        self.obs_norm = RunningNorm(obs_dim)
+
+    def dist_and_value(self, obs):
+        return super().dist_and_value(self.obs_norm(obs))
+
+
 class CNNActorCritic(CategoricalActorCritic):
     """Nature-DQN convolutional trunk (Mnih et al. 2015) shared by a categorical policy and a value
     head, for stacked 84x84 frames (uint8, scaled to [0, 1] here)."""
@@ -125,12 +169,12 @@ class CNNActorCritic(CategoricalActorCritic):
         return self.policy_head(features).float(), self.value_head(features).squeeze(-1).float()
 
 
-POLICIES = ("a2c_paper", "mlp", "cnn")
+POLICIES = ("a2c_paper", "mlp", "mlp_norm", "cnn")
 
 
 def make_policy(kind: str, obs_shape: tuple[int, ...], action_space: gym.Space) -> ActorCritic:
-    """``a2c_paper``: the source document's A2C network; ``mlp``: 64-64 tanh MLPs; ``cnn``:
-    Nature-DQN for frames."""
+    """``a2c_paper``: the source document's A2C network; ``mlp``: 64-64 tanh MLPs; ``mlp_norm``:
+    the same behind a running observation normaliser; ``cnn``: Nature-DQN for frames."""
     obs_dim = int(np.prod(obs_shape))
     if kind in ("a2c_paper", "cnn") and not isinstance(action_space, gym.spaces.Discrete):
         raise ConfigError(f"the {kind} policy has a softmax head: it needs a Discrete action space")
@@ -138,6 +182,8 @@ def make_policy(kind: str, obs_shape: tuple[int, ...], action_space: gym.Space) 
         return A2CPaperActorCritic(obs_dim, int(action_space.n))
     if kind == "mlp":
         return MLPActorCritic(obs_dim, action_space)
+    if kind == "mlp_norm":
+        return NormalizedMLPActorCritic(obs_dim, action_space)
     if kind == "cnn":
         return CNNActorCritic(tuple(obs_shape), int(action_space.n))
     raise ConfigError(f"unknown policy '{kind}': choose {', '.join(POLICIES)}"
