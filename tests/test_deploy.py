@@ -392,3 +392,63 @@ def test_the_jump_gate_re_anchors_when_the_last_accepted_state_was_the_outlier(r
             core.on_joint_state(names, shifted, np.zeros(8), np.zeros(8), t + 0.002 * (k + 1))
     core.on_joint_state(names, shifted, np.zeros(8), np.zeros(8), t + 0.006)  # the third agreeing one is taken
     assert core.state.q[0] == pytest.approx(shifted[0])
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_driver_faithful_inputs_arm_only_joint_states_and_a_separate_gripper_grasp(seed):
+    """As on a real UR: joint_states with the six arm joints only, the gripper's own JointState at
+    a lower rate (100 Hz). The grasp succeeds; a core that expects the fingers in joint_states
+    refuses every such message; a stale gripper state stops the arm."""
+    arm = SimArm("ur5e", "effort")
+    arm.reset(seed)
+    extents = tuple(arm.env.setup.obj.half_extents_m)
+    core = ControlCore(NodeConfig(object_half_extents_m=extents, separate_gripper_state=True),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    combined = ControlCore(NodeConfig(object_half_extents_m=extents), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    every = round(0.002 / arm.dt)
+    stops_before_gripper = 0
+    for k in range(int(6.0 / arm.dt)):
+        s, t = arm.env.state, arm.time_s
+        if k % every == 0:
+            core.on_joint_state(list(arm.arm_joint_names), s.q_rad, s.qd_rad_s, s.tau_measured_nm, t)
+            core.on_object_pose(s.object_pos_m, s.object_quat, t, frame_id="base")
+            if k == 0:
+                with pytest.raises(MessageError, match="missing joints"):
+                    combined.on_joint_state(list(arm.arm_joint_names), s.q_rad, s.qd_rad_s, s.tau_measured_nm, t)
+        if k % (5 * every) == 0 and k > 0:
+            half, speed = s.gripper_opening_m / 2, s.gripper_speed_m_s / 2
+            core.on_gripper_state(list(arm.gripper_joint_names), [half, half], [speed, speed], t)
+        command = core.tick(t)
+        stops_before_gripper += command.stop and core.gripper is None
+        assert np.isfinite(command.values).all() and np.isfinite(command.gripper)
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+        if arm.done:
+            break
+    assert arm.info["success"], arm.info
+    assert stops_before_gripper > 0 and core.stats.stop_reasons.get("no gripper state yet", 0) == stops_before_gripper
+    later = core.gripper.stamp_s + core.config.gripper_timeout_s + 0.01
+    core.on_joint_state(list(arm.arm_joint_names), arm.env.state.q_rad, arm.env.state.qd_rad_s,
+                        arm.env.state.tau_measured_nm, later)
+    core.on_object_pose(arm.env.state.object_pos_m, arm.env.state.object_quat, later)
+    assert "gripper state stale" in core.tick(later).reason
+
+
+def test_gripper_states_and_object_frames_that_cannot_be_right_are_refused():
+    core = ControlCore(NodeConfig(separate_gripper_state=True, tf_prefix="ur_"),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    fingers = list(core.config.gripper_joints)
+    for names, positions, match in ((fingers[:1], [0.01], "missing joints"), (fingers, [0.01], "malformed"),
+                                    (fingers, [0.5, 0.5], "implausible gripper opening"),
+                                    (fingers, [np.nan, 0.0], "non-finite")):
+        with pytest.raises(MessageError, match=match):
+            core.on_gripper_state(names, positions, [], 1.0)
+    core.on_gripper_state(fingers, [0.01, 0.01], [0.0, 0.0], 1.0)
+    with pytest.raises(MessageError, match="out-of-order"):
+        core.on_gripper_state(fingers, [0.01, 0.01], [0.0, 0.0], 0.5)
+    with pytest.raises(MessageError, match="frame 'ur_base_link', expected 'ur_base'"):
+        core.on_object_pose([0.5, 0.0, 0.02], [1, 0, 0, 0], 1.0, frame_id="ur_base_link")
+    core.on_object_pose([0.5, 0.0, 0.02], [1, 0, 0, 0], 1.0, frame_id="ur_base")
+    plain = ControlCore(NodeConfig(), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    with pytest.raises(MessageError, match="separate_gripper_state is off"):
+        plain.on_gripper_state(fingers, [0.01, 0.01], [], 1.0)

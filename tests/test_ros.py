@@ -61,13 +61,19 @@ SIM_TIME = (["-p", "real_time_factor:=0.5", "-p", "max_catch_up_steps:=2"], ["-p
 WORLD_SEED = 3  # the shifted sim world's hidden physics (episode seed 0): motor gains 0.8-1.2, a payload
 
 
-@pytest.mark.parametrize("config,interface", [("ur5e.yaml", "effort"), ("ur5.yaml", "velocity")])
-def test_closed_loop_grasp_through_ros(ros, config, interface):
+@pytest.mark.parametrize("config,interface,faithful", [("ur5e.yaml", "effort", False), ("ur5.yaml", "velocity", False),
+                                                       ("ur5e.yaml", "effort", True)])
+def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
     """The shipped parameter files, both nodes, over DDS: e-Series torques and CB3 velocities,
-    on the sim node's /clock (the sim node ignores use_sim_time: it is the clock)."""
+    on the sim node's /clock (the sim node ignores use_sim_time: it is the clock). ``faithful``:
+    joint_states carry the six arm joints only, as ur_robot_driver publishes them, and the
+    fingers come on the gripper's own topic."""
     params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config" / config)]
+    if faithful:
+        params += ["-p", "gripper_joint_states_topic:=/gripper/joint_states"]
     status = ros.listen(String, "/ds_robot/sim/status", latched=True)
     commands = ros.listen(Float64MultiArray, f"/forward_{interface}_controller/commands")
+    joint_states = ros.listen(JointState, "/joint_states")
     sim = ros.start("sim_node", *params, "-p", "seed:=0", "-p", "use_sim_time:=true", *SIM_TIME[0])
     policy = ros.start("policy_node", *params, *LOOP_PARAMS, *SIM_TIME[1])
     t0 = time.monotonic()
@@ -79,6 +85,7 @@ def test_closed_loop_grasp_through_ros(ros, config, interface):
     assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
+    assert {len(m.name) for _, m in joint_states} == {6 if faithful else 8}
 
 
 def test_online_correction_identifies_a_shifted_arm_through_ros(ros):

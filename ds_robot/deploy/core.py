@@ -5,7 +5,10 @@ The rclpy node (``policy_node.py``) is a thin shell: it turns messages into call
 decides what reaches the arm lives here:
 
 - **Joint states** are matched by name (``tf_prefix`` + UR joint names, plus the gripper's
-  finger joints), never by index. A message with a missing joint, mismatched array lengths,
+  finger joints), never by index. With ``separate_gripper_state`` (a real UR: the driver's
+  ``/joint_states`` has the six arm joints only, the gripper has its own driver) the finger
+  joints come in their own JointState messages (``on_gripper_state``), checked the same way and
+  watched by their own ``gripper_timeout_s``. A message with a missing joint, mismatched array lengths,
   NaN/Inf, no efforts while the policy uses torque features, a stamp older than the last
   accepted one, or a stamp more than ``max_stamp_ahead_s`` ahead of the node's clock (accepted,
   it would look fresh to the watchdog and lock out every later state as "older"), or a state no
@@ -15,6 +18,10 @@ decides what reaches the arm lives here:
 - **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
+- **Object pose frame**: a pose whose ``frame_id`` is not ``object_frame_id`` (default
+  ``tf_prefix + "base"``, the frame the UR driver's kinematics and this node's model use) is
+  refused: UR's ``base_link`` is ``base`` turned by pi about z, and a pose in it would put the
+  grasp on the wrong side of the robot.
 - **Observation**: the training env's, encoded by the same ``ObservationLayout`` from the
   joint state, the TCP pose from the forward kinematics of the core's own nominal model of the
   arm (the description the controller's model is built from) and the object pose.
@@ -68,6 +75,7 @@ UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
 POSITION_GATE_RAD = 0.1
 SPEED_GATE_FACTOR = 2.0
 JUMP_TOLERANCE_RAD = 0.02
+GRIPPER_GATE_M = 0.005  # a gripper opening this far outside 0..max_opening is no real reading
 REANCHOR_STATES = 3
 
 # What may change while the node runs (a `ros2 param set` of these takes effect at the next tick).
@@ -103,6 +111,9 @@ class NodeConfig:
     joint_limit_margin_rad: float = 0.05
     goal_height_m: float = 0.10
     object_half_extents_m: tuple[float, ...] = ()  # used until a message gives them
+    separate_gripper_state: bool = False  # the finger joints come on their own topic (a real gripper driver)
+    gripper_timeout_s: float = 0.1  # with separate_gripper_state: its newest state older than this -> stop
+    object_frame_id: str | None = None  # None: tf_prefix + "base"
 
     def __post_init__(self):
         if self.ur_type not in UR_TYPES:
@@ -117,7 +128,7 @@ class NodeConfig:
                               f"rate_hz={self.rate_hz}")
         if len(self.joint_names) != N_ARM_JOINTS or len(set(self.joint_names)) != N_ARM_JOINTS:
             raise ConfigError(f"joint_names must name {N_ARM_JOINTS} distinct arm joints, got {list(self.joint_names)}")
-        for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m"):
+        for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m", "gripper_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 < self.max_torque_fraction <= 1):
@@ -135,6 +146,10 @@ class NodeConfig:
         return tuple(self.tf_prefix + name for name in self.joint_names)
 
     @property
+    def pose_frame(self) -> str:
+        return self.object_frame_id if self.object_frame_id is not None else self.tf_prefix + "base"
+
+    @property
     def period_s(self) -> float:
         return 1.0 / self.rate_hz
 
@@ -147,6 +162,13 @@ class ArmState:
     tau: np.ndarray  # zeros when the message had no efforts
     gripper_opening_m: float
     gripper_speed_m_s: float
+
+
+@dataclass
+class GripperState:
+    stamp_s: float
+    opening_m: float
+    speed_m_s: float
 
 
 @dataclass
@@ -194,11 +216,12 @@ def parse_joint_state(config: NodeConfig, names, positions, velocities, efforts,
     if need_effort and len(efforts) == 0:
         raise MessageError("malformed joint_states: no efforts, and the policy uses measured joint torques")
     index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in (*config.arm_joints, *config.gripper_joints) if n not in index]
+    needed = config.arm_joints if config.separate_gripper_state else (*config.arm_joints, *config.gripper_joints)
+    missing = [n for n in needed if n not in index]
     if missing:
         raise MessageError(f"malformed joint_states: missing joints {missing} (have {names})")
     arm = [index[n] for n in config.arm_joints]
-    grip = [index[n] for n in config.gripper_joints]
+    grip = [] if config.separate_gripper_state else [index[n] for n in config.gripper_joints]
     used = arm + grip
     for label, arr in (("positions", positions), ("velocities", velocities), ("efforts", efforts)):
         if len(arr) and not np.all(np.isfinite(arr[used])):
@@ -206,8 +229,9 @@ def parse_joint_state(config: NodeConfig, names, positions, velocities, efforts,
     if not math.isfinite(stamp_s):
         raise MessageError("non-finite joint_states stamp")
     tau = efforts[arm] if len(efforts) else np.zeros(N_ARM_JOINTS)
-    return ArmState(stamp_s, positions[arm].copy(), velocities[arm].copy(), tau.copy(),
-                    float(positions[grip].sum()), float(velocities[grip].sum()))
+    # with a separate gripper state the core fills the gripper in from its own messages
+    opening, speed = (float(positions[grip].sum()), float(velocities[grip].sum())) if grip else (math.nan, math.nan)
+    return ArmState(stamp_s, positions[arm].copy(), velocities[arm].copy(), tau.copy(), opening, speed)
 
 
 class ControlCore:
@@ -236,6 +260,7 @@ class ControlCore:
         self.policy_period_s = 1.0 / config.policy_rate_hz
         self.stats = Stats()
         self.state: ArmState | None = None
+        self.gripper: GripperState | None = None  # with separate_gripper_state
         self.object: ObjectPose | None = None
         self.object_extents = (np.array(config.object_half_extents_m, dtype=float)
                                if config.object_half_extents_m else None)
@@ -282,6 +307,8 @@ class ControlCore:
         except MessageError as exc:
             self.stats.reject(str(exc))
             raise
+        if self.config.separate_gripper_state and self.gripper is not None:
+            state.gripper_opening_m, state.gripper_speed_m_s = self.gripper.opening_m, self.gripper.speed_m_s
         self.state = state
 
     def _jump(self, state: ArmState, before: ArmState) -> float:
@@ -309,8 +336,44 @@ class ControlCore:
         raise MessageError(f"implausible joint_states jump: a joint moved {moved:.3f} rad in "
                            f"{(state.stamp_s - self.state.stamp_s) * 1e3:.1f} ms, more than it can")
 
-    def on_object_pose(self, pos, quat_wxyz, stamp_s: float, now_s: float | None = None) -> None:
+    def on_gripper_state(self, names, positions, velocities, stamp_s: float, now_s: float | None = None) -> None:
+        """The gripper driver's JointState (``separate_gripper_state``): the finger joints by name;
+        their positions sum to the opening (m)."""
         try:
+            if not self.config.separate_gripper_state:
+                raise MessageError("gripper state on its own topic, but separate_gripper_state is off")
+            names = list(names)
+            positions, velocities = np.asarray(positions, dtype=float), np.asarray(velocities, dtype=float)
+            if len(positions) != len(names) or len(velocities) not in (0, len(names)):
+                raise MessageError(f"malformed gripper state: {len(names)} names, {len(positions)} positions, "
+                                   f"{len(velocities)} velocities")
+            index = {n: i for i, n in enumerate(names)}
+            missing = [n for n in self.config.gripper_joints if n not in index]
+            if missing:
+                raise MessageError(f"malformed gripper state: missing joints {missing} (have {names})")
+            grip = [index[n] for n in self.config.gripper_joints]
+            opening = float(positions[grip].sum())
+            speed = float(velocities[grip].sum()) if len(velocities) else 0.0
+            if not (math.isfinite(opening) and math.isfinite(speed) and math.isfinite(stamp_s)):
+                raise MessageError("non-finite gripper state")
+            if not -GRIPPER_GATE_M <= opening <= self.max_gripper_opening_m + GRIPPER_GATE_M:
+                raise MessageError(f"implausible gripper opening {opening * 1e3:.1f} mm (the jaws open 0-"
+                                   f"{self.max_gripper_opening_m * 1e3:.0f} mm)")
+            self._check_not_ahead("gripper state", stamp_s, now_s)
+            if self.gripper is not None and stamp_s < self.gripper.stamp_s:
+                raise MessageError("out-of-order gripper state")
+        except MessageError as exc:
+            self.stats.reject(str(exc))
+            raise
+        self.gripper = GripperState(stamp_s, opening, speed)
+
+    def on_object_pose(self, pos, quat_wxyz, stamp_s: float, now_s: float | None = None,
+                       frame_id: str | None = None) -> None:
+        """``frame_id``: the message's header frame (None: not checked, for callers without one)."""
+        try:
+            if frame_id is not None and frame_id != self.config.pose_frame:
+                raise MessageError(f"object pose in frame {frame_id!r}, expected {self.config.pose_frame!r} (UR's "
+                                   "base_link is base turned by pi about z; transform the pose first)")
             pos, quat = np.asarray(pos, dtype=float), np.asarray(quat_wxyz, dtype=float)
             if pos.shape != (3,) or quat.shape != (4,):
                 raise MessageError(f"malformed object pose: position {pos.shape}, orientation {quat.shape}")
@@ -370,8 +433,8 @@ class ControlCore:
         """Keep squeezing what is held: the last gripper command, else the present opening."""
         if self._gripper_cmd is not None:
             return self._gripper_cmd
-        if self.state is None:
-            return -1.0  # nothing known: open
+        if self.state is None or not math.isfinite(self.state.gripper_opening_m):
+            return -1.0  # nothing known (no gripper state yet): open
         return float(np.clip(1.0 - 2.0 * self.state.gripper_opening_m / self.max_gripper_opening_m, -1.0, 1.0))
 
     def tick(self, now_s: float) -> Command:
@@ -385,6 +448,12 @@ class ControlCore:
         age = now_s - self.state.stamp_s
         if age > cfg.state_timeout_s:
             return self.stop_command(f"joint_states stale: {age * 1e3:.1f} ms old > {cfg.state_timeout_s * 1e3:.1f} ms")
+        if cfg.separate_gripper_state:
+            if self.gripper is None:
+                return self.stop_command("no gripper state yet")
+            if now_s - self.gripper.stamp_s > cfg.gripper_timeout_s:
+                return self.stop_command(f"gripper state stale: {(now_s - self.gripper.stamp_s) * 1e3:.0f} ms old")
+            self.state.gripper_opening_m, self.state.gripper_speed_m_s = self.gripper.opening_m, self.gripper.speed_m_s
         if self.object is None:
             return self.stop_command("no object pose yet")
         if now_s - self.object.stamp_s > cfg.object_timeout_s:

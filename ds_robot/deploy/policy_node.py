@@ -102,6 +102,10 @@ class PolicyNode(Node):
             joint_limit_margin_rad=float(p("joint_limit_margin_rad", d.joint_limit_margin_rad).value),
             max_stamp_ahead_s=float(p("max_stamp_ahead_s", d.max_stamp_ahead_s).value),
             goal_height_m=float(p("goal_height_m", d.goal_height_m).value),
+            # empty: the finger joints are in the arm's joint_states (the sim node's default)
+            separate_gripper_state=bool(p("gripper_joint_states_topic", "").value),
+            gripper_timeout_s=float(p("gripper_timeout_s", d.gripper_timeout_s).value),
+            object_frame_id=p("object_frame_id", "").value or None,
         )
         extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
         kind = p("controller", "hier").value
@@ -150,6 +154,9 @@ class PolicyNode(Node):
         sensor_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state, sensor_qos)
         self.create_subscription(PoseStamped, t["object_pose_topic"], self._on_object_pose, sensor_qos)
+        if self.config.separate_gripper_state:
+            self.create_subscription(JointState, self.get_parameter("gripper_joint_states_topic").value,
+                                     self._on_gripper_state, sensor_qos)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Float64MultiArray, t["object_extents_topic"], self._on_extents, latched)
@@ -233,10 +240,17 @@ class PolicyNode(Node):
         if self.trigger == "timer" or time.perf_counter() - self._last_tick > 1.5 * self.config.period_s:
             self._tick()
 
+    def _on_gripper_state(self, msg) -> None:
+        try:
+            self.core.on_gripper_state(msg.name, msg.position, msg.velocity, stamp_s(msg.header), self.now_s())
+        except MessageError as exc:
+            self._warn(f"gripper state ignored: {exc}")
+
     def _on_object_pose(self, msg) -> None:
         pos, q = msg.pose.position, msg.pose.orientation
         try:
-            self.core.on_object_pose((pos.x, pos.y, pos.z), (q.w, q.x, q.y, q.z), stamp_s(msg.header), self.now_s())
+            self.core.on_object_pose((pos.x, pos.y, pos.z), (q.w, q.x, q.y, q.z), stamp_s(msg.header), self.now_s(),
+                                     msg.header.frame_id)
         except MessageError as exc:
             self._warn(f"object pose ignored: {exc}")
 

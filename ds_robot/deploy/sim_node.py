@@ -3,7 +3,9 @@ UR driver (``ur_robot_driver``) plus a perception node.
 
 Publishes ``/joint_states`` (sensor_msgs/JointState: the 6 UR joints by their driver names,
 with ``tf_prefix``, and the gripper's finger joints; efforts are the joint-torque sensors'
-readings) at ``rate_hz``, the object's pose (geometry_msgs/PoseStamped, frame ``base``) and
+readings) at ``rate_hz`` (with ``gripper_joint_states_topic`` set, driver-faithful: the six arm
+joints only, as ``ur_robot_driver`` publishes them, and the finger joints in their own
+JointState on that topic, as a gripper driver would), the object's pose (geometry_msgs/PoseStamped, frame ``base``) and
 half-sizes (std_msgs/Float64MultiArray, transient local), ``/clock``, and the grasp outcome on
 ``/ds_robot/sim/status`` (std_msgs/String, JSON: object, success, time to lift, energy; in the
 shifted world also the hidden ``shift``). ``world:=shifted`` (``world_seed``) runs the
@@ -75,9 +77,14 @@ class SimNode(Node):
                               f"max_catch_up_steps >= 1, got {self.rate_hz}, {self.factor}, {self.max_catch_up}")
         prefix = p("tf_prefix", "").value
         self.frame_id = p("frame_id", prefix + "base").value
-        self.names = [prefix + n for n in self.arm.arm_joint_names] + list(self.arm.gripper_joint_names)
+        # driver-faithful: the arm's joint_states carry the six arm joints only (as ur_robot_driver's
+        # joint_state_broadcaster), the fingers come on their own topic (as a gripper driver's)
+        gripper_topic = p("gripper_joint_states_topic", "").value
+        self.arm_names = [prefix + n for n in self.arm.arm_joint_names]
+        self.names = self.arm_names if gripper_topic else self.arm_names + list(self.arm.gripper_joint_names)
         t = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
         self.pub_joints = self.create_publisher(JointState, t["joint_states_topic"], 10)
+        self.pub_gripper_state = self.create_publisher(JointState, gripper_topic, 10) if gripper_topic else None
         self.pub_pose = self.create_publisher(PoseStamped, t["object_pose_topic"], 10)
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
@@ -143,10 +150,17 @@ class SimNode(Node):
         s = self.arm.env.state
         stamp = self.stamp()
         half, half_speed = s.gripper_opening_m / 2, s.gripper_speed_m_s / 2
-        js = JointState(name=self.names,
-                        position=[*map(float, s.q_rad), half, half],
-                        velocity=[*map(float, s.qd_rad_s), half_speed, half_speed],
-                        effort=[*map(float, s.tau_measured_nm), 0.0, 0.0])
+        fingers = dict(position=[half, half], velocity=[half_speed, half_speed], effort=[0.0, 0.0])
+        if self.pub_gripper_state is not None:
+            js = JointState(name=self.arm_names, position=list(map(float, s.q_rad)),
+                            velocity=list(map(float, s.qd_rad_s)), effort=list(map(float, s.tau_measured_nm)))
+            grip = JointState(name=list(self.arm.gripper_joint_names), **fingers)
+            grip.header.stamp = stamp
+            self.pub_gripper_state.publish(grip)
+        else:
+            js = JointState(name=self.names, position=[*map(float, s.q_rad), *fingers["position"]],
+                            velocity=[*map(float, s.qd_rad_s), *fingers["velocity"]],
+                            effort=[*map(float, s.tau_measured_nm), *fingers["effort"]])
         js.header.stamp = stamp
         self.pub_joints.publish(js)
         if self._ticks % self.pose_every == 0:
