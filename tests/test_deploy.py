@@ -452,3 +452,30 @@ def test_gripper_states_and_object_frames_that_cannot_be_right_are_refused():
     plain = ControlCore(NodeConfig(), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
     with pytest.raises(MessageError, match="separate_gripper_state is off"):
         plain.on_gripper_state(fingers, [0.01, 0.01], [], 1.0)
+
+
+def test_effort_as_motor_current_or_gravity_compensated_torque_becomes_joint_torque():
+    """The UR driver's effort is motor current (A); with effort_kind current and the operator's
+    factors the core sees the joint torque; the gravity-compensated kind gets gravity back."""
+    arm = SimArm()
+    arm.reset(0)
+    s = arm.env.state
+    names = list(arm.arm_joint_names)
+    factors = np.array([12.0, 12.0, 11.0, 9.0, 9.0, 9.0])
+    current = ControlCore(NodeConfig(effort_kind="current", current_to_torque_nm_per_a=tuple(factors),
+                                     separate_gripper_state=True), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    current.on_joint_state(names, s.q_rad, s.qd_rad_s, s.tau_measured_nm / factors, 1.0)
+    np.testing.assert_allclose(current.state.tau, s.tau_measured_nm, rtol=1e-12)
+    compensated = ControlCore(NodeConfig(effort_kind="gravity_compensated_torque", separate_gripper_state=True),
+                              HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    gravity = compensated.model
+    gravity.update(s.q_rad, np.zeros(6))
+    compensated.on_joint_state(names, s.q_rad, s.qd_rad_s, s.tau_measured_nm - gravity.gravity_torque(), 1.0)
+    np.testing.assert_allclose(compensated.state.tau, s.tau_measured_nm, atol=1e-9)
+    assert np.abs(gravity.gravity_torque()[1]) > 10.0  # what a reading taken as torque would miss at the shoulder
+    with pytest.raises(MessageError, match="implausible joint_states efforts"):
+        current.on_joint_state(names, s.q_rad, s.qd_rad_s, np.full(6, 30.0), 1.1)  # 360 N m on a 150 N m joint
+    with pytest.raises(ConfigError, match="current_to_torque_nm_per_a"):
+        NodeConfig(effort_kind="current")
+    with pytest.raises(ConfigError, match="effort_kind"):
+        NodeConfig(effort_kind="amps")

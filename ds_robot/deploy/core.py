@@ -15,6 +15,14 @@ decides what reaches the arm lives here:
   real arm could report (``_check_plausible``: outside the joint range, beyond twice the speed
   limit, a jump the joints cannot make in the stamp interval) is rejected with a reason and
   changes nothing.
+- **Efforts** (``effort_kind``): ``torque`` (output-side joint torque, N m: the sim node, or a
+  driver that reports it); ``current`` (ur_robot_driver on jazzy, kilted and main reads RTDE's
+  ``actual_current`` into the effort field: motor current in A), converted with the per-joint
+  ``current_to_torque_nm_per_a`` the operator must supply (no constant is published by UR for
+  the UR5e: the node refuses to start without them); ``gravity_compensated_torque`` (RTDE's
+  ``actual_current_as_torque``, PolyScope >= 5.23, reported to read 0 for a still joint without
+  external load): the model's gravity torque is added back. An effort beyond twice the joint's
+  torque limit after conversion is refused as implausible.
 - **Watchdog**: when the newest accepted joint state is older than ``state_timeout_s`` (by its
   stamp, against the node's clock) or none has arrived, or the object pose is older than
   ``object_timeout_s``, every tick returns the stop command.
@@ -61,6 +69,8 @@ from ds_robot.model.params import ARM_JOINT_NAMES, N_ARM_JOINTS, default_descrip
 from ds_robot.sim import scene
 
 COMMAND_INTERFACES = ("effort", "velocity")
+EFFORT_KINDS = ("torque", "current", "gravity_compensated_torque")
+EFFORT_GATE_FACTOR = 2.0  # a converted effort beyond this times the joint torque limit is no real reading
 # Rates the UR drivers run their real-time interface at: e-Series 500 Hz, CB3 125 Hz.
 UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
             "ur5": {"series": "CB3", "rate_hz": 125.0, "effort": False}}
@@ -111,6 +121,8 @@ class NodeConfig:
     joint_limit_margin_rad: float = 0.05
     goal_height_m: float = 0.10
     object_half_extents_m: tuple[float, ...] = ()  # used until a message gives them
+    effort_kind: str = "torque"  # torque | current | gravity_compensated_torque (see the module docstring)
+    current_to_torque_nm_per_a: tuple[float, ...] = ()  # effort_kind current: one factor per arm joint
     separate_gripper_state: bool = False  # the finger joints come on their own topic (a real gripper driver)
     gripper_timeout_s: float = 0.1  # with separate_gripper_state: its newest state older than this -> stop
     object_frame_id: str | None = None  # None: tf_prefix + "base"
@@ -137,6 +149,13 @@ class NodeConfig:
             raise ConfigError(f"max_stamp_ahead_s must be >= 0, got {self.max_stamp_ahead_s}")
         if self.joint_limit_margin_rad < 0:
             raise ConfigError(f"joint_limit_margin_rad must be >= 0, got {self.joint_limit_margin_rad}")
+        if self.effort_kind not in EFFORT_KINDS:
+            raise ConfigError(f"effort_kind {self.effort_kind!r}: choose {', '.join(EFFORT_KINDS)}")
+        if self.effort_kind == "current" and (len(self.current_to_torque_nm_per_a) != N_ARM_JOINTS or not all(
+                math.isfinite(k) and k > 0 for k in self.current_to_torque_nm_per_a)):
+            raise ConfigError("effort_kind current needs current_to_torque_nm_per_a: 6 positive factors (N m per A "
+                              "at the joint output; UR publishes none for the UR5e: identify them on your arm, e.g. "
+                              f"against gravity at rest), got {list(self.current_to_torque_nm_per_a)}")
         if self.object_half_extents_m and (len(self.object_half_extents_m) != 3
                                            or not all(e > 0 for e in self.object_half_extents_m)):
             raise ConfigError(f"object_half_extents_m must be 3 positive numbers, got {self.object_half_extents_m}")
@@ -255,6 +274,7 @@ class ControlCore:
         m = self.model.model
         self.joint_range_rad = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
         self.speed_gate_rad_s = SPEED_GATE_FACTOR * np.array(desc.variant(variant).joint_velocity_limit_rad_s)
+        self.current_factor = np.array(config.current_to_torque_nm_per_a or np.ones(N_ARM_JOINTS), dtype=float)
         self._disagreeing: list[ArmState] = []  # consecutive states refused as jumps, newest last
         self._apply_limits()
         self.policy_period_s = 1.0 / config.policy_rate_hz
@@ -299,6 +319,7 @@ class ControlCore:
         """``now_s``: the node's clock when the message arrived (stamps ahead of it are refused)."""
         try:
             state = parse_joint_state(self.config, names, positions, velocities, efforts, stamp_s, self.need_effort)
+            self._effort_to_torque(state)
             self._check_not_ahead("joint_states", state.stamp_s, now_s)
             if self.state is not None and state.stamp_s < self.state.stamp_s:
                 raise MessageError(f"out-of-order joint_states: stamp {state.stamp_s:.6f} s is older than the last "
@@ -310,6 +331,18 @@ class ControlCore:
         if self.config.separate_gripper_state and self.gripper is not None:
             state.gripper_opening_m, state.gripper_speed_m_s = self.gripper.opening_m, self.gripper.speed_m_s
         self.state = state
+
+    def _effort_to_torque(self, state: ArmState) -> None:
+        """The effort field as output-side joint torque (N m), per ``effort_kind``."""
+        kind = self.config.effort_kind
+        if kind == "current":
+            state.tau = state.tau * self.current_factor
+        elif kind == "gravity_compensated_torque":
+            self.model.update(state.q, np.zeros(N_ARM_JOINTS))
+            state.tau = state.tau + self.model.gravity_torque()
+        if np.any(np.abs(state.tau) > EFFORT_GATE_FACTOR * self.joint_limit_nm):
+            raise MessageError(f"implausible joint_states efforts: {np.round(state.tau, 1).tolist()} N m ({kind}) is "
+                               f"beyond {EFFORT_GATE_FACTOR:g}x the joint torque limits")
 
     def _jump(self, state: ArmState, before: ArmState) -> float:
         """How far ``state``'s positions are beyond what the arm can move since ``before`` (rad)."""

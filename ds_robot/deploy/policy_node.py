@@ -86,6 +86,8 @@ class PolicyNode(Node):
         p = self.declare_parameter
         ur_type = p("ur_type", d.ur_type).value
         rate_hz = float(p("rate_hz", UR_TYPES.get(ur_type, UR_TYPES["ur5e"])["rate_hz"]).value)
+        effort_kind = p("effort_kind", d.effort_kind).value
+        factors = tuple(float(k) for k in p("current_to_torque_nm_per_a", [0.0] * 6).value)
         self.config = NodeConfig(
             ur_type=ur_type,
             command_interface=p("command_interface", d.command_interface).value,
@@ -103,6 +105,8 @@ class PolicyNode(Node):
             max_stamp_ahead_s=float(p("max_stamp_ahead_s", d.max_stamp_ahead_s).value),
             goal_height_m=float(p("goal_height_m", d.goal_height_m).value),
             # empty: the finger joints are in the arm's joint_states (the sim node's default)
+            effort_kind=effort_kind,
+            current_to_torque_nm_per_a=factors if effort_kind == "current" else (),
             separate_gripper_state=bool(p("gripper_joint_states_topic", "").value),
             gripper_timeout_s=float(p("gripper_timeout_s", d.gripper_timeout_s).value),
             object_frame_id=p("object_frame_id", "").value or None,
