@@ -53,6 +53,10 @@ def _nodes(context):
              condition=IfCondition(use_sim)),
         Node(package="ds_robot", executable="policy_node", name="ds_robot_policy", output="screen",
              parameters=[config, overrides]),
+        # its own process: brakes the arm when the policy node's commands stop (SIGKILL, a hang)
+        Node(package="ds_robot", executable="supervisor", name="ds_robot_supervisor", output="screen",
+             parameters=[config, {"ur_type": ur_type, "command_interface": interface,
+                                  "tf_prefix": overrides["tf_prefix"]}]),
     ]
     if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0"):
         motion_controller(interface)  # refuses an interface the driver has no controller for

@@ -479,3 +479,45 @@ def test_effort_as_motor_current_or_gravity_compensated_torque_becomes_joint_tor
         NodeConfig(effort_kind="current")
     with pytest.raises(ConfigError, match="effort_kind"):
         NodeConfig(effort_kind="amps")
+
+
+def test_supervisor_brakes_when_commands_stop_and_stays_latched():
+    from ds_robot.deploy.supervisor import SupervisorConfig, SupervisorCore
+
+    core = SupervisorCore(SupervisorConfig(command_timeout_s=0.02, brake_time_s=0.1))
+    q, qd = np.array([0.0, -1.57, 1.57, -1.57, -1.57, 0.0]), np.array([0.5, -0.3, 0.2, 0.0, 1.0, -0.01])
+    core.on_joint_state(q, qd)
+    assert core.tick(0.0) is None and core.state == "idle"  # nothing to supervise before the first command
+    t = 0.0
+    for _ in range(50):  # the policy publishing at 500 Hz
+        core.on_command(t, np.full(6, 0.5))
+        assert core.tick(t + 0.001) is None
+        t += 0.002
+    last = t - 0.002
+    assert core.tick(last + 0.019) is None and core.state == "watching"
+    brake = core.tick(last + 0.021)
+    assert core.state == "braking" and core.trips[-1]["gap_s"] == pytest.approx(0.021)
+    core.model.update(q, qd)
+    expected = -core.model.mass_matrix() @ qd / 0.1
+    np.testing.assert_allclose(brake, np.clip(expected, -core.limit_nm, core.limit_nm))
+    assert brake @ qd < 0  # it takes energy out of the motion
+    core.on_command(last + 0.022)  # its own brake command echoes back: not the policy
+    assert core.state == "braking"
+    core.on_joint_state(q, np.full(6, 0.001))
+    assert core.tick(last + 0.03) is not None and core.state == "braking"
+    assert not np.any(core.tick(last + 0.25)) and core.state == "stopped"
+    core.on_command(last + 0.3)
+    assert core.state == "stopped" and not np.any(core.tick(last + 0.3))  # latched
+    core.rearm()
+    assert core.state == "idle" and core.tick(last + 1.0) is None
+    quiet = SupervisorCore(SupervisorConfig())
+    quiet.on_joint_state(q, np.zeros(6))
+    quiet.on_command(0.0, np.zeros(6))  # a stop command, the arm at rest: a silence leaves nothing on the arm
+    assert quiet.tick(1.0) is None and quiet.state == "watching"
+    quiet.on_joint_state(q, np.full(6, 0.1))  # but a moving arm is braked
+    assert quiet.tick(1.001) is not None and quiet.state == "braking"
+    velocity = SupervisorCore(SupervisorConfig(command_interface="velocity"))
+    velocity.on_command(0.0)
+    assert not np.any(velocity.tick(0.05)) and velocity.state == "stopped"
+    with pytest.raises(ConfigError, match="command_timeout_s"):
+        SupervisorConfig(command_timeout_s=0.0)

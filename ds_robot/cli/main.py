@@ -20,7 +20,8 @@ ALGOS = ("a2c", "ppo", "sac")
 # Dependencies of some commands only, and the extra that installs each.
 OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "stable_baselines3": "bench", "cpprb": "bench",
                     "envpool": "bench", "ale_py": "bench", "ray": "dist", "rclpy": "ros"}
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real")
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real",
+              "supervisor")
 
 
 def grasp_env_from_args(args, **kwargs):
@@ -326,6 +327,11 @@ def cmd_bench(args) -> int:
         seconds = args.seconds or (5.0 if args.quick else 60.0)
         episodes = args.episodes if args.episodes is not None else (10 if args.quick else 200)
         return run_node_benchmark(seconds=seconds, quick=args.quick, json_path=args.json, episodes=episodes)
+    if args.name == "supervisor":
+        from ds_robot.bench.supervisor import run_supervisor_benchmark
+
+        return run_supervisor_benchmark(trials=args.repeats if args.repeats != 5 else 20, quick=args.quick,
+                                        nominal_s=args.seconds or 60.0, json_path=args.json)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 

@@ -43,7 +43,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from ds_robot.control.contract import Controller
@@ -51,6 +51,7 @@ from ds_robot.deploy.controllers import build_controller
 from ds_robot.deploy.core import LIVE_FIELDS, UR_TYPES, ControlCore, MessageError, NodeConfig
 from ds_robot.deploy.loop_stats import LoopTimer, RunRecorder
 from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main, stamp_s
+from ds_robot.deploy.supervisor import STATE_TOPIC as SUPERVISOR_STATE_TOPIC
 from ds_robot.errors import ConfigError
 from ds_robot.paths import policies_dir
 
@@ -165,6 +166,9 @@ class PolicyNode(Node):
                              reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Float64MultiArray, t["object_extents_topic"], self._on_extents, latched)
         self.create_subscription(Bool, t["estop_topic"], self._on_estop, 10)
+        # the supervisor (ds_robot.deploy.supervisor) owns the command topic while it brakes
+        self.supervisor_state = "none"
+        self.create_subscription(String, SUPERVISOR_STATE_TOPIC, self._on_supervisor, latched)
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/reset", self._srv_reset)
         self.loop = LoopTimer(self.config.period_s)
@@ -264,6 +268,18 @@ class PolicyNode(Node):
         except MessageError as exc:
             self._warn(f"object extents ignored: {exc}")
 
+    def _on_supervisor(self, msg) -> None:
+        try:
+            state = str(json.loads(msg.data)["state"])
+        except (ValueError, KeyError, TypeError):
+            self._warn(f"supervisor state ignored: not the supervisor's JSON: {msg.data[:80]!r}")
+            return
+        if state in ("braking", "stopped") and self.supervisor_state not in ("braking", "stopped"):
+            self.core.estop(f"supervisor {state}")
+            self.get_logger().error(f"the supervisor is {state}: this node stops publishing and stays e-stopped "
+                                    "until ~/reset after the supervisor's ~/rearm")
+        self.supervisor_state = state
+
     def _on_estop(self, msg) -> None:
         if msg.data:
             self.core.estop("e-stop topic")
@@ -278,6 +294,10 @@ class PolicyNode(Node):
         return response
 
     def _srv_reset(self, request, response):
+        if self.supervisor_state in ("braking", "stopped"):
+            response.success = False
+            response.message = f"the supervisor is {self.supervisor_state}: re-arm it first (ds_robot_supervisor/rearm)"
+            return response
         self.core.reset()
         self.get_logger().info("reset: e-stop cleared, a new grasp starts with fresh inputs")
         response.success, response.message = True, "reset"
@@ -301,8 +321,8 @@ class PolicyNode(Node):
         period = self.loop.tick(self._last_tick)
         if self.recorder is not None and period is not None:
             self.recorder.periods_s.append(period)
-        if self.idle:
-            return
+        if self.idle or self.supervisor_state in ("braking", "stopped"):
+            return  # the supervisor's brake owns the command topic
         try:
             command = self.core.tick(now)
         except Exception as exc:  # the core does not raise on inputs; anything else is a bug: stop

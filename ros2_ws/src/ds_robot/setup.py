@@ -24,6 +24,7 @@ setup(
         "console_scripts": [
             "policy_node = ds_robot_ros.nodes:policy_main",
             "sim_node = ds_robot_ros.nodes:sim_main",
+            "supervisor = ds_robot_ros.nodes:supervisor_main",
         ],
     },
 )

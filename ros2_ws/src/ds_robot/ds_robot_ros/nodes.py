@@ -1,4 +1,4 @@
-"""``ros2 run ds_robot policy_node`` and ``ros2 run ds_robot sim_node``."""
+"""``ros2 run ds_robot policy_node``, ``ros2 run ds_robot sim_node`` and ``ros2 run ds_robot supervisor``."""
 
 import sys
 
@@ -21,5 +21,12 @@ def policy_main() -> int:
 def sim_main() -> int:
     _require_ds_robot()
     from ds_robot.deploy.sim_node import main
+
+    return main()
+
+
+def supervisor_main() -> int:
+    _require_ds_robot()
+    from ds_robot.deploy.supervisor import main
 
     return main()
