@@ -26,6 +26,7 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from ds_robot.deploy.supervisor import SUPERVISOR_ENV
 from ds_robot.deploy.ur_driver import driver_launch_arguments, motion_controller
 
 
@@ -56,7 +57,8 @@ def _nodes(context):
         # its own process: brakes the arm when the policy node's commands stop (SIGKILL, a hang)
         Node(package="ds_robot", executable="supervisor", name="ds_robot_supervisor", output="screen",
              parameters=[config, {"ur_type": ur_type, "command_interface": interface,
-                                  "tf_prefix": overrides["tf_prefix"]}]),
+                                  "tf_prefix": overrides["tf_prefix"]}],
+             additional_env=SUPERVISOR_ENV),
     ]
     if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0"):
         motion_controller(interface)  # refuses an interface the driver has no controller for

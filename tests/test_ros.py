@@ -151,6 +151,9 @@ def test_watchdog_stops_the_arm_when_the_sim_dies_or_stalls(ros):
     stops_after(lambda: sim.send_signal(signal.SIGKILL))  # gone
 
 
+from ds_robot.deploy.supervisor import SUPERVISOR_ENV  # noqa: E402
+
+
 def _max_speed(joint_states, since: float) -> float:
     return max((max(abs(v) for v in m.velocity[:6]) for t, m in joint_states if t > since), default=math.nan)
 
@@ -166,7 +169,7 @@ def test_supervisor_brakes_the_arm_when_the_policy_node_is_killed_or_stopped(ros
     ros.start("sim_node", "-p", "seed:=0")
     # 0.1 s, not the shipped 20 ms: under the suite's load the policy node's own command stream has
     # gaps above 20 ms (a trip in nominal operation; `ds-robot bench supervisor` measures both)
-    ros.start("supervisor", "-p", "command_timeout_s:=0.1")
+    ros.start("supervisor", "-p", "command_timeout_s:=0.1", env=SUPERVISOR_ENV)
     for trial, sig in enumerate((signal.SIGKILL, signal.SIGSTOP)):
         policy = ros.start("policy_node", *LOOP_PARAMS)
         started = len(commands)

@@ -37,6 +37,7 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
     from std_srvs.srv import Trigger
 
     from ds_robot.deploy.session import RosSession
+    from ds_robot.deploy.supervisor import SUPERVISOR_ENV
 
     trials = 4 if quick else trials
     nominal_s = 5.0 if quick else nominal_s
@@ -50,7 +51,7 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
         commands = session.listen(Float64MultiArray, "/forward_effort_controller/commands", keep=False)
         joints = session.listen(JointState, "/joint_states", keep=False)
         session.start("sim_node", "-p", "seed:=0")
-        session.start("supervisor", "-p", f"command_timeout_s:={timeout_s}")
+        session.start("supervisor", "-p", f"command_timeout_s:={timeout_s}", env=SUPERVISOR_ENV)
         print(f"bench supervisor: {trials} trials (SIGKILL / SIGSTOP), timeout {timeout_s * 1e3:g} ms, "
               f"then {nominal_s:g} s nominal")
         for trial in range(trials):

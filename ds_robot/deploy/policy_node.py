@@ -168,7 +168,9 @@ class PolicyNode(Node):
         self.create_subscription(Bool, t["estop_topic"], self._on_estop, 10)
         # the supervisor (ds_robot.deploy.supervisor) owns the command topic while it brakes
         self.supervisor_state = "none"
-        self.create_subscription(String, SUPERVISOR_STATE_TOPIC, self._on_supervisor, latched)
+        # best effort: a reliable reader that stops (SIGSTOP) could hold up the supervisor's writes
+        self.create_subscription(String, SUPERVISOR_STATE_TOPIC, self._on_supervisor,
+                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/reset", self._srv_reset)
         self.loop = LoopTimer(self.config.period_s)

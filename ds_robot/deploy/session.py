@@ -30,12 +30,13 @@ class RosSession:
         self._clients: dict = {}
         self._logs: dict = {}
 
-    def start(self, module: str, *params: str) -> subprocess.Popen:
-        """``python -m ds_robot.deploy.<module> --ros-args <params>`` on this session's domain."""
+    def start(self, module: str, *params: str, env: dict | None = None) -> subprocess.Popen:
+        """``python -m ds_robot.deploy.<module> --ros-args <params>`` on this session's domain
+        (``env``: extra environment variables for this node)."""
         # Output goes to a file, not a pipe: a node must never block on a full pipe nobody reads.
         log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the node runs; closed in close())
         proc = subprocess.Popen([sys.executable, "-m", f"ds_robot.deploy.{module}", "--ros-args", *params],
-                                env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True)
+                                env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         self._logs[proc.pid] = log
         return proc

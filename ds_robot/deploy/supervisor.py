@@ -12,7 +12,9 @@ slower than ``still_rad_s`` for ``still_s``, then zero torque (a UR
 compensates gravity itself: the arm holds its pose); on the velocity interface (CB3) it commands
 zero velocity at once. The supervisor then stays latched (state ``stopped``) until
 ``~/rearm`` (std_srvs/Trigger), and publishes its state on ``/ds_robot/supervisor/state``
-(std_msgs/String, JSON, transient local), which the policy node obeys: while the supervisor is
+(std_msgs/String, JSON, transient local, on every change and at 10 Hz), which the policy node
+obeys (it reads it best-effort: a reader in a SIGSTOPped process must not be able to hold up
+the supervisor's writes): while the supervisor is
 braking or stopped the policy node latches its e-stop (a node that was only stopped must not
 resume driving the arm when it continues).
 
@@ -42,6 +44,10 @@ from ds_robot.errors import ConfigError
 
 STATES = ("idle", "watching", "braking", "stopped")
 STATE_TOPIC = "/ds_robot/supervisor/state"
+# The supervisor's DDS over UDP only: with Fast DDS's shared-memory transport, a write towards a
+# participant whose process is stopped (SIGSTOP) waits for that port's health check (~1 s)
+# before it gives up, and the brake came 1 s late (measured in the SIGSTOP test).
+SUPERVISOR_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 MARK = "ds_robot_supervisor"  # the layout label of the supervisor's own commands
 
 
@@ -184,6 +190,9 @@ def _make_node():
             self._msg.layout.dim = [MultiArrayDimension(label=MARK, size=6, stride=6)]
             self._published_state = None
             self.create_timer(1.0 / check_hz, self._tick)
+            # also periodically: the policy node reads it best-effort (a reliable reader in a stopped
+            # process could hold up this node's writes), so it learns the state from the next one
+            self.create_timer(0.1, self._publish_state)
             self._publish_state()
             self.get_logger().info(f"supervising {topic}: brake after {self.config.command_timeout_s * 1e3:g} ms "
                                    "without a command")
