@@ -11,7 +11,7 @@ def _register_envs() -> None:
         register(id="ds_robot/UR5GraspNoTorque-v0", entry_point="ds_robot.envs.grasp_env:UR5GraspEnv",
                  kwargs={"torque_features": False})
         register(id="ds_robot/UR5GraspHier-v0", entry_point="ds_robot.hier.env:HierGraspEnv")
-        register(id="ds_robot/UR5GraspCartesian-v0", entry_point="ds_robot.envs.cartesian_env:CartesianGraspEnv",
+        register(id="ds_robot/UR5GraspCartesian-v0", entry_point="ds_robot.control.cartesian:CartesianGraspEnv",
                  kwargs={"task": "realistic"})
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from ds_robot.control.cartesian import CartesianGraspEnv
 from ds_robot.control.learned import FlatPolicyController
-from ds_robot.envs.cartesian_env import CartesianGraspEnv
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.envs.presets import load_task
 from ds_robot.errors import ActionError

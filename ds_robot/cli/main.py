@@ -204,17 +204,17 @@ def cmd_train_grasp(args) -> int:
 
 
 def cmd_train_sb3(args) -> int:
-    from ds_robot.rl.sb3_peer import ENV_ID, train_sb3_sac
+    from ds_robot.rl.sb3_peer import SB3_ENV_ID, train_sb3_sac
 
     for flag, value in (("--env", args.env), ("--steps", args.steps), ("--ent-coef", args.ent_coef),
                         ("--replay", args.replay), ("--envs", args.envs), ("--policy", args.policy),
                         ("--workers", args.workers), ("--backend", args.backend), ("--objects", args.objects)):
         if value is not None:
-            raise ConfigError(f"{flag} does not apply to train sb3-sac (SB3's SAC defaults on {ENV_ID})")
+            raise ConfigError(f"{flag} does not apply to train sb3-sac (SB3's SAC defaults on {SB3_ENV_ID})")
     budget_s = (args.budget_minutes if args.budget_minutes is not None else 60.0) * 60.0
     summary = train_sb3_sac(args.out, budget_s, seed=args.seed, resume=args.resume, progress=not args.quiet,
                             task=args.task_preset)
-    print(f"trained sb3-sac on {ENV_ID}: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
+    print(f"trained sb3-sac on {SB3_ENV_ID}: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; model {summary['model']}")
     return 0
 

@@ -22,8 +22,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ds_robot.control.cartesian import ACTION_REPEAT, CARTESIAN_ACTION_SIZE, CartesianCommand
 from ds_robot.control.contract import Controller
-from ds_robot.envs.cartesian_env import ACTION_REPEAT, CARTESIAN_ACTION_SIZE, CartesianCommand
 from ds_robot.envs.layout import ACTION_SIZE, OBS_SIZE, OBS_SLICES
 from ds_robot.errors import ConfigError
 from ds_robot.rl.checkpoint import load_checkpoint

@@ -15,13 +15,12 @@ program runs (``activation_command``); commands published before that reach no c
 
 from __future__ import annotations
 
+from ds_robot.deploy.core import UR_TYPES
 from ds_robot.errors import ConfigError
 
 # in initial_joint_controller's choices on the jazzy, kilted and main branches (the test checks)
 INITIAL_CONTROLLER = "joint_trajectory_controller"
 MOTION_CONTROLLERS = {"effort": "forward_effort_controller", "velocity": "forward_velocity_controller"}
-# ur_type values the policy has models for (a subset of the driver's ur_type choices)
-UR_TYPES = ("ur5e", "ur5")
 
 
 def motion_controller(command_interface: str) -> str:
@@ -34,7 +33,7 @@ def motion_controller(command_interface: str) -> str:
 
 def driver_launch_arguments(ur_type: str, robot_ip: str, tf_prefix: str = "") -> dict[str, str]:
     """The arguments ``grasp.launch.py`` passes to ``ur_robot_driver``'s ``ur_control.launch.py``."""
-    if ur_type not in UR_TYPES:
+    if ur_type not in UR_TYPES:  # the arms ds-robot has models for (a subset of the driver's choices)
         raise ConfigError(f"ur_type {ur_type!r}: ds-robot has models for {', '.join(UR_TYPES)}")
     if not robot_ip:
         raise ConfigError("use_sim:=false needs robot_ip:=<the UR controller's address>")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ds_robot.errors import ConfigError
 
-ENV_ID = "ds_robot/UR5GraspCartesian-v0"
+SB3_ENV_ID = "ds_robot/UR5GraspCartesian-v0"
 
 
 def train_sb3_sac(out: str | Path, budget_s: float, seed: int = 0, resume: bool = False,
@@ -42,7 +42,7 @@ def train_sb3_sac(out: str | Path, budget_s: float, seed: int = 0, resume: bool 
     torch.set_num_threads(1)
     from tqdm import tqdm
 
-    env = gym.make(ENV_ID, task=task)
+    env = gym.make(SB3_ENV_ID, task=task)
     if resume and model_path.exists():
         model = SAC.load(model_path, env=env, device="cpu")
         if replay_path.exists():
