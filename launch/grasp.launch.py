@@ -46,6 +46,9 @@ def _nodes(context):
     overrides = {"ur_type": ur_type, "command_interface": interface,
                  "tf_prefix": LaunchConfiguration("tf_prefix").perform(context),
                  "policy": LaunchConfiguration("policy").perform(context), "correction": correction}
+    sim = LaunchConfiguration("use_sim").perform(context).lower() in ("true", "1")
+    if sim:
+        overrides["require_enable"] = False  # the operator gate is for the real arm
     use_sim = LaunchConfiguration("use_sim")
     actions = [
         Node(package="ds_robot", executable="sim_node", name="ds_robot_sim", output="screen",
@@ -60,7 +63,7 @@ def _nodes(context):
                                   "tf_prefix": overrides["tf_prefix"]}],
              additional_env=SUPERVISOR_ENV),
     ]
-    if LaunchConfiguration("use_sim").perform(context).lower() in ("false", "0"):
+    if not sim:
         motion_controller(interface)  # refuses an interface the driver has no controller for
         driver_launch = os.path.join(get_package_share_directory("ur_robot_driver"), "launch", "ur_control.launch.py")
         arguments = driver_launch_arguments(ur_type, LaunchConfiguration("robot_ip").perform(context),

@@ -521,3 +521,46 @@ def test_supervisor_brakes_when_commands_stop_and_stays_latched():
     assert not np.any(velocity.tick(0.05)) and velocity.state == "stopped"
     with pytest.raises(ConfigError, match="command_timeout_s"):
         SupervisorConfig(command_timeout_s=0.0)
+
+
+def test_operator_gate_ready_enable_ramp_in_and_a_latched_fault():
+    """require_enable: nothing but the stop command until ~/enable; the command ramps in; a stale
+    state while enabled latches a fault that only reset + enable clear."""
+    arm = SimArm()
+    arm.reset(0)
+    config = NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m), require_enable=True,
+                        torque_ramp_s=0.5)
+    core = ControlCore(config, HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    with pytest.raises(MessageError, match="not ready"):
+        core.enable(arm.time_s)
+    for _ in range(50):
+        _feed(core, arm, arm.time_s)
+        command = core.tick(arm.time_s)
+        assert command.stop and "waiting for ~/enable" in command.reason and core.mode == "ready"
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+    core.enable(arm.time_s)
+    free = ControlCore(NodeConfig(object_half_extents_m=config.object_half_extents_m),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    ratios = []
+    for _ in range(600):
+        t = arm.time_s
+        _feed(core, arm, t)
+        _feed(free, arm, t)
+        command, reference = core.tick(t), free.tick(t)
+        assert not command.stop and core.mode == "enabled"
+        if np.any(reference.values):
+            ratios.append(np.linalg.norm(command.values) / np.linalg.norm(reference.values))
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+    assert ratios[0] < 0.1 and ratios[-1] == pytest.approx(1.0)  # 0 -> 1 over torque_ramp_s
+    stale = core.tick(arm.time_s + 1.0)
+    assert stale.stop and core.mode == "fault"
+    _feed(core, arm, arm.time_s + 1.0)
+    assert "fault latched" in core.tick(arm.time_s + 1.0).reason
+    with pytest.raises(MessageError, match="fault"):
+        core.enable(arm.time_s + 1.0)
+    core.reset()  # the arm is now over the object, not where a grasp starts: not ready
+    assert "outside the start region" in core.tick(arm.time_s + 1.0).reason and core.mode == "passive"
+    with pytest.raises(MessageError, match="require_enable is false"):
+        free.enable(0.0)

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARM = list(NodeConfig().joint_names)
 FINGERS = list(NodeConfig().gripper_joints)
 # Relaxed watchdog for tests that run the whole loop (see the module docstring).
-LOOP_PARAMS = ["-p", "state_timeout_s:=0.1"]
+LOOP_PARAMS = ["-p", "state_timeout_s:=0.1", "-p", "require_enable:=false"]
 
 
 @pytest.fixture()
@@ -76,7 +76,13 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
     commands = ros.listen(Float64MultiArray, f"/forward_{interface}_controller/commands")
     joint_states = ros.listen(JointState, "/joint_states")
     sim = ros.start("sim_node", *params, "-p", "seed:=0", "-p", "use_sim_time:=true", *SIM_TIME[0])
-    policy = ros.start("policy_node", *params, *LOOP_PARAMS, *SIM_TIME[1])
+    # faithful: as on the real arm, the shipped file's operator gate stays on
+    policy = ros.start("policy_node", *params, *(LOOP_PARAMS[:2] if faithful else LOOP_PARAMS), *SIM_TIME[1])
+    if faithful:
+        assert ros.spin(60, until=lambda: len(commands) > 100), "no commands"
+        ros.spin(1.0)
+        assert all(_is_stop(m) for _, m in commands), "the arm moved before ~/enable"
+        assert ros.call(Trigger, "/ds_robot_policy/enable").success
     t0 = time.monotonic()
     ok = ros.spin(120, until=lambda: _status(status).get("success"))
     assert sim.poll() is None and policy.poll() is None

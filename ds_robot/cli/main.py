@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="int8-quantize a hierarchical policy (.npz) and report error, size, latency")
     p.add_argument("policy", type=Path, help="the fp32 policy file, e.g. models/policies/grasp_hier.npz")
     p.add_argument("--out", type=Path, required=True, help="the int8 policy file to write")
-    p.add_argument("--per-channel", action="store_true", help="one scale per output channel instead of per tensor")
+    p.add_argument("--per-channel", action="store_true",
+                   help="one scale per channel (first layers per input row, others per output channel) instead of per tensor")
     p.add_argument("--episodes", type=positive_int, default=10,
                    help="fp32 episodes whose observations measure the action error (default: 10)")
     p.add_argument("--success-episodes", type=int, default=50,

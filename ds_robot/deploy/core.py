@@ -45,6 +45,12 @@ decides what reaches the arm lives here:
   near a joint limit (within ``joint_limit_margin_rad``) or above the velocity limit, the part
   of the command that pushes further out is removed; an e-stop latches the stop command until
   :meth:`reset`.
+- **Operator gate** (``require_enable``; on in the shipped robot parameter files, off in the
+  sim): with fresh inputs and the arm within ``start_region_rad`` of its start pose the core is
+  ``ready`` and sends the stop command until :meth:`enable` (the node's ``~/enable`` service);
+  then the policy's command ramps in over ``torque_ramp_s`` (the part beyond gravity
+  compensation scales from 0 to 1). Any stop while enabled (stale input, e-stop, policy error)
+  is a ``fault``: latched until :meth:`reset`, then ``enable`` again. ``mode`` says where it is.
 - **Stop command**: zeros on either interface — for ``effort`` that is "gravity compensation
   only" on a UR (the arm holds its pose against gravity and coasts to rest under its joint
   friction), for ``velocity`` it is "hold still". ros2_control's forward controllers hold the
@@ -123,6 +129,9 @@ class NodeConfig:
     object_half_extents_m: tuple[float, ...] = ()  # used until a message gives them
     effort_kind: str = "torque"  # torque | current | gravity_compensated_torque (see the module docstring)
     current_to_torque_nm_per_a: tuple[float, ...] = ()  # effort_kind current: one factor per arm joint
+    require_enable: bool = False  # the operator gate (module docstring); the sim runs without it
+    torque_ramp_s: float = 0.5
+    start_region_rad: float = 0.35  # ready only with every arm joint this close to the start pose
     separate_gripper_state: bool = False  # the finger joints come on their own topic (a real gripper driver)
     gripper_timeout_s: float = 0.1  # with separate_gripper_state: its newest state older than this -> stop
     object_frame_id: str | None = None  # None: tf_prefix + "base"
@@ -140,7 +149,8 @@ class NodeConfig:
                               f"rate_hz={self.rate_hz}")
         if len(self.joint_names) != N_ARM_JOINTS or len(set(self.joint_names)) != N_ARM_JOINTS:
             raise ConfigError(f"joint_names must name {N_ARM_JOINTS} distinct arm joints, got {list(self.joint_names)}")
-        for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m", "gripper_timeout_s"):
+        for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m", "gripper_timeout_s",
+                     "torque_ramp_s", "start_region_rad"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 < self.max_torque_fraction <= 1):
@@ -275,6 +285,9 @@ class ControlCore:
         self.joint_range_rad = np.array([m.jnt_range[m.joint(scene.ARM_PREFIX + n).id] for n in ARM_JOINT_NAMES])
         self.speed_gate_rad_s = SPEED_GATE_FACTOR * np.array(desc.variant(variant).joint_velocity_limit_rad_s)
         self.current_factor = np.array(config.current_to_torque_nm_per_a or np.ones(N_ARM_JOINTS), dtype=float)
+        self.start_pose_rad = np.array(desc.home_qpos_rad[:N_ARM_JOINTS], dtype=float)
+        self.mode = "passive"  # passive | ready | enabled | fault (require_enable); enabled otherwise
+        self._enabled_at: float | None = None
         self._disagreeing: list[ArmState] = []  # consecutive states refused as jumps, newest last
         self._apply_limits()
         self.policy_period_s = 1.0 / config.policy_rate_hz
@@ -441,8 +454,21 @@ class ControlCore:
         self.estopped = True
         self.estop_reason = reason
 
+    def enable(self, now_s: float) -> None:
+        """The operator's go (``require_enable``): only when ``ready``; a ``MessageError`` says why not."""
+        if not self.config.require_enable:
+            raise MessageError("enable: this node runs without the operator gate (require_enable is false)")
+        if self.mode != "ready":
+            why = {"fault": "a fault is latched: ~/reset first", "enabled": "already enabled",
+                   "passive": "not ready (stale or missing inputs, or the arm outside the start region)"}[self.mode]
+            raise MessageError(f"enable refused: {why}")
+        self.mode, self._enabled_at = "enabled", now_s
+
     def reset(self) -> None:
-        """Clear the e-stop and start a new grasp at the next tick with fresh inputs."""
+        """Clear the e-stop and start a new grasp at the next tick with fresh inputs (with the
+        operator gate: after a new ``enable``)."""
+        self.mode = "passive"
+        self._enabled_at = None
         self.estopped = False
         self.estop_reason = ""
         self._started = False
@@ -472,7 +498,17 @@ class ControlCore:
 
     def tick(self, now_s: float) -> Command:
         """The command for this control period. Never raises on bad inputs: it stops."""
+        command = self._tick(now_s)
+        if self.config.require_enable:
+            if command.stop and self.mode == "enabled":
+                self.mode = "fault"  # latched until reset()
+            elif command.stop and self.mode == "ready" and not command.reason.startswith("ready"):
+                self.mode = "passive"
+        return command
+
+    def _tick(self, now_s: float) -> Command:
         self.stats.ticks += 1
+        self._now_s = now_s
         cfg = self.config
         if self.estopped:
             return self.stop_command(self.estop_reason)
@@ -493,6 +529,15 @@ class ControlCore:
             return self.stop_command(f"object pose stale: {(now_s - self.object.stamp_s) * 1e3:.0f} ms old")
         if self.object_extents is None:
             return self.stop_command("object extents unknown")
+        if cfg.require_enable and self.mode != "enabled":
+            if self.mode == "fault":
+                return self.stop_command("fault latched: ~/reset, then ~/enable")
+            off = float(np.max(np.abs(self.state.q - self.start_pose_rad)))
+            if off > cfg.start_region_rad:
+                self.mode = "passive"
+                return self.stop_command(f"arm outside the start region: a joint {off:.2f} rad from the start pose")
+            self.mode = "ready"
+            return self.stop_command("ready: waiting for ~/enable")
         if self._held is not None and now_s < self._next_policy_s:
             return self._held
         try:
@@ -532,11 +577,24 @@ class ControlCore:
             return self.stop_command(f"policy output rejected: shape {action.shape}, "
                                      f"finite={bool(np.all(np.isfinite(action)))}")
         torque = np.clip(action[:N_ARM_JOINTS], -1.0, 1.0) * self.joint_limit_nm
-        values = self._to_interface(torque)
+        values = self._ramp(self._to_interface(torque))
         if not np.all(np.isfinite(values)):
             return self.stop_command("command conversion produced NaN/Inf")
         self._gripper_cmd = float(np.clip(action[N_ARM_JOINTS], -1.0, 1.0))
         return Command(values, self._gripper_cmd, False, torque_nm=torque)
+
+    def _ramp(self, values: np.ndarray) -> np.ndarray:
+        """The torque ramp-in after ``enable``: the command beyond gravity compensation scaled by
+        the time since enable / ``torque_ramp_s`` (velocity commands likewise)."""
+        if not self.config.require_enable or self._enabled_at is None:
+            return values
+        scale = min(1.0, max(0.0, (self._now_s - self._enabled_at) / self.config.torque_ramp_s))
+        if scale >= 1.0:
+            return values
+        if self.config.command_interface == "effort" and not self.config.robot_adds_gravity:
+            gravity = self.model.gravity_torque()
+            return gravity + scale * (values - gravity)
+        return scale * values
 
     def _to_interface(self, tau: np.ndarray) -> np.ndarray:
         s, cfg = self.state, self.config

@@ -108,6 +108,9 @@ class PolicyNode(Node):
             # empty: the finger joints are in the arm's joint_states (the sim node's default)
             effort_kind=effort_kind,
             current_to_torque_nm_per_a=factors if effort_kind == "current" else (),
+            require_enable=bool(p("require_enable", d.require_enable).value),
+            torque_ramp_s=float(p("torque_ramp_s", d.torque_ramp_s).value),
+            start_region_rad=float(p("start_region_rad", d.start_region_rad).value),
             separate_gripper_state=bool(p("gripper_joint_states_topic", "").value),
             gripper_timeout_s=float(p("gripper_timeout_s", d.gripper_timeout_s).value),
             object_frame_id=p("object_frame_id", "").value or None,
@@ -173,6 +176,7 @@ class PolicyNode(Node):
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT))
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/reset", self._srv_reset)
+        self.create_service(Trigger, "~/enable", self._srv_enable)
         self.loop = LoopTimer(self.config.period_s)
         self.recorder = RunRecorder(stats_file) if stats_file else None
         self._last_reason = None
@@ -295,6 +299,16 @@ class PolicyNode(Node):
         response.success, response.message = True, "stop command latched"
         return response
 
+    def _srv_enable(self, request, response):
+        try:
+            self.core.enable(self.now_s())
+        except MessageError as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        self.get_logger().info(f"enabled: the policy drives the arm, ramping in over {self.config.torque_ramp_s:g} s")
+        response.success, response.message = True, "enabled"
+        return response
+
     def _srv_reset(self, request, response):
         if self.supervisor_state in ("braking", "stopped"):
             response.success = False
@@ -359,6 +373,7 @@ class PolicyNode(Node):
         return {**self.loop.summary(), "policy_steps": self.core.stats.policy_steps,
                 "policy_step_p50_us": float(np.percentile(steps, 50)),
                 "policy_step_p99_us": float(np.percentile(steps, 99)),
+                "mode": self.core.mode if self.config.require_enable else "ungated",
                 "stops": self.core.stats.stops, "stop_reasons": self.core.stats.stop_reasons,
                 "rejected": self.core.stats.rejected,
                 "limits": {name: getattr(self.core.config, name) for name in LIVE_FIELDS},
