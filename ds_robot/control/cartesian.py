@@ -25,9 +25,9 @@ import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.control.scripted import ScriptedConfig
-from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.envs.grasp_env import UR5GraspEnv, checked_action
 from ds_robot.envs.layout import ACTION_SIZE, OBS_SIZE, ObservationLayout
-from ds_robot.errors import ActionError, ConfigError
+from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
 
 CARTESIAN_ACTION_SIZE = 5
@@ -119,12 +119,7 @@ class CartesianGraspEnv(gym.Env):
         return obs, info
 
     def step(self, action):
-        action = np.array(action, dtype=np.float64)
-        if action.shape != (CARTESIAN_ACTION_SIZE,):
-            raise ActionError(f"action has shape {action.shape}, expected ({CARTESIAN_ACTION_SIZE},): "
-                              "TCP velocity x y z, yaw rate, gripper")
-        if not np.isfinite(action).all():
-            raise ActionError(f"action contains NaN/Inf at index {np.flatnonzero(~np.isfinite(action)).tolist()}")
+        action = checked_action(action, CARTESIAN_ACTION_SIZE, "TCP velocity x y z, yaw rate, gripper")
         total = 0.0
         for _ in range(self.action_repeat):
             obs, reward, terminated, truncated, info = self.env.step(self.command(self._obs, action))

@@ -184,19 +184,7 @@ class UR5GraspEnv(gym.Env):
         return self.perception(s.time_s, s.object_pos_m, s.object_quat, rng)
 
     def _check_action(self, action) -> np.ndarray:
-        try:
-            action = np.array(action, dtype=np.float64)  # a copy: the caller's array is never modified
-        except (TypeError, ValueError) as exc:
-            raise ActionError(f"action must be numeric, got {type(action).__name__}") from exc
-        if action.shape != (ACTION_SIZE,):
-            raise ActionError(
-                f"action has shape {action.shape}, expected ({ACTION_SIZE},): "
-                "6 normalised joint torques and a gripper command"
-            )
-        finite = np.isfinite(action)
-        if not finite.all():
-            bad = np.flatnonzero(~finite).tolist()
-            raise ActionError(f"action contains NaN/Inf at index {bad}; refusing to send it to the arm")
+        action = checked_action(action, ACTION_SIZE, "6 normalised joint torques and a gripper command")
         return np.minimum(np.maximum(action, -1.0, out=action), 1.0, out=action)
 
     def _info(self, lifted: bool) -> dict:
@@ -208,3 +196,19 @@ class UR5GraspEnv(gym.Env):
             "lifted": lifted,
             "crushed": self.task.crushed,
         }
+
+
+def checked_action(action, size: int, layout: str) -> np.ndarray:
+    """``action`` as a new float64 array of shape ``(size,)``, or an ``ActionError`` that says
+    what is wrong (not numeric, another shape: ``layout`` says what is expected, NaN/Inf)."""
+    try:
+        action = np.array(action, dtype=np.float64)  # a copy: the caller's array is never modified
+    except (TypeError, ValueError) as exc:
+        raise ActionError(f"action must be numeric, got {type(action).__name__}") from exc
+    if action.shape != (size,):
+        raise ActionError(f"action has shape {action.shape}, expected ({size},): {layout}")
+    finite = np.isfinite(action)
+    if not finite.all():
+        bad = np.flatnonzero(~finite).tolist()
+        raise ActionError(f"action contains NaN/Inf at index {bad}; refusing to send it to the arm")
+    return action

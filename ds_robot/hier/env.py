@@ -23,8 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
-from ds_robot.envs.grasp_env import UR5GraspEnv
-from ds_robot.errors import ActionError
+from ds_robot.envs.grasp_env import UR5GraspEnv, checked_action
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
     HIER_ACTION_SIZE,
@@ -79,12 +78,7 @@ class HierGraspEnv(gym.Env):
         return self._observe(obs), info
 
     def step(self, action):
-        action = np.array(action, dtype=np.float64)
-        if action.shape != (HIER_ACTION_SIZE,):
-            raise ActionError(f"action has shape {action.shape}, expected ({HIER_ACTION_SIZE},): "
-                              "option index, 6 residual torques, gripper correction")
-        if not np.isfinite(action).all():
-            raise ActionError(f"action contains NaN/Inf at index {np.flatnonzero(~np.isfinite(action)).tolist()}")
+        action = checked_action(action, HIER_ACTION_SIZE, "option index, 6 residual torques, gripper correction")
         self._pending = int(np.clip(np.rint(action[0]), 0, len(self.options) - 1))
         residual = np.clip(action[1:], -1.0, 1.0)
         torque, gripper = self.machine.command(self._obs)
