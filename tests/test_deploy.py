@@ -564,3 +564,31 @@ def test_operator_gate_ready_enable_ramp_in_and_a_latched_fault():
     assert "outside the start region" in core.tick(arm.time_s + 1.0).reason and core.mode == "passive"
     with pytest.raises(MessageError, match="require_enable is false"):
         free.enable(0.0)
+
+
+def test_a_mostly_corrupted_stream_latches_an_input_fault_an_odd_message_does_not():
+    arm = SimArm()
+    arm.reset(0)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m)),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    names = [*arm.arm_joint_names, *arm.gripper_joint_names]
+    s = arm.env.state
+    t = 0.0
+    for _ in range(400):  # one refused state in two: dropped and counted, no fault
+        t += 0.001
+        _feed(core, arm, t)
+        with pytest.raises(MessageError):
+            core.on_joint_state(names, np.full(8, np.nan), np.zeros(8), np.zeros(8), t + 0.0005)
+    assert not core.estopped and not core.tick(t + 0.0005).stop
+    for k in range(400):  # nine in ten refused: a corrupted stream latches a fault
+        t += 0.001
+        if k % 10 == 0:
+            _feed(core, arm, t)
+        else:
+            with pytest.raises(MessageError):
+                core.on_joint_state(names, [*s.q_rad, 0, 0], np.zeros(8), np.zeros(8), t - 1.0)  # out of order
+    command = core.tick(t)
+    assert core.estopped and command.stop and "input fault" in command.reason
+    core.reset()
+    _feed(core, arm, t + 0.001)
+    assert not core.estopped

@@ -91,6 +91,7 @@ UR_TYPES = {"ur5e": {"series": "e-Series", "rate_hz": 500.0, "effort": True},
 POSITION_GATE_RAD = 0.1
 SPEED_GATE_FACTOR = 2.0
 JUMP_TOLERANCE_RAD = 0.02
+REFUSAL_WINDOW = 200  # joint states (0.4 s at 500 Hz)
 GRIPPER_GATE_M = 0.005  # a gripper opening this far outside 0..max_opening is no real reading
 REANCHOR_STATES = 3
 
@@ -129,6 +130,9 @@ class NodeConfig:
     object_half_extents_m: tuple[float, ...] = ()  # used until a message gives them
     effort_kind: str = "torque"  # torque | current | gravity_compensated_torque (see the module docstring)
     current_to_torque_nm_per_a: tuple[float, ...] = ()  # effort_kind current: one factor per arm joint
+    # a fault latches (e-stop) when more than this share of the last REFUSAL_WINDOW joint states
+    # was refused: a corrupted stream, not an odd message (those are dropped and counted)
+    max_refused_fraction: float = 0.8
     require_enable: bool = False  # the operator gate (module docstring); the sim runs without it
     torque_ramp_s: float = 0.5
     start_region_rad: float = 0.35  # ready only with every arm joint this close to the start pose
@@ -155,6 +159,8 @@ class NodeConfig:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         if not (0 < self.max_torque_fraction <= 1):
             raise ConfigError(f"max_torque_fraction must be in (0, 1], got {self.max_torque_fraction}")
+        if not 0 < self.max_refused_fraction <= 1:
+            raise ConfigError(f"max_refused_fraction must be in (0, 1], got {self.max_refused_fraction}")
         if not (self.max_stamp_ahead_s >= 0 and math.isfinite(self.max_stamp_ahead_s)):
             raise ConfigError(f"max_stamp_ahead_s must be >= 0, got {self.max_stamp_ahead_s}")
         if self.joint_limit_margin_rad < 0:
@@ -289,6 +295,7 @@ class ControlCore:
         self.mode = "passive"  # passive | ready | enabled | fault (require_enable); enabled otherwise
         self._enabled_at: float | None = None
         self._disagreeing: list[ArmState] = []  # consecutive states refused as jumps, newest last
+        self._refusals: deque[bool] = deque(maxlen=REFUSAL_WINDOW)  # per joint state: refused?
         self._apply_limits()
         self.policy_period_s = 1.0 / config.policy_rate_hz
         self.stats = Stats()
@@ -340,10 +347,19 @@ class ControlCore:
             self._check_plausible(state)
         except MessageError as exc:
             self.stats.reject(str(exc))
+            self._count_refusal(True)
             raise
+        self._count_refusal(False)
         if self.config.separate_gripper_state and self.gripper is not None:
             state.gripper_opening_m, state.gripper_speed_m_s = self.gripper.opening_m, self.gripper.speed_m_s
         self.state = state
+
+    def _count_refusal(self, refused: bool) -> None:
+        self._refusals.append(refused)
+        if len(self._refusals) == REFUSAL_WINDOW and not self.estopped:
+            share = sum(self._refusals) / REFUSAL_WINDOW
+            if share > self.config.max_refused_fraction:
+                self.estop(f"input fault: {share:.0%} of the last {REFUSAL_WINDOW} joint_states refused")
 
     def _effort_to_torque(self, state: ArmState) -> None:
         """The effort field as output-side joint torque (N m), per ``effort_kind``."""
@@ -471,6 +487,7 @@ class ControlCore:
         self._enabled_at = None
         self.estopped = False
         self.estop_reason = ""
+        self._refusals.clear()
         self._started = False
         self._next_policy_s = -math.inf
         self._held: Command | None = None

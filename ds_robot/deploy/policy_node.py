@@ -108,6 +108,7 @@ class PolicyNode(Node):
             # empty: the finger joints are in the arm's joint_states (the sim node's default)
             effort_kind=effort_kind,
             current_to_torque_nm_per_a=factors if effort_kind == "current" else (),
+            max_refused_fraction=float(p("max_refused_fraction", d.max_refused_fraction).value),
             require_enable=bool(p("require_enable", d.require_enable).value),
             torque_ramp_s=float(p("torque_ramp_s", d.torque_ramp_s).value),
             start_region_rad=float(p("start_region_rad", d.start_region_rad).value),
