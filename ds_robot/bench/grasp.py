@@ -45,12 +45,17 @@ from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 VARIANTS = ("scripted", "best_fixed", "rule_gentle_first", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
-            "flat_ppo", "sb3_sac")
+            "flat_ppo", "sb3_sac", "hier_tau_err10", "hier_tau_err25")
+# hier_tau_errNN: the shipped policy reading torques through a wrong calibration, each joint's
+# torque x a factor drawn once per seed from [1 - NN%, 1 + NN%] (a real UR reports motor current:
+# the node converts it with per-joint factors the operator identified, never exactly)
+TORQUE_ERRORS = {"hier_tau_err10": 0.10, "hier_tau_err25": 0.25}
 # peers whose absence is reported, not an error: why they are missing when their file is absent
 OPTIONAL = {"flat_ppo": "no models/policies/grasp_flat_ppo.pt (train: see BENCHMARKS.md, flat baselines)",
             "sb3_sac": "no models/policies/grasp_sb3_sac.zip (train: see BENCHMARKS.md, flat baselines)"}
 POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque.npz", "hier": "grasp_hier.npz",
                 "hier_planner_only": "grasp_hier.npz", "hier_no_replan": "grasp_hier.npz",
+                "hier_tau_err10": "grasp_hier.npz", "hier_tau_err25": "grasp_hier.npz",
                 "flat_ppo": "grasp_flat_ppo.pt", "sb3_sac": "grasp_sb3_sac.zip"}
 SETS = ("train", "test")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
@@ -58,7 +63,23 @@ GOALS = {"hier_success": 0.95, "margin_over_best_fixed": 0.10, "best_fixed_ceili
          "planning_ms": 1.0, "control_step_us": 500.0}
 
 
-def _controller(variant: str, env, policies: dict[str, Path]):
+def _with_torque_calibration_error(controller, error: float, seed: int):
+    """``controller`` seeing each joint's measured torque times a fixed wrong factor."""
+    from ds_robot.envs.layout import OBS_SLICES
+
+    factors = np.random.default_rng(10_000 + seed).uniform(1.0 - error, 1.0 + error, 6)
+    act, reset, tau = controller.act, controller.reset, OBS_SLICES["tau"]
+
+    def scaled(obs):
+        obs = np.array(obs, dtype=np.float32)
+        obs[tau] *= factors
+        return obs
+
+    controller.act, controller.reset = (lambda obs: act(scaled(obs))), (lambda obs: reset(scaled(obs)))
+    return controller
+
+
+def _controller(variant: str, env, policies: dict[str, Path], seed: int = 0):
     from ds_robot.deploy.controllers import controller_for_env
 
     if variant.startswith("fixed_"):
@@ -81,8 +102,11 @@ def _controller(variant: str, env, policies: dict[str, Path]):
         from ds_robot.control.learned import SB3CartesianController
 
         return SB3CartesianController(policies[variant], env.unwrapped.backend.variant, env.unwrapped.control_dt_s)
-    return controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only",
-                              replan=variant != "hier_no_replan")
+    controller = controller_for_env("hier", env, policy=policies[variant], residual=variant != "hier_planner_only",
+                                    replan=variant != "hier_no_replan")
+    if variant in TORQUE_ERRORS:
+        return _with_torque_calibration_error(controller, TORQUE_ERRORS[variant], seed)
+    return controller
 
 
 def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[str, Path],
@@ -97,7 +121,7 @@ def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[s
     from ds_robot.hier.controller import HierarchicalController
 
     env = UR5GraspEnv(**load_task(task).env_kwargs(split))
-    controller = _controller(variant, env, policies)
+    controller = _controller(variant, env, policies, seed)
     hier = isinstance(controller, HierarchicalController)
     machine = controller.machine if hier else controller
     episodes_out = []
