@@ -83,6 +83,7 @@ class HierTrainConfig:
     clip_range: float = 0.2
     log_std_init: float = -1.0
     planner_lr: float = 1e-3
+    planner_weight_decay: float = 0.01  # AdamW: ~10k noisy returns otherwise overfit into spiky option values
     planner_temperature: float = 0.1  # behaviour: softmax(Q / T) mixed with epsilon uniform
     planner_epsilon: float = 0.1
     planner_batch: int = 16  # new decisions per planner update (~one update every 10 s on 2 cores)
@@ -105,6 +106,7 @@ class HierTrainConfig:
         checks = {"workers": self.workers >= 0, "envs_per_worker": self.envs_per_worker >= 1,
                   "n_steps": self.n_steps >= 1, "gamma": 0 <= self.gamma <= 1, "gae_lambda": 0 <= self.gae_lambda <= 1,
                   "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
+                  "planner_weight_decay": self.planner_weight_decay >= 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_steps": self.planner_steps >= 1, "planner_minibatch": self.planner_minibatch >= 1,
@@ -192,7 +194,8 @@ class HierTrainer:
         with torch.no_grad():
             for skill in self.skills:
                 skill.log_std.fill_(cfg.log_std_init)
-        self.planner_opt = torch.optim.Adam(self.planner.parameters(), lr=cfg.planner_lr)
+        self.planner_opt = torch.optim.AdamW(self.planner.parameters(), lr=cfg.planner_lr,
+                                             weight_decay=cfg.planner_weight_decay)
         self.skill_opts = [torch.optim.Adam(s.parameters(), lr=cfg.skill_lr, eps=1e-5) for s in self.skills]
         self.planner_scaler = DynamicLossScaler(enabled=cfg.amp)
         self.skill_scalers = [DynamicLossScaler(enabled=cfg.amp) for _ in self.skills]
