@@ -449,3 +449,35 @@ def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | 
         plt.close(fig)
         print(f"wrote {plot_path}")
     return 0
+
+
+def planner_value_spread(policy_path: str | Path, task: str = "realistic", split: str = "train",
+                         episodes: int = 300) -> list[dict]:
+    """How much the planner's option values at the first decision move between episodes of the
+    same object, against the gap between its best two options (printed as a table; returned per
+    object). A planner whose values swing by more than the gap chooses by noise, not by object."""
+    from ds_robot.envs.presets import load_task
+    from ds_robot.hier.env import HierGraspEnv
+    from ds_robot.hier.policy import HierPolicy
+
+    policy = HierPolicy.load(policy_path)
+    temperature = float(policy.meta.get("config", {}).get("planner_temperature", 0.1))
+    env = HierGraspEnv(options=policy.options, **load_task(task).env_kwargs(split))
+    values: dict[str, list[np.ndarray]] = {}
+    for seed in range(episodes):
+        obs, _ = env.reset(seed=seed)
+        values.setdefault(env.env.setup.obj.name, []).append(policy.planner(obs[None].astype(np.float64))[0] * temperature)
+    env.close()
+    rows = []
+    for name, v in sorted(values.items()):
+        v = np.array(v)
+        mean = v.mean(0)
+        best, second = np.argsort(-mean)[:2]
+        rows.append({"object": name, "episodes": len(v), "best": int(best), "gap": float(mean[best] - mean[second]),
+                     "value_sd": float(v.std(0).mean()), "best_share": float(np.mean(v.argmax(1) == best))})
+    print(format_table(["object", "episodes", "best option", "gap to 2nd", "value sd over episodes", "argmax = best"],
+                       [[r["object"], r["episodes"], r["best"], f"{r['gap']:.3f}", f"{r['value_sd']:.3f}",
+                         f"{r['best_share']:.2f}"] for r in rows]))
+    gaps, sds = np.median([r["gap"] for r in rows]), np.median([r["value_sd"] for r in rows])
+    print(f"median gap {gaps:.3f}, median value sd {sds:.3f} (ratio {sds / max(gaps, 1e-9):.1f})")
+    return rows
