@@ -153,15 +153,20 @@ def test_model_predictor_reproduces_the_world_it_describes():
     assert nominal_world["estimate"] > 100 * nominal_world["nominal"]
 
 
-def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input():
+@pytest.mark.parametrize("gain", [0.9, 1.1])
+def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input(gain):
     # Velocity noise of 1e-3 rad/s (encoder-derived velocities); at 1e-2 the finite-difference
     # accelerations (noise x 141 rad/s^2) bias the estimate badly: a documented limit.
-    est = _free_motion(PhysicsShift(gain=(0.9,) * 6, payload_kg=0.3), 400, noise_std=0.001, saturate=True)
+    est = _free_motion(PhysicsShift(gain=(gain,) * 6, payload_kg=0.3), 400, noise_std=0.001, saturate=True)
     e = est.estimate()
     for value in e.values():
         assert np.all(np.isfinite(value))
-    np.testing.assert_allclose(e["gain"], 0.9, atol=0.1)
-    assert abs(e["payload_kg"] - 0.3) < 0.15
+    # against the do-nothing estimator (its prior: gain 1, no payload) on the same data: well under
+    # its error (wrist 3's gain is not identifiable from this motion: the estimator's docstring)
+    prior_error = abs(1.0 - gain)
+    error = np.abs(e["gain"][:5] - gain)
+    assert error.mean() < 0.4 * prior_error and error.max() < 0.6 * prior_error, e["gain"]
+    assert abs(e["payload_kg"] - 0.3) < 0.5 * 0.3, e["payload_kg"]
     before = est.estimate()
     assert not est.update(np.full(6, np.nan), np.zeros(6), np.zeros(6))
     assert not est.update(np.zeros(6), np.zeros(6), np.array([np.inf, 0, 0, 0, 0, 0]))
