@@ -44,14 +44,17 @@ RESIDUAL_SCALE = 0.1  # residual joint torque = RESIDUAL_SCALE * limit * action
 GRIPPER_SCALE = 0.0
 
 
-# What the planner decides from: the perceived object's orientation and size, and how many
-# attempts were made. The arm's joint state, torques and the skill progress at a decision are the
+# What the planner decides from: the perceived object's size (its bounding box, which also says
+# which face it rests on: the object frame stays gravity-aligned) and how many attempts were made.
+# The object's orientation in the TCP frame is its yaw, uniform over the circle and irrelevant to
+# the choice (the wrist turns to it): in the inputs, it alone moved one object's learned values
+# by up to 15 (success is +1). The arm's joint state, torques and the skill progress at a decision are the
 # start pose or the retreat pose, and the object's position and the goal are given in the TCP
 # frame, so they move with the start pose (+-0.12 rad per joint): with them in, the learned
 # option values for one object swung by ~5x the gap between options from episode to episode
 # (BENCHMARKS.md, issue 16) and the choice with them. The torques earn their place in the
 # machine's re-plan test and in the skills.
-PLANNER_FIELDS = ("object_rot", "object_size", "attempt")
+PLANNER_FIELDS = ("object_size", "attempt")
 PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}
 
 
