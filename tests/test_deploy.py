@@ -43,7 +43,7 @@ def test_quantize_error_is_at_most_half_a_level_on_any_range(per_channel, axis):
     ("grasp_hier_nominal.npz", "int8_channel"),
     ("grasp_hier.npz", "int8_channel"),
     pytest.param("grasp_hier.npz", "int8_tensor", marks=pytest.mark.xfail(strict=True, reason=(
-        "the realistic-task planner's first layer has its input scales (x5, x20) folded in: one grid "
+        "the realistic-task planner's first layer has its input scales (x20 on the size rows) folded in: one grid "
         "over the layer is too coarse for its x1 rows; int8_channel grids it per input row"))),
 ])
 def test_int8_policy_file_is_a_quarter_of_fp32_and_acts_the_same(tmp_path, source, scheme):
