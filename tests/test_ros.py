@@ -82,14 +82,18 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
         assert ros.spin(60, until=lambda: len(commands) > 100), "no commands"
         ros.spin(1.0)
         assert all(_is_stop(m) for _, m in commands), "the arm moved before ~/enable"
+        waited = _status(status).get("sim_time_s", 0.0)  # the episode's clock ran while the gate was closed
         assert ros.call(Trigger, "/ds_robot_policy/enable").success
+    else:
+        waited = 0.0
     t0 = time.monotonic()
     ok = ros.spin(120, until=lambda: _status(status).get("success"))
     assert sim.poll() is None and policy.poll() is None
     assert ok, f"no successful grasp through ROS; last status {_status(status)}"
     final = _status(status)
-    assert final["object"] == "ball" and 2.5 < final["time_to_lift_s"] < 6.0, final
-    assert time.monotonic() - t0 > 1.5 * final["time_to_lift_s"]  # half speed: more wall time than sim time
+    lift_s = final["time_to_lift_s"] - waited
+    assert final["object"] == "ball" and 2.0 < lift_s < 6.0, (final, waited)
+    assert time.monotonic() - t0 > 1.5 * lift_s  # half speed: more wall time than sim time
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
     assert {len(m.name) for _, m in joint_states} == {6 if faithful else 8}
