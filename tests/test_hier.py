@@ -252,7 +252,8 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
 
     out = tmp_path / "grasp.json"
     run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=3, workers=2,
-                        variants=("scripted", "best_fixed", "sb3_sac"), task="realistic")
+                        variants=("scripted", "best_fixed", "sb3_sac"), task="realistic",
+                        policies={"sb3_sac": tmp_path / "not_trained.zip"})  # an absent peer is reported missing
     doc = json.loads(out.read_text())
     rows = {(r["object_set"], r["name"]): r for r in doc["results"]}
     searched = {name: r for (split, name), r in rows.items() if name.startswith("fixed_")}

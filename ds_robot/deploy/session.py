@@ -20,7 +20,10 @@ class RosSession:
 
         self._rclpy = rclpy
         self.domain = domain
-        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
+        # UDP only: over Fast DDS's shared memory a SIGSTOPped node holds up the writes of every node
+        # with a reader in it for ~1 s (the stall and kill tests stop nodes on purpose)
+        self.env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1",
+                    "FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
         self.context = rclpy.Context()
         rclpy.init(args=[], context=self.context, domain_id=domain)  # not this process's argv
         self.node = rclpy.create_node(name, context=self.context)
