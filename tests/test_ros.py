@@ -50,6 +50,21 @@ def _is_stop(msg) -> bool:
     return len(msg.data) == 6 and not any(msg.data)
 
 
+def _wait_until_the_policy_drives(ros, commands, policy, seconds: float = 60.0, attempts: int = 1) -> None:
+    """Until the policy node's latest command drives the arm (not a stop); the failure says what it
+    saw. With ``attempts`` > 1, a bring-up that faults first (see the watchdog test) is retried
+    after resetting the sim and the policy node."""
+    for attempt in range(attempts):
+        if attempt:
+            assert ros.call(Trigger, "/ds_robot_sim/reset").success
+            assert ros.call(Trigger, "/ds_robot_policy/reset").success
+        if ros.spin(seconds / attempts, until=lambda: len(commands) > 50 and not _is_stop(commands[-1][1])):
+            return
+    driving = sum(not _is_stop(m) for _, m in commands)
+    raise AssertionError(f"policy never ran ({attempts} attempts): {len(commands)} commands seen, {driving} of them "
+                         f"driving; last {commands[-1][1].data if commands else None}; node log:\n{ros.log(policy)}")
+
+
 def _status(box) -> dict:
     return json.loads(box[-1][1].data) if box else {}
 
@@ -144,8 +159,11 @@ def test_online_correction_identifies_a_shifted_arm_through_ros(ros):
 def test_watchdog_stops_the_arm_when_the_sim_dies_or_stalls(ros):
     commands = ros.listen(Float64MultiArray, "/forward_effort_controller/commands")
     sim = ros.start("sim_node", "-p", "seed:=1")
-    ros.start("policy_node", *LOOP_PARAMS)
-    assert ros.spin(60, until=lambda: len(commands) > 50 and not _is_stop(commands[-1][1])), "policy never ran"
+    policy = ros.start("policy_node", *LOOP_PARAMS)
+    # In real time (the watchdog is about wall-clock silence), under the suite's load the starved
+    # torque loop can go unstable before the test sees it drive (joint speeds beyond the node's
+    # velocity gate, then its input-fault latch): bring-up is retried from a reset.
+    _wait_until_the_policy_drives(ros, commands, policy, attempts=3)
 
     def stops_after(freeze):
         t_freeze = time.monotonic()
@@ -172,8 +190,6 @@ def _max_speed(joint_states, since: float) -> float:
     return max((max(abs(v) for v in m.velocity[:6]) for t, m in joint_states if t > since), default=math.nan)
 
 
-@pytest.mark.xfail(strict=False, reason="flaky under the suite's 2-process load: failed 2 of 6 runs with "
-                   "pytest -n 2 (issue 14: find which wait times out; passes alone)")
 def test_supervisor_brakes_the_arm_when_the_policy_node_is_killed_or_stopped(ros):
     """SIGKILL of the policy node mid-grasp (its shutdown stop never runs; the sim holds the last
     command like ros2_control's forward controllers): the supervisor brakes within its timeout
@@ -182,12 +198,15 @@ def test_supervisor_brakes_the_arm_when_the_policy_node_is_killed_or_stopped(ros
     states = ros.listen(String, "/ds_robot/supervisor/state", latched=True)
     joint_states = ros.listen(JointState, "/joint_states")
     commands = ros.listen(Float64MultiArray, "/forward_effort_controller/commands")
-    ros.start("sim_node", "-p", "seed:=0")
+    # The world at half speed on /clock like the closed-loop tests: in real time, under the suite's
+    # load, the starved 500 Hz torque loop went unstable (joint speeds of 10 rad/s, refused by the
+    # node's velocity gate) before the policy ever ran; the supervisor keeps its wall clock.
+    ros.start("sim_node", "-p", "seed:=0", *SIM_TIME[0])
     # 0.1 s, not the shipped 20 ms: under the suite's load the policy node's own command stream has
     # gaps above 20 ms (a trip in nominal operation; `ds-robot bench supervisor` measures both)
     ros.start("supervisor", "-p", "command_timeout_s:=0.1", env=SUPERVISOR_ENV)
     for trial, sig in enumerate((signal.SIGKILL, signal.SIGSTOP)):
-        policy = ros.start("policy_node", *LOOP_PARAMS)
+        policy = ros.start("policy_node", *LOOP_PARAMS, *SIM_TIME[1])
         started = len(commands)
         assert ros.spin(60, until=lambda s=started: len(commands) > s + 300 and not _is_stop(commands[-1][1])
                         and _status_of(states) == "watching"), \
@@ -274,9 +293,9 @@ def test_malformed_messages_never_crash_and_never_command(ros):
 
 def test_estop_latches_and_shutdown_sends_a_stop(ros):
     commands = ros.listen(Float64MultiArray, "/forward_effort_controller/commands")
-    ros.start("sim_node", "-p", "seed:=2")
-    policy = ros.start("policy_node", *LOOP_PARAMS)
-    assert ros.spin(60, until=lambda: len(commands) > 50 and not _is_stop(commands[-1][1])), "policy never ran"
+    ros.start("sim_node", "-p", "seed:=2", *SIM_TIME[0])  # half speed: see the closed-loop tests
+    policy = ros.start("policy_node", *LOOP_PARAMS, *SIM_TIME[1])
+    _wait_until_the_policy_drives(ros, commands, policy)
     estop = ros.node.create_publisher(Bool, "/ds_robot/estop", 10)
     estop.publish(Bool(data=True))
     ros.spin(0.5)
