@@ -2,8 +2,11 @@
 (safety, watchdog, interfaces) closed-loop against the sim arm, and the torch-free runtime."""
 
 import json
+import math
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -258,7 +261,8 @@ def test_nan_policy_output_estop_and_reset(running):
     core.controller = Broken()
     t = core._next_policy_s  # the next policy step
     command = core.tick(t)
-    assert command.stop and "policy output rejected" in command.reason and np.all(command.values == 0)
+    assert command.stop and "policy output rejected" in command.reason
+    assert command.values @ core.state.qd < 0  # the braking stop takes energy out of the motion
     assert core.tick(t + 0.002).stop  # stays stopped until the next policy step
     core.controller = good
     _feed(core, arm, t + 0.01)  # fresh inputs at the next policy step
@@ -267,6 +271,47 @@ def test_nan_policy_output_estop_and_reset(running):
     assert core.tick(t + 0.0102).stop and core.tick(t + 0.0102).reason == "test"
     core.reset()
     assert not core.tick(t + 0.0103).stop
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_stop_brakes_the_moving_arm_to_rest_and_the_last_command_is_zeros(seed):
+    """E-stop mid-approach in MuJoCo: the braking stop brings the arm to rest (every joint below
+    0.02 rad/s) in well under the time it coasts on zeros ("gravity compensation only"), and
+    then sends zeros; without a fresh state, and for the node's last command, the stop is zeros."""
+    def stop_mid_approach(brake: bool) -> float:
+        arm = SimArm()
+        arm.reset(seed)
+        core = ControlCore(NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m)),
+                           HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+        t_stop = None
+        for k in range(int(3.0 / arm.dt)):
+            if k == int(0.6 / arm.dt):
+                assert float(np.max(np.abs(arm.env.state.qd_rad_s))) > 0.1  # moving when stopped
+                core.estop("test")
+                t_stop = arm.time_s
+            _feed(core, arm, arm.time_s)
+            command = core.tick(arm.time_s) if brake or t_stop is None else core.stop_command("coast", brake=False)
+            arm.set_command(command.values, command.gripper)
+            arm.step()
+            if t_stop is not None and float(np.max(np.abs(arm.env.state.qd_rad_s))) < 0.02:
+                if brake:
+                    _feed(core, arm, arm.time_s)
+                    assert not np.any(core.tick(arm.time_s).values)  # at rest: zeros
+                    assert core.stats.braking_stops > 0
+                return arm.time_s - t_stop
+        return math.inf
+
+    braked, coasted = stop_mid_approach(True), stop_mid_approach(False)
+    assert braked < 0.6 and braked < 0.5 * coasted, (braked, coasted)
+    arm = SimArm()
+    arm.reset(seed)
+    core = ControlCore(NodeConfig(), HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    arm.env.state.qd_rad_s[:] = 0.5
+    _feed(core, arm, 1.0)
+    core.tick(1.0 + 0.001)
+    assert np.any(core.stop_command("x").values) and not np.any(core.stop_command("x", brake=False).values)
+    core.tick(1.0 + 0.05)  # the state is 50 ms old: nothing fresh to brake against
+    assert not np.any(core.stop_command("stale").values)
 
 
 def test_effort_command_removes_gravity_and_respects_limits(running):
@@ -521,6 +566,37 @@ def test_supervisor_brakes_when_commands_stop_and_stays_latched():
     assert not np.any(velocity.tick(0.05)) and velocity.state == "stopped"
     with pytest.raises(ConfigError, match="command_timeout_s"):
         SupervisorConfig(command_timeout_s=0.0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL])
+def test_supervisor_brakes_at_once_when_the_watched_process_stops_or_dies(sig):
+    """The process watch on a real process: stopped (SIGSTOP) or killed (SIGKILL, then reaped or
+    not) brakes at the next check, long before the command timeout; a running process does not."""
+    from ds_robot.deploy.supervisor import SupervisorConfig, SupervisorCore, process_state
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        core = SupervisorCore(SupervisorConfig(command_timeout_s=10.0))
+        core.watch_process(child.pid)
+        core.on_joint_state(np.zeros(6), np.full(6, 0.3))
+        core.on_command(0.0, np.full(6, 1.0))
+        assert core.tick(0.001) is None and core.state == "watching" and process_state(child.pid) == "running"
+        child.send_signal(sig)
+        deadline = time.monotonic() + 5.0
+        while process_state(child.pid) == "running" and time.monotonic() < deadline:
+            time.sleep(0.001)  # the signal is delivered asynchronously
+        assert core.tick(0.002) is not None and core.state == "braking", core.summary()
+        assert ("stopped" if sig == signal.SIGSTOP else "killed") in core.trips[-1]["reason"]
+        core.on_joint_state(np.zeros(6), np.zeros(6))
+        core.tick(0.01)
+        core.tick(0.5)
+        assert core.state == "stopped"
+        core.rearm()  # the watch is kept while the process is alive (stopped), dropped once it is gone
+        assert (core.watch is not None) == (sig == signal.SIGSTOP)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_state(child.pid) == "gone"
 
 
 def test_operator_gate_ready_enable_ramp_in_and_a_latched_fault():

@@ -298,10 +298,11 @@ def test_estop_latches_and_shutdown_sends_a_stop(ros):
     _wait_until_the_policy_drives(ros, commands, policy)
     estop = ros.node.create_publisher(Bool, "/ds_robot/estop", 10)
     estop.publish(Bool(data=True))
+    # the braking stop: it brakes the moving arm, then sends zeros once the arm is at rest
+    assert ros.spin(10, until=lambda: _is_stop(commands[-1][1])), "the stop never reached zeros (the arm at rest)"
+    t_rest = time.monotonic()
     ros.spin(0.5)
-    t_estop = time.monotonic()
-    ros.spin(0.5)
-    assert all(_is_stop(m) for t, m in commands if t > t_estop), "command after e-stop"
+    assert all(_is_stop(m) for t, m in commands if t > t_rest + 0.05), "command after e-stop with the arm at rest"
     assert ros.call(Trigger, "/ds_robot_policy/reset").success
     assert ros.spin(10, until=lambda: not _is_stop(commands[-1][1])), "did not resume after ~/reset"
     policy.send_signal(signal.SIGTERM)

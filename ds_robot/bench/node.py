@@ -26,6 +26,7 @@ from ds_robot.bench.report import format_table, write_json
 from ds_robot.deploy.loop_stats import LATE_FACTOR
 from ds_robot.errors import ConfigError
 from ds_robot.paths import policies_dir
+from ds_robot.stats import mean_ci95
 
 GOALS = {"late_vs_empty": 1.5, "int8_step_p99_us": 50.0, "int8_vs_torch": 0.38, "size_ratio": 0.26,
          "success_drop": 0.01}
@@ -33,7 +34,13 @@ GOALS = {"late_vs_empty": 1.5, "int8_step_p99_us": 50.0, "int8_vs_torch": 0.38, 
 
 # -- bench node --------------------------------------------------------------------------------------
 
-def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stats: Path) -> dict[str, Any]:
+RAW_TOPIC = "/ds_robot/bench/raw_joint_states"  # the sim's joint states before the corrupting relay
+
+
+def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stats: Path,
+                 corrupt_per_real: int | None = None) -> dict[str, Any]:
+    """One variant: the sim node, the policy node (``params``) and, with ``corrupt_per_real``, the
+    corrupting relay between them (``ds_robot.bench.corrupt_relay``)."""
     from std_msgs.msg import Bool, String
     from std_srvs.srv import Trigger
 
@@ -41,10 +48,17 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
 
     session = RosSession(domain, "ds_robot_bench")
     episodes: list[dict] = []
+    relay_stats = stats.with_suffix(".relay.json")
     try:
         status = session.listen(String, "/ds_robot/sim/status", latched=True, keep=False)
         estop = session.node.create_publisher(Bool, "/ds_robot/estop", 10)
-        session.start("sim_node", "-p", "seed:=0")
+        relay = None
+        if corrupt_per_real is None:
+            session.start("sim_node", "-p", "seed:=0")
+        else:
+            session.start("sim_node", "-p", "seed:=0", "-p", f"joint_states_topic:={RAW_TOPIC}")
+            relay = session.start("ds_robot.bench.corrupt_relay", "-p", f"input_topic:={RAW_TOPIC}",
+                                  "-p", f"corrupt_per_real:={corrupt_per_real}", "-p", f"stats_file:={relay_stats}")
         policy = session.start("policy_node", "-p", f"stats_file:={stats}", *params)
         if not session.spin(60, until=lambda: bool(status)):
             raise RuntimeError(f"{name}: the sim node did not come up")
@@ -64,6 +78,8 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
                 started = time.monotonic()
             session.spin(0.05)
         logs = session.stop(policy)
+        if relay is not None:
+            session.stop(relay)
         if not stats.exists():
             raise RuntimeError(f"{name}: the policy node wrote no stats file; its log:\n{logs[-2000:]}")
     finally:
@@ -84,19 +100,34 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
                     "state_to_command_p50_ms": float(np.percentile(ages, 50)),
                     "state_to_command_p99_ms": float(np.percentile(ages, 99)),
                     "ros_episodes": len(episodes), "ros_success_rate": wins / len(episodes) if episodes else math.nan,
+                    "state_to_command_min_ms": float(ages.min()) if ages.size else math.nan,
                     "state_to_command_max_ms": float(ages.max()) if ages.size else math.nan,
-                    "stops": data["stops"],
+                    "stops": data["stops"], "stop_reasons": data.get("stop_reasons", {}),
                     "watchdog_stops": int(data.get("stop_reasons", {}).get("joint_states stale", 0))})
+    if corrupt_per_real is not None:
+        row["corrupt_per_real"] = corrupt_per_real
+        row["relayed"] = json.loads(relay_stats.read_text()) if relay_stats.exists() else {}
+        row["refused"] = data.get("rejected", {})
+        row["input_fault"] = int(data.get("stop_reasons", {}).get("input fault", 0)) > 0
     return row
 
 
+def late_ratio(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """The int8 node's late-cycle rate over the empty loop's, per repeat (each pair run back to
+    back), with the mean and a 95% t-interval across repeats."""
+    ratios = [b["late_rate"] / a["late_rate"] if a["late_rate"] > 0 else math.inf for a, b in pairs]
+    finite = [r for r in ratios if math.isfinite(r)]
+    mean, ci = mean_ci95(finite) if len(finite) >= 2 else (finite[0] if finite else math.nan, (math.nan, math.nan))
+    return {"name": "late_ratio", "ratios": ratios, "mean": mean, "ci95": list(ci), "repeats": len(pairs)}
+
+
 def run_node_benchmark(seconds: float = 60.0, quick: bool = False, json_path: str | None = None,
-                       episodes: int = 200) -> int:
+                       episodes: int = 200, repeats: int = 3) -> int:
     from ds_robot.deploy.torch_runtime import torch_policy
     from ds_robot.hier.policy import HierPolicy
 
-    if seconds <= 0 or episodes < 0:
-        raise ConfigError(f"need seconds > 0 and episodes >= 0, got {seconds}, {episodes}")
+    if seconds <= 0 or episodes < 0 or repeats < 1:
+        raise ConfigError(f"need seconds > 0, episodes >= 0 and repeats >= 1, got {seconds}, {episodes}, {repeats}")
     fp32_path, int8_path = policies_dir() / "grasp_hier.npz", policies_dir() / "grasp_hier_int8.npz"
     fp32, int8 = HierPolicy.load(fp32_path), HierPolicy.load(int8_path)
     print(f"bench node: offline part (features of {3 if quick else 10} episodes, latency, "
@@ -114,24 +145,38 @@ def run_node_benchmark(seconds: float = 60.0, quick: bool = False, json_path: st
         "numpy_fp32": ["-p", f"policy:={fp32_path}", "-p", "runtime:=numpy"],
         "int8": ["-p", f"policy:={int8_path}", "-p", "runtime:=numpy"],
     }
+    # (row name, variant, seconds, corrupted copies per real joint state): the empty loop and the
+    # int8 node back to back per repeat (the late-cycle ratio's CI), then the other runtimes, then
+    # the corrupted stream (1 per real state: the grasp must go on; 9: the input-fault latch must fire)
+    plan = [(f"{v}{f' r{r + 1}' if r else ''}", v, seconds, None) for r in range(repeats) for v in ("empty_loop", "int8")]
+    plan += [("torch_fp32", "torch_fp32", seconds, None), ("numpy_fp32", "numpy_fp32", seconds, None),
+             ("int8_corrupted", "int8", seconds, 1), ("int8_corrupted_x9", "int8", min(seconds, 15.0), 9)]
     results = []
     domain = 150 + os.getpid() % 50
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, params) in enumerate(variants.items()):
-            print(f"  [{i + 1}/{len(variants)}] {name}: {seconds:g} s at 500 Hz beside the sim node")
-            row = _ros_variant(name, params, seconds, domain, Path(tmp) / f"{name}.json")
-            row.update(offline.get(name, {}))
-            if name in sizes:
-                row["size_bytes"] = sizes[name]
-            if name in grasp:
-                row.update(grasp[name])
+        for i, (name, variant, secs, corrupt) in enumerate(plan):
+            print(f"  [{i + 1}/{len(plan)}] {name}: {secs:g} s at 500 Hz beside the sim node"
+                  + (f", {corrupt} corrupted joint state(s) after each real one" if corrupt else ""))
+            row = _ros_variant(variant if corrupt is None else name, variants[variant], secs, domain,
+                               Path(tmp) / f"{i}.json", corrupt_per_real=corrupt)
+            row["name"] = name
+            if name == variant:
+                row.update(offline.get(name, {}))
+                if name in sizes:
+                    row["size_bytes"] = sizes[name]
+                if name in grasp:
+                    row.update(grasp[name])
             results.append(row)
+    by = {r["name"]: r for r in results}
+    pairs = [(by["empty_loop" + (f" r{r + 1}" if r else "")], by["int8" + (f" r{r + 1}" if r else "")])
+             for r in range(repeats)]
+    results.append(late_ratio(pairs))
     results.append({"name": "agreement", **agree})
     print_node(results)
     for line in node_verdict(results):
         print(line)
     if json_path:
-        write_json(json_path, "node", {"seconds": seconds, "rate_hz": 500.0, "late_threshold_ms": 2.5,
+        write_json(json_path, "node", {"seconds": seconds, "repeats": repeats, "rate_hz": 500.0, "late_threshold_ms": 2.5,
                                        "episodes": episodes, "policy_fp32": str(fp32_path),
                                        "policy_int8": str(int8_path)}, results)
         print(f"wrote {json_path}")
@@ -149,7 +194,7 @@ def print_node(results: list[dict]) -> None:
              _fmt(r, "state_to_command_p99_ms", ".2f"), _fmt(r, "state_to_command_max_ms", ".1f"),
              _fmt(r, "watchdog_stops", "d"), _fmt(r, "size_bytes", ",d"), _fmt(r, "success_rate", ".3f"),
              f"{r['ros_success_rate']:.2f} ({r['ros_episodes']})" if r.get("ros_episodes") else "-"]
-            for r in results if r["name"] != "agreement"]
+            for r in results if r["name"] not in ("agreement", "late_ratio")]
     print(format_table(["variant", "late", "period P50 ms", "P99 ms", "max ms", "net step P99 us",
                         "control step P99 us", "state->cmd P99 ms", "max ms", "watchdog stops", "file bytes",
                         "grasp success", "ROS grasps"],
@@ -158,20 +203,36 @@ def print_node(results: list[dict]) -> None:
 
 def node_verdict(results: list[dict]) -> list[str]:
     by = {r["name"]: r for r in results}
-    empty, torch_, int8, fp32, agree = (by.get(k) for k in ("empty_loop", "torch_fp32", "int8", "numpy_fp32",
-                                                            "agreement"))
+    torch_, int8, fp32, agree = (by.get(k) for k in ("torch_fp32", "int8", "numpy_fp32", "agreement"))
     lines = []
 
     def met(ok: bool) -> str:
         return "met" if ok else "not met"
 
-    if empty and int8:
-        ratio = int8["late_rate"] / empty["late_rate"] if empty["late_rate"] > 0 else math.inf
-        lines.append(f"late cycles: int8 node {int8['late_rate']:.2%} vs empty loop {empty['late_rate']:.2%} "
-                     f"= {ratio:.2f}x (goal <= {GOALS['late_vs_empty']}x: {met(ratio <= GOALS['late_vs_empty'])})")
-    if int8 and "watchdog_stops" in int8:
-        lines.append(f"watchdog stops in nominal operation (int8 node, {int8['cycles']:,} cycles): "
-                     f"{int8['watchdog_stops']} (goal 0: {met(int8['watchdog_stops'] == 0)})")
+    ratio_row = by.get("late_ratio")
+    if ratio_row:
+        mean, (lo, hi) = ratio_row["mean"], ratio_row["ci95"]
+        each = ", ".join(f"{r:.2f}x" for r in ratio_row["ratios"])
+        lines.append(f"late cycles, int8 node / empty loop, {ratio_row['repeats']} back-to-back repeats: {each}; "
+                     f"mean {mean:.2f}x [95% CI {lo:.2f}, {hi:.2f}] (goal <= {GOALS['late_vs_empty']}x: "
+                     f"{met(mean <= GOALS['late_vs_empty'])}"
+                     f"{'' if not hi <= GOALS['late_vs_empty'] else ', the whole interval'})")
+    nominal = [r for r in results if r["name"].split(" ")[0] == "int8" and "watchdog_stops" in r]
+    if nominal:
+        stops, cycles = sum(r["watchdog_stops"] for r in nominal), sum(r["cycles"] for r in nominal)
+        lines.append(f"watchdog stops in nominal operation (int8 node, {len(nominal)} runs, {cycles:,} cycles): "
+                     f"{stops} (goal 0: {met(stops == 0)})")
+    for key in ("int8_corrupted", "int8_corrupted_x9"):
+        r = by.get(key)
+        if r:
+            relayed = r.get("relayed", {})
+            bad = sum(v for k, v in relayed.items() if k != "real")
+            refused = sum(r.get("refused", {}).values())
+            lines.append(f"{key}: {relayed.get('real', 0):,} real and {bad:,} corrupted joint states, "
+                         f"{refused:,} refused by the node; state->command age {_fmt(r, 'state_to_command_min_ms', '.2f')}"
+                         f"..{_fmt(r, 'state_to_command_max_ms', '.1f')} ms; stops {r.get('stops', 0):,}; "
+                         f"ROS grasps {_fmt(r, 'ros_success_rate', '.2f')} ({r.get('ros_episodes', 0)}); "
+                         f"input-fault latch {'fired' if r.get('input_fault') else 'did not fire'}")
     if int8 and torch_:
         p99, ratio = int8["step_p99_us"], int8["step_p99_us"] / torch_["step_p99_us"]
         lines.append(f"policy step P99: int8 {p99:.1f} us (goal <= {GOALS['int8_step_p99_us']:g}: "

@@ -7,7 +7,10 @@ the grasp it gets SIGKILL (odd trials SIGSTOP, then SIGCONT once the arm is at r
 the time from the signal to the supervisor's first brake (its state message, received by this
 process: it includes DDS delivery), the time until the arm is at rest, and whether the resumed
 node stayed off the topic. Then ``nominal_s`` seconds of nominal operation with the supervisor
-watching: its trips there are false stops (a policy alive but late).
+watching: its trips there are false stops (a policy alive but late). Both modes of the
+supervisor, each with its own sim and supervisor: ``process_and_stream`` (the shipped default:
+the policy node's process watched through /proc, and the command stream) and ``stream_only``
+(``watch_process:=false``: what a supervisor on another machine, or a hang, relies on).
 """
 
 from __future__ import annotations
@@ -30,11 +33,83 @@ def _state(states) -> str | None:
     return json.loads(states[-1][1].data)["state"] if states else None
 
 
+MODES = {"process_and_stream": "true", "stream_only": "false"}  # the supervisor's watch_process
+
+
+def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, commands, joints) -> list[dict]:
+    from std_srvs.srv import Trigger
+
+    rows = []
+    for trial in range(trials):
+        sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGSTOP
+        policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
+        ok = session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
+        if not ok:
+            rows.append({"mode": mode, "trial": trial, "signal": sig.name, "error": "policy never drove the arm"})
+            session.stop(policy)
+            continue
+        session.spin(float(rng.uniform(0.5, 1.5)))
+        false_trip = _state(states) != "watching"
+        t0 = time.monotonic()
+        policy.send_signal(sig)
+        braked = session.spin(2.0, until=lambda: _state(states) in ("braking", "stopped"))
+        brake_at = next((t for t, m in states if t >= t0 and json.loads(m.data)["state"] in ("braking", "stopped")),
+                        math.nan)
+        rest = session.spin(10.0, until=lambda: _state(states) == "stopped")
+        row = {"mode": mode, "trial": trial, "signal": sig.name, "false_trip_before": false_trip,
+               "brake_ms": (brake_at - t0) * 1e3 if braked and not false_trip else math.nan,
+               "reason": json.loads(states[-1][1].data).get("last_reason"),
+               "gap_ms": json.loads(states[-1][1].data).get("last_gap_ms"),
+               "rest_s": time.monotonic() - t0 if rest else math.nan,
+               "speed_at_end_rad_s": float(np.max(np.abs(joints[-1][1].velocity[:6]))) if joints else math.nan}
+        if sig == signal.SIGSTOP:
+            policy.send_signal(signal.SIGCONT)
+            session.spin(1.0)
+            row["resumed_node_stayed_off"] = _state(states) == "stopped" and policy.poll() is None
+        rows.append(row)
+        print(f"  {mode} trial {trial} {sig.name}: "
+              + (f"a false trip before the signal ({row['reason']}, {row['gap_ms']:.1f} ms)" if false_trip else
+                 f"brake {row['brake_ms']:.1f} ms ({row['reason']}), at rest after {row['rest_s']:.2f} s"))
+        session.stop(policy, timeout_s=5.0)
+        session.call(Trigger, "/ds_robot_supervisor/rearm")
+        session.call(Trigger, "/ds_robot_sim/reset")
+    return rows
+
+
+def _nominal(session, nominal_s: float, states, commands) -> dict:
+    policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
+    session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
+    trips_before = json.loads(states[-1][1].data)["trips"]
+    end = time.monotonic() + nominal_s
+    while time.monotonic() < end:
+        session.spin(min(1.0, end - time.monotonic()))
+        if _state(states) != "watching":
+            break
+    summary = json.loads(states[-1][1].data)
+    session.stop(policy, timeout_s=5.0)
+    return {"seconds": nominal_s, "false_trips": summary["trips"] - trips_before, "state_at_end": summary["state"],
+            "last_gap_ms": summary["last_gap_ms"]}
+
+
+def _summary(mode: str, rows: list[dict], nominal: dict) -> dict:
+    brakes = np.array([r["brake_ms"] for r in rows if "brake_ms" in r])
+    finite = brakes[np.isfinite(brakes)]
+
+    def pct(q):
+        return float(np.percentile(finite, q)) if finite.size else math.nan
+
+    return {"mode": mode, "trials": len(rows), "braked": int(finite.size), "brake_p50_ms": pct(50),
+            "brake_p99_ms": pct(99), "brake_max_ms": float(finite.max()) if finite.size else math.nan,
+            "rest_p50_s": float(np.nanmedian([r.get("rest_s", math.nan) for r in rows])) if rows else math.nan,
+            "resumed_nodes_stayed_off": all(r.get("resumed_node_stayed_off", True) for r in rows),
+            "false_trips_during_trials": sum(bool(r.get("false_trip_before")) for r in rows), "nominal": nominal,
+            "rows": rows}
+
+
 def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_s: float = 60.0,
                              json_path: str | None = None, quick: bool = False) -> int:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
-    from std_srvs.srv import Trigger
 
     from ds_robot.deploy.session import RosSession
     from ds_robot.deploy.supervisor import SUPERVISOR_ENV
@@ -43,81 +118,37 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
     nominal_s = 5.0 if quick else nominal_s
     if trials < 1 or timeout_s <= 0 or nominal_s < 0:
         raise ConfigError(f"need trials >= 1, timeout > 0, nominal_s >= 0; got {trials}, {timeout_s}, {nominal_s}")
-    session = RosSession(60 + os.getpid() % 30, "ds_robot_bench_supervisor")
     rng = np.random.default_rng(0)
-    rows: list[dict] = []
-    try:
-        states = session.listen(String, "/ds_robot/supervisor/state", latched=True)
-        commands = session.listen(Float64MultiArray, "/forward_effort_controller/commands", keep=False)
-        joints = session.listen(JointState, "/joint_states", keep=False)
-        session.start("sim_node", "-p", "seed:=0")
-        session.start("supervisor", "-p", f"command_timeout_s:={timeout_s}", env=SUPERVISOR_ENV)
-        print(f"bench supervisor: {trials} trials (SIGKILL / SIGSTOP), timeout {timeout_s * 1e3:g} ms, "
-              f"then {nominal_s:g} s nominal")
-        for trial in range(trials):
-            sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGSTOP
-            policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
-            ok = session.spin(60, until=lambda: _state(states) == "watching" and commands
-                              and any(commands[-1][1].data))
-            if not ok:
-                rows.append({"trial": trial, "signal": sig.name, "error": "policy never drove the arm"})
-                session.stop(policy)
-                continue
-            session.spin(float(rng.uniform(0.5, 1.5)))
-            false_trip = _state(states) != "watching"
-            t0 = time.monotonic()
-            policy.send_signal(sig)
-            braked = session.spin(2.0, until=lambda: _state(states) in ("braking", "stopped"))
-            brake_at = next((t for t, m in states if t >= t0 and json.loads(m.data)["state"] in ("braking", "stopped")),
-                            math.nan)
-            rest = session.spin(10.0, until=lambda: _state(states) == "stopped")
-            row = {"trial": trial, "signal": sig.name, "false_trip_before": false_trip,
-                   "brake_ms": (brake_at - t0) * 1e3 if braked else math.nan,
-                   "rest_s": time.monotonic() - t0 if rest else math.nan,
-                   "speed_at_end_rad_s": float(np.max(np.abs(joints[-1][1].velocity[:6]))) if joints else math.nan}
-            if sig == signal.SIGSTOP:
-                policy.send_signal(signal.SIGCONT)
-                session.spin(1.0)
-                row["resumed_node_stayed_off"] = _state(states) == "stopped" and policy.poll() is None
-            rows.append(row)
-            print(f"  trial {trial} {sig.name}: brake {row['brake_ms']:.1f} ms, at rest after {row['rest_s']:.2f} s")
-            session.stop(policy, timeout_s=5.0)
-            session.call(Trigger, "/ds_robot_supervisor/rearm")
-            session.call(Trigger, "/ds_robot_sim/reset")
-        nominal = {}
-        if nominal_s > 0:
-            policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
-            session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
-            trips_before = json.loads(states[-1][1].data)["trips"]
-            end = time.monotonic() + nominal_s
-            while time.monotonic() < end:
-                session.spin(min(1.0, end - time.monotonic()))
-                if _state(states) != "watching":
-                    break
-            summary = json.loads(states[-1][1].data)
-            nominal = {"seconds": nominal_s, "false_trips": summary["trips"] - trips_before,
-                       "state_at_end": summary["state"], "last_gap_ms": summary["last_gap_ms"]}
-            session.stop(policy, timeout_s=5.0)
-    finally:
-        session.close()
-    brakes = np.array([r["brake_ms"] for r in rows if "brake_ms" in r])
-    finite = brakes[np.isfinite(brakes)]
-    result = {"trials": len(rows), "braked": int(finite.size),
-              "brake_p50_ms": float(np.percentile(finite, 50)) if finite.size else math.nan,
-              "brake_p99_ms": float(np.percentile(finite, 99)) if finite.size else math.nan,
-              "brake_max_ms": float(finite.max()) if finite.size else math.nan,
-              "rest_p50_s": float(np.nanmedian([r.get("rest_s", math.nan) for r in rows])) if rows else math.nan,
-              "resumed_nodes_stayed_off": all(r.get("resumed_node_stayed_off", True) for r in rows),
-              "false_trips_during_trials": sum(bool(r.get("false_trip_before")) for r in rows), "nominal": nominal}
-    print(format_table(["trials", "braked", "brake P50 ms", "P99 ms", "max ms", "at rest P50 s", "nominal false trips"],
-                       [[result["trials"], result["braked"], f"{result['brake_p50_ms']:.1f}",
-                         f"{result['brake_p99_ms']:.1f}", f"{result['brake_max_ms']:.1f}", f"{result['rest_p50_s']:.2f}",
-                         f"{nominal.get('false_trips', '-')} in {nominal.get('seconds', 0):g} s"]]))
-    verdict = (f"signal -> brake P99 {result['brake_p99_ms']:.1f} ms (goal <= {GOAL_BRAKE_P99_MS:g}: "
-               f"{'met' if result['brake_p99_ms'] <= GOAL_BRAKE_P99_MS else 'not met'})")
-    print(verdict)
+    results = []
+    print(f"bench supervisor: per mode {trials} trials (SIGKILL / SIGSTOP), timeout {timeout_s * 1e3:g} ms, "
+          f"then {nominal_s:g} s nominal; modes {', '.join(MODES)}")
+    for mode, watch in MODES.items():
+        session = RosSession(60 + os.getpid() % 30, "ds_robot_bench_supervisor")
+        try:
+            states = session.listen(String, "/ds_robot/supervisor/state", latched=True)
+            commands = session.listen(Float64MultiArray, "/forward_effort_controller/commands", keep=False)
+            joints = session.listen(JointState, "/joint_states", keep=False)
+            session.start("sim_node", "-p", "seed:=0")
+            session.start("supervisor", "-p", f"command_timeout_s:={timeout_s}", "-p", f"watch_process:={watch}",
+                          env=SUPERVISOR_ENV)
+            rows = _trials(session, mode, trials, timeout_s, rng, states, commands, joints)
+            nominal = _nominal(session, nominal_s, states, commands) if nominal_s > 0 else {}
+        finally:
+            session.close()
+        results.append(_summary(mode, rows, nominal))
+    print(format_table(["mode", "trials", "braked", "false trips", "brake P50 ms", "P99 ms", "max ms", "at rest P50 s",
+                        "nominal false trips"],
+                       [[r["mode"], r["trials"], r["braked"], r["false_trips_during_trials"], f"{r['brake_p50_ms']:.1f}",
+                         f"{r['brake_p99_ms']:.1f}", f"{r['brake_max_ms']:.1f}", f"{r['rest_p50_s']:.2f}",
+                         f"{r['nominal'].get('false_trips', '-')} in {r['nominal'].get('seconds', 0):g} s"]
+                        for r in results]))
+    verdicts = [f"{r['mode']}: signal -> brake P99 {r['brake_p99_ms']:.1f} ms over {r['braked']} trials (goal <= "
+                f"{GOAL_BRAKE_P99_MS:g}: {'met' if r['brake_p99_ms'] <= GOAL_BRAKE_P99_MS else 'not met'}), "
+                f"{r['false_trips_during_trials'] + r['nominal'].get('false_trips', 0)} false trips" for r in results]
+    for line in verdicts:
+        print(line)
     if json_path:
         write_json(json_path, "supervisor", {"trials": trials, "timeout_s": timeout_s, "nominal_s": nominal_s,
-                                              "quick": quick, "verdict": verdict}, [{**result, "rows": rows}])
+                                              "quick": quick, "verdict": verdicts}, results)
         print(f"wrote {json_path}")
     return 0

@@ -326,7 +326,9 @@ def cmd_bench(args) -> int:
 
         seconds = args.seconds or (5.0 if args.quick else 60.0)
         episodes = args.episodes if args.episodes is not None else (10 if args.quick else 200)
-        return run_node_benchmark(seconds=seconds, quick=args.quick, json_path=args.json, episodes=episodes)
+        repeats = args.repeats if args.repeats != 5 else (1 if args.quick else 3)
+        return run_node_benchmark(seconds=seconds, quick=args.quick, json_path=args.json, episodes=episodes,
+                                  repeats=repeats)
     if args.name == "supervisor":
         from ds_robot.bench.supervisor import run_supervisor_benchmark
 

@@ -50,6 +50,13 @@ class RobotModel:
         mujoco.mj_fullM(self.model, self.data, self._mass)
         return self._mass[:N_ARM_JOINTS, :N_ARM_JOINTS].copy()
 
+    def braking_torque(self, time_constant_s: float, limit_nm: np.ndarray) -> np.ndarray:
+        """``-M(q) qd / time_constant_s`` at the state of the last ``update``, clipped to
+        ``limit_nm``: the joint velocities decay with that time constant whatever each joint's
+        inertia (gravity not included: add it where the robot does not compensate it)."""
+        qd = self.data.qvel[:N_ARM_JOINTS]
+        return np.clip(-self.mass_matrix() @ qd / time_constant_s, -limit_nm, limit_nm)
+
     def bias_torque(self) -> np.ndarray:
         """Coriolis, centrifugal and gravity torques at the current state (inverse dynamics, qdd = 0)."""
         return self.data.qfrc_bias[:N_ARM_JOINTS].copy()

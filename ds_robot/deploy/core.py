@@ -51,10 +51,15 @@ decides what reaches the arm lives here:
   then the policy's command ramps in over ``torque_ramp_s`` (the part beyond gravity
   compensation scales from 0 to 1). Any stop while enabled (stale input, e-stop, policy error)
   is a ``fault``: latched until :meth:`reset`, then ``enable`` again. ``mode`` says where it is.
-- **Stop command**: zeros on either interface — for ``effort`` that is "gravity compensation
-  only" on a UR (the arm holds its pose against gravity and coasts to rest under its joint
-  friction), for ``velocity`` it is "hold still". ros2_control's forward controllers hold the
-  last command forever, so the node sends a stop on shutdown and on any exception.
+- **Stop command**: a braking stop. On ``effort``, while the newest joint state is fresh and a
+  joint moves faster than ``still_rad_s``: ``tau = -M(q) qd / brake_time_s`` (at most
+  ``max_brake_torque_fraction`` of the joint limits; the UR adds its gravity compensation), so
+  the arm comes to rest in a few ``brake_time_s`` instead of coasting on "gravity compensation
+  only"; zeros once it is still, or when no fresh state says how it moves. On ``velocity`` it
+  is zero velocity ("hold still": the robot's own braking). ros2_control's forward controllers
+  hold the last command forever, so the node's last command before it exits is zeros
+  (``brake=False``: a held brake torque would push a stopped arm backwards) and the
+  supervisor brakes a node that dies mid-motion.
 """
 
 from __future__ import annotations
@@ -135,6 +140,9 @@ class NodeConfig:
     max_refused_fraction: float = 0.8
     require_enable: bool = False  # the operator gate (module docstring); the sim runs without it
     torque_ramp_s: float = 0.5
+    brake_time_s: float = 0.1  # the braking stop's time constant: 50 periods at 500 Hz, as the supervisor's
+    max_brake_torque_fraction: float = 0.5
+    still_rad_s: float = 0.02  # the braking stop ends (zeros) once every joint is slower
     start_region_rad: float = 0.35  # ready only with every arm joint this close to the start pose
     separate_gripper_state: bool = False  # the finger joints come on their own topic (a real gripper driver)
     gripper_timeout_s: float = 0.1  # with separate_gripper_state: its newest state older than this -> stop
@@ -154,11 +162,12 @@ class NodeConfig:
         if len(self.joint_names) != N_ARM_JOINTS or len(set(self.joint_names)) != N_ARM_JOINTS:
             raise ConfigError(f"joint_names must name {N_ARM_JOINTS} distinct arm joints, got {list(self.joint_names)}")
         for name in ("state_timeout_s", "object_timeout_s", "max_velocity_rad_s", "goal_height_m", "gripper_timeout_s",
-                     "torque_ramp_s", "start_region_rad"):
+                     "torque_ramp_s", "start_region_rad", "brake_time_s", "still_rad_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not (0 < self.max_torque_fraction <= 1):
-            raise ConfigError(f"max_torque_fraction must be in (0, 1], got {self.max_torque_fraction}")
+        for name in ("max_torque_fraction", "max_brake_torque_fraction"):
+            if not (0 < getattr(self, name) <= 1):
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if not 0 < self.max_refused_fraction <= 1:
             raise ConfigError(f"max_refused_fraction must be in (0, 1], got {self.max_refused_fraction}")
         if not (self.max_stamp_ahead_s >= 0 and math.isfinite(self.max_stamp_ahead_s)):
@@ -227,6 +236,7 @@ class Stats:
     ticks: int = 0
     policy_steps: int = 0
     stops: int = 0
+    braking_stops: int = 0  # stop commands that braked a moving arm (the rest were zeros)
     stop_reasons: dict = field(default_factory=dict)  # stops per kind ("joint_states stale": the watchdog)
     rejected: dict = field(default_factory=dict)
     policy_step_s: deque = field(default_factory=lambda: deque(maxlen=100_000))
@@ -305,6 +315,7 @@ class ControlCore:
         self.object_extents = (np.array(config.object_half_extents_m, dtype=float)
                                if config.object_half_extents_m else None)
         self.estopped = False
+        self._now_s: float | None = None
         self.reset()
 
     def _apply_limits(self) -> None:
@@ -496,14 +507,30 @@ class ControlCore:
 
     # -- output --------------------------------------------------------------------------------
 
-    def stop_command(self, reason: str) -> Command:
-        """The stop command. The policy's 100 Hz schedule is kept: when fresh inputs return
-        within a policy period, the command of that period resumes (the skill machine's clock
-        advances once per policy step, never faster)."""
+    def stop_command(self, reason: str, brake: bool = True) -> Command:
+        """The stop command (module docstring: braking while the arm moves, unless ``brake`` is
+        false). The policy's 100 Hz schedule is kept: when fresh inputs return within a policy
+        period, the command of that period resumes (the skill machine's clock advances once per
+        policy step, never faster)."""
         self.stats.stops += 1
         key = reason.split(":")[0]
         self.stats.stop_reasons[key] = self.stats.stop_reasons.get(key, 0) + 1
-        return Command(np.zeros(N_ARM_JOINTS), self._hold_gripper(), True, reason)
+        values = self._braking() if brake else None
+        if values is None:
+            values = np.zeros(N_ARM_JOINTS)
+        else:
+            self.stats.braking_stops += 1
+        return Command(values, self._hold_gripper(), True, reason)
+
+    def _braking(self) -> np.ndarray | None:
+        """The braking torque for a stop now, or None (zeros: still, no fresh state, velocity interface)."""
+        cfg, s = self.config, self.state
+        if cfg.command_interface != "effort" or s is None or self._now_s is None:
+            return None
+        if self._now_s - s.stamp_s > cfg.state_timeout_s or float(np.max(np.abs(s.qd))) < cfg.still_rad_s:
+            return None
+        self.model.update(s.q, s.qd, s.gripper_opening_m)
+        return self.model.braking_torque(cfg.brake_time_s, cfg.max_brake_torque_fraction * self.joint_limit_nm)
 
     def _hold_gripper(self) -> float:
         """Keep squeezing what is held: the last gripper command, else the present opening."""

@@ -15,7 +15,7 @@ LATE_FACTOR = 1.25  # a period longer than this many nominal periods is late
 class LoopTimer:
     """Loop periods over a sliding window, and the count of late cycles."""
 
-    def __init__(self, period_s: float, window: int = 5000):
+    def __init__(self, period_s: float, window: int = 1000):
         self.period_s = period_s
         self.window: deque[float] = deque(maxlen=window)
         self.late = 0

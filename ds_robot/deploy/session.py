@@ -35,10 +35,11 @@ class RosSession:
 
     def start(self, module: str, *params: str, env: dict | None = None) -> subprocess.Popen:
         """``python -m ds_robot.deploy.<module> --ros-args <params>`` on this session's domain
-        (``env``: extra environment variables for this node)."""
+        (``module`` with a dot: that module; ``env``: extra environment variables for this node)."""
         # Output goes to a file, not a pipe: a node must never block on a full pipe nobody reads.
         log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the node runs; closed in close())
-        proc = subprocess.Popen([sys.executable, "-m", f"ds_robot.deploy.{module}", "--ros-args", *params],
+        name = module if "." in module else f"ds_robot.deploy.{module}"
+        proc = subprocess.Popen([sys.executable, "-m", name, "--ros-args", *params],
                                 env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         self._logs[proc.pid] = log

@@ -22,6 +22,14 @@ On a real UR a deployment would also deactivate the controller (controller_manag
 ``switch_controller``; not installable here) so the robot runs its own stop; the damping brake
 is what this node can do through the same command topic the policy uses.
 
+**Process watch** (same host): the policy node announces its PID and boot id on
+``/ds_robot/policy/process`` (transient local). When the supervisor runs on the same machine
+(same ``/proc/sys/kernel/random/boot_id``) it also watches that process: killed (SIGKILL, the
+OOM killer, a crash: it is gone or a zombie) or stopped (SIGSTOP, a debugger: state ``T``/``t``)
+brakes at the next check (1 ms), without waiting for the command timeout. The timeout still
+covers what a process state cannot show: a hang inside a live process, a DDS partition, a
+policy node on another machine.
+
 Its own commands carry a layout dimension labelled ``ds_robot_supervisor`` (the forward
 controllers read only ``data``) and are never mistaken for the policy's. Before the first policy command it has nothing to supervise, and a
 silence after a stop command (all zeros) with the arm at rest leaves nothing on the arm: it
@@ -32,8 +40,10 @@ brakes when the last command drove the arm or the arm is moving.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -44,11 +54,59 @@ from ds_robot.errors import ConfigError
 
 STATES = ("idle", "watching", "braking", "stopped")
 STATE_TOPIC = "/ds_robot/supervisor/state"
+PROCESS_TOPIC = "/ds_robot/policy/process"  # the policy node's {"pid", "boot_id"}, transient local
 # The supervisor's DDS over UDP only: with Fast DDS's shared-memory transport, a write towards a
 # participant whose process is stopped (SIGSTOP) waits for that port's health check (~1 s)
 # before it gives up, and the brake came 1 s late (measured in the SIGSTOP test).
 SUPERVISOR_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "UDPv4"}
 MARK = "ds_robot_supervisor"  # the layout label of the supervisor's own commands
+
+
+def boot_id() -> str:
+    """This machine's boot id (a PID means something only on the machine, and boot, it came from)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def process_state(pid: int) -> str:
+    """``running``, ``stopped`` (SIGSTOP or a tracer) or ``gone`` (exited, killed, a zombie) for a
+    process on this machine, from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return "gone"
+    state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]  # the field after "(comm)"
+    if state in (b"Z", b"X", b"x"):
+        return "gone"
+    return "stopped" if state in (b"T", b"t") else "running"
+
+
+class ProcessWatch:
+    """The policy node's process, when it runs on this machine. A pidfd (where the kernel has
+    them) keeps the identity: a recycled PID cannot pass for the watched process."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self._fd = None
+        with contextlib.suppress(AttributeError, OSError):  # no pidfd here, or already gone (/proc says so)
+            self._fd = os.pidfd_open(pid)
+
+    def state(self) -> str:
+        if self._fd is not None:
+            import select
+
+            if select.select([self._fd], [], [], 0)[0]:  # a pidfd turns readable when the process exits
+                return "gone"
+        return process_state(self.pid)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +149,13 @@ class SupervisorCore:
         self.qd: np.ndarray | None = None
         self.trips: list[dict] = []
         self._still_since: float | None = None
+        self.watch: ProcessWatch | None = None
+
+    def watch_process(self, pid: int) -> None:
+        """Watch the policy node's process too (it runs on this machine)."""
+        if self.watch is not None:
+            self.watch.close()
+        self.watch = ProcessWatch(pid)
 
     def on_command(self, now_s: float, values=None) -> None:
         """A policy command arrived (``values``: its numbers; None: unknown, counted as a drive)."""
@@ -113,14 +178,26 @@ class SupervisorCore:
         if self.config.command_interface == "velocity" or self.qd is None:
             return np.zeros(6)
         self.model.update(self.q, self.qd)
-        torque = -self.model.mass_matrix() @ self.qd / self.config.brake_time_s
-        return np.clip(torque, -self.limit_nm, self.limit_nm)
+        return self.model.braking_torque(self.config.brake_time_s, self.limit_nm)
+
+    def _trip(self, now_s: float) -> str | None:
+        """Why to brake now, or None."""
+        if self.state != "watching" or not self._at_risk():
+            return None
+        if self.watch is not None:
+            process = self.watch.state()
+            if process != "running":
+                return f"policy node process {self.watch.pid} {'killed or exited' if process == 'gone' else 'stopped'}"
+        if now_s - self.last_command_s > self.config.command_timeout_s:
+            return "no command"
+        return None
 
     def tick(self, now_s: float) -> np.ndarray | None:
         cfg = self.config
-        if self.state == "watching" and now_s - self.last_command_s > cfg.command_timeout_s and self._at_risk():
+        reason = self._trip(now_s)
+        if reason is not None:
             self.state = "braking"
-            self.trips.append({"at_s": now_s, "gap_s": now_s - self.last_command_s})
+            self.trips.append({"at_s": now_s, "gap_s": now_s - self.last_command_s, "reason": reason})
             self._still_since = None
         if self.state == "braking":
             if cfg.command_interface == "velocity":
@@ -140,12 +217,19 @@ class SupervisorCore:
         return None
 
     def rearm(self) -> None:
+        """Back to ``idle``; the process watch is kept while that process still runs (a node that
+        was stopped and continued), dropped when it is gone (its successor announces itself)."""
         self.state = "idle"
         self.last_command_s = None
+        if self.watch is not None and self.watch.state() == "gone":
+            self.watch.close()
+            self.watch = None
 
     def summary(self) -> dict:
         return {"state": self.state, "trips": len(self.trips),
-                "last_gap_ms": self.trips[-1]["gap_s"] * 1e3 if self.trips else None}
+                "last_gap_ms": self.trips[-1]["gap_s"] * 1e3 if self.trips else None,
+                "last_reason": self.trips[-1]["reason"] if self.trips else None,
+                "watching_pid": self.watch.pid if self.watch is not None else None}
 
 
 def _make_node():
@@ -186,6 +270,9 @@ def _make_node():
             self.create_subscription(Float64MultiArray, topic, self._on_command, 10)
             self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state, 1)
             self.create_service(Trigger, "~/rearm", self._srv_rearm)
+            self._boot_id = boot_id()
+            if p("watch_process", True).value:  # false: the command stream only (ds-robot bench supervisor compares)
+                self.create_subscription(String, PROCESS_TOPIC, self._on_process, latched)
             self._msg = Float64MultiArray()
             self._msg.layout.dim = [MultiArrayDimension(label=MARK, size=6, stride=6)]
             self._published_state = None
@@ -201,6 +288,19 @@ def _make_node():
             if not any(d.label == MARK for d in msg.layout.dim):
                 self.core.on_command(time.monotonic(), msg.data)
 
+        def _on_process(self, msg) -> None:
+            try:
+                info = json.loads(msg.data)
+                pid, boot = int(info["pid"]), str(info["boot_id"])
+            except (ValueError, KeyError, TypeError):
+                self.get_logger().warning(f"policy process message ignored: {msg.data[:80]!r}")
+                return
+            if boot and boot == self._boot_id and pid > 0:
+                self.core.watch_process(pid)
+                self.get_logger().info(f"watching the policy node's process {pid} (and the command stream)")
+            else:
+                self.get_logger().info("the policy node runs on another machine: watching its command stream only")
+
         def _on_joint_state(self, msg) -> None:
             index = {n: i for i, n in enumerate(msg.name)}
             if all(n in index for n in self.arm_joints) and len(msg.velocity) == len(msg.position) == len(msg.name):
@@ -214,8 +314,9 @@ def _make_node():
                 self.pub.publish(self._msg)
             if self.core.state != self._published_state:
                 if self.core.state == "braking":
-                    self.get_logger().error(f"no command for {self.core.trips[-1]['gap_s'] * 1e3:.1f} ms: braking; "
-                                            "latched until ~/rearm")
+                    trip = self.core.trips[-1]
+                    self.get_logger().error(f"{trip['reason']} (last command {trip['gap_s'] * 1e3:.1f} ms ago): "
+                                            "braking; latched until ~/rearm")
                 self._publish_state()
 
         def _publish_state(self) -> None:
