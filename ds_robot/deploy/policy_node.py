@@ -59,6 +59,7 @@ from ds_robot.errors import ConfigError
 from ds_robot.paths import policies_dir
 
 NODE_CONTROLLERS = ("hier", "scripted", "none")
+JOINT_STATE_QUEUE = 10  # joint states taken per control step at most (the subscription's depth)
 DIAGNOSTICS_WINDOW = 1000  # /diagnostics statistics over the last this many samples
 
 
@@ -162,10 +163,15 @@ class PolicyNode(Node):
         self.pub_command = self.create_publisher(Float64MultiArray, command_topic, 10)
         self.pub_gripper = self.create_publisher(Float64MultiArray, t["gripper_command_topic"], 10)
         self.pub_diag = self.create_publisher(DiagnosticArray, t["diagnostics_topic"], 10)
-        # Depth 1: a controller wants the newest state, never a backlog of old ones (with a
-        # deeper queue, a loop that falls behind once keeps acting on states several periods old).
+        # Depth 1 for poses: a controller wants the newest, never a backlog of old ones.
         sensor_qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state, sensor_qos)
+        # Joint states: every one is checked in order (the jump gate compares consecutive
+        # states), but the control step acts on the newest only: each callback first takes what
+        # else is queued. With depth 1 a refused message arriving just after a real one evicted
+        # it (a corrupted stream starved the node of valid states although one came every 2 ms).
+        self.sub_joints = self.create_subscription(JointState, t["joint_states_topic"], self._on_joint_state,
+                                                   QoSProfile(depth=JOINT_STATE_QUEUE,
+                                                              reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(PoseStamped, t["object_pose_topic"], self._on_object_pose, sensor_qos)
         if self.config.separate_gripper_state:
             self.create_subscription(JointState, self.get_parameter("gripper_joint_states_topic").value,
@@ -247,19 +253,39 @@ class PolicyNode(Node):
     def _warn(self, text: str) -> None:
         self.get_logger().warning(text, throttle_duration_sec=1.0)
 
-    def _on_joint_state(self, msg) -> None:
+    def _accept_joint_state(self, msg) -> bool:
         try:
             self.core.on_joint_state(msg.name, msg.position, msg.velocity, msg.effort, stamp_s(msg.header),
                                      self.now_s())
         except MessageError as exc:
             self._warn(f"joint_states ignored: {exc}")
-            return
-        if self.trigger == "joint_states":
+            return False
+        return True
+
+    def _take_queued_joint_states(self) -> bool:
+        """Check every joint state still queued (in order); True when one was accepted."""
+        accepted = False
+        handle = self.sub_joints.handle
+        for _ in range(JOINT_STATE_QUEUE):
+            with handle:
+                taken = handle.take_message(self.sub_joints.msg_type, self.sub_joints.raw)
+            if taken is None:
+                break
+            accepted = self._accept_joint_state(taken[0]) or accepted
+        return accepted
+
+    def _on_joint_state(self, msg) -> None:
+        accepted = self._accept_joint_state(msg)
+        accepted = self._take_queued_joint_states() or accepted
+        if accepted and self.trigger == "joint_states":
             self._tick()
 
     def _on_timer(self) -> None:
-        # Event-driven: tick here only when no joint state drove a tick for 1.5 periods.
+        # Event-driven: tick here only when no joint state drove a tick for 1.5 periods. The
+        # executor runs timers before subscriptions: after a stall of this process, a state that is
+        # already here must be read first, or the watchdog would stop the arm on the one before it.
         if self.trigger == "timer" or time.perf_counter() - self._last_tick > 1.5 * self.config.period_s:
+            self._take_queued_joint_states()
             self._tick()
 
     def _on_gripper_state(self, msg) -> None:
