@@ -642,6 +642,38 @@ def test_operator_gate_ready_enable_ramp_in_and_a_latched_fault():
         free.enable(0.0)
 
 
+def test_the_robot_program_must_run_and_its_stop_while_enabled_is_a_fault():
+    """require_program_running (the shipped robot files): no word from the driver or the External
+    Control program stopped is a stop; with the program running the gate opens; the program
+    stopping while enabled latches a fault that the program's restart alone does not clear."""
+    arm = SimArm()
+    arm.reset(0)
+    config = NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m), require_enable=True,
+                        require_program_running=True)
+    core = ControlCore(config, HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+
+    def tick():
+        _feed(core, arm, arm.time_s)
+        command = core.tick(arm.time_s)
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+        return command
+
+    assert "robot program state unknown" in tick().reason and core.mode == "passive"
+    core.on_program_running(False)
+    assert "robot program not running" in tick().reason
+    with pytest.raises(MessageError, match="not ready"):
+        core.enable(arm.time_s)
+    core.on_program_running(True)
+    assert "waiting for ~/enable" in tick().reason and core.mode == "ready"
+    core.enable(arm.time_s)
+    assert not any(tick().stop for _ in range(100)) and core.mode == "enabled"
+    core.on_program_running(False)  # a protective stop or someone pressed stop on the pendant
+    assert tick().stop and core.mode == "fault"
+    core.on_program_running(True)  # restarted: still latched until the operator re-arms
+    assert "fault latched" in tick().reason
+
+
 def test_a_mostly_corrupted_stream_latches_an_input_fault_an_odd_message_does_not():
     arm = SimArm()
     arm.reset(0)

@@ -22,6 +22,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="the [ros] extra (rclpy wheels) is not installed")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -97,6 +98,15 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
         assert ros.spin(60, until=lambda: len(commands) > 100), "no commands"
         ros.spin(1.0)
         assert all(_is_stop(m) for _, m in commands), "the arm moved before ~/enable"
+        # the driver's word on the External Control program gates it too (the sim node says it runs)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+        program = ros.node.create_publisher(Bool, "/io_and_status_controller/robot_program_running", latched)
+        program.publish(Bool(data=False))
+        ros.spin(0.5)
+        refused = ros.call(Trigger, "/ds_robot_policy/enable")
+        assert not refused.success and "not ready" in refused.message, refused.message
+        program.publish(Bool(data=True))
+        ros.spin(0.5)
         waited = _status(status).get("sim_time_s", 0.0)  # the episode's clock ran while the gate was closed
         assert ros.call(Trigger, "/ds_robot_policy/enable").success
     else:
@@ -112,6 +122,23 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
     assert {len(m.name) for _, m in joint_states} == {6 if faithful else 8}
+
+
+def test_the_robot_side_install_runs_the_node_on_the_int8_policy(ros, tmp_path):
+    """A fresh venv with only the robot-side install (``pip install -e .[ros]``: NumPy, MuJoCo,
+    PyYAML, rclpy; no torch, no gymnasium) runs the policy node on the shipped int8 policy: a
+    grasp over DDS against the sim node (which runs from the full install)."""
+    from ds_robot.bench.robot_install import TRAINING_SIDE, importable, make_robot_venv
+
+    python = make_robot_venv(tmp_path / "robot")
+    assert importable(python, TRAINING_SIDE) == [], "the robot-side install pulled in training-side packages"
+    status = ros.listen(String, "/ds_robot/sim/status", latched=True)
+    ros.start("sim_node", "-p", "seed:=0", *SIM_TIME[0])
+    policy = ros.start("policy_node", *LOOP_PARAMS, *SIM_TIME[1], python=str(python))
+    ok = ros.spin(120, until=lambda: _status(status).get("success"))
+    assert policy.poll() is None, ros.log(policy)
+    assert ok, f"no grasp from the robot-side venv; status {_status(status)}; node log:\n{ros.log(policy)}"
+    assert "grasp_hier_int8.npz" in ros.log(policy)
 
 
 def test_online_correction_identifies_a_shifted_arm_through_ros(ros):

@@ -33,7 +33,26 @@ def _state(states) -> str | None:
     return json.loads(states[-1][1].data)["state"] if states else None
 
 
-MODES = {"process_and_stream": "true", "stream_only": "false"}  # the supervisor's watch_process
+SUPERVISOR_MODES = {"process_and_stream": "true", "stream_only": "false"}  # the supervisor's watch_process
+
+
+def _start_enabled_policy(session):
+    """A policy node as deployed: with the operator gate (``require_enable``), enabled once it is
+    ready. (Without the gate a node drives from its first second, while DDS discovery still runs
+    in it: on this 2-core machine its command stream then had 20-30 ms gaps, false trips.)"""
+    from std_srvs.srv import Trigger
+
+    policy = session.start("policy_node", "-p", "state_timeout_s:=0.1", "-p", "require_enable:=true")
+    session.spin(2.0)  # an operator enables seconds after start-up, not in its first second
+    end = time.monotonic() + 60.0
+    while time.monotonic() < end:
+        session.spin(0.5)
+        try:
+            if session.call(Trigger, "/ds_robot_policy/enable", timeout_s=5.0).success:
+                return policy
+        except TimeoutError:
+            pass
+    raise RuntimeError(f"the policy node never became ready to enable; its log:\n{session.log(policy)[-2000:]}")
 
 
 def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, commands, joints) -> list[dict]:
@@ -42,7 +61,7 @@ def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, comm
     rows = []
     for trial in range(trials):
         sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGSTOP
-        policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
+        policy = _start_enabled_policy(session)
         ok = session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
         if not ok:
             rows.append({"mode": mode, "trial": trial, "signal": sig.name, "error": "policy never drove the arm"})
@@ -77,7 +96,7 @@ def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, comm
 
 
 def _nominal(session, nominal_s: float, states, commands) -> dict:
-    policy = session.start("policy_node", "-p", "state_timeout_s:=0.1")
+    policy = _start_enabled_policy(session)
     session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
     trips_before = json.loads(states[-1][1].data)["trips"]
     end = time.monotonic() + nominal_s
@@ -121,8 +140,8 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
     rng = np.random.default_rng(0)
     results = []
     print(f"bench supervisor: per mode {trials} trials (SIGKILL / SIGSTOP), timeout {timeout_s * 1e3:g} ms, "
-          f"then {nominal_s:g} s nominal; modes {', '.join(MODES)}")
-    for mode, watch in MODES.items():
+          f"then {nominal_s:g} s nominal; modes {', '.join(SUPERVISOR_MODES)}")
+    for mode, watch in SUPERVISOR_MODES.items():
         session = RosSession(60 + os.getpid() % 30, "ds_robot_bench_supervisor")
         try:
             states = session.listen(String, "/ds_robot/supervisor/state", latched=True)

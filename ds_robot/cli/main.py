@@ -18,10 +18,11 @@ from ds_robot.sim2real import WORLDS
 
 ALGOS = ("a2c", "ppo", "sac")
 # Dependencies of some commands only, and the extra that installs each.
-OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "stable_baselines3": "bench", "cpprb": "bench",
+OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "gymnasium": "sim", "tqdm": "sim", "matplotlib": "sim",
+                    "imageio": "sim", "stable_baselines3": "bench", "cpprb": "bench", "pybullet": "bench",
                     "envpool": "bench", "ale_py": "bench", "ray": "dist", "rclpy": "ros"}
 BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real",
-              "supervisor")
+              "supervisor", "robot-install")
 
 
 def grasp_env_from_args(args, **kwargs):
@@ -334,6 +335,10 @@ def cmd_bench(args) -> int:
 
         return run_supervisor_benchmark(trials=args.repeats if args.repeats != 5 else 20, quick=args.quick,
                                         nominal_s=args.seconds or 60.0, json_path=args.json)
+    if args.name == "robot-install":
+        from ds_robot.bench.robot_install import run_robot_install_benchmark
+
+        return run_robot_install_benchmark(json_path=args.json)
     if args.name == "per":
         from ds_robot.bench.per import run_per_benchmark
 

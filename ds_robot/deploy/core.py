@@ -140,13 +140,17 @@ class NodeConfig:
     max_refused_fraction: float = 0.8
     require_enable: bool = False  # the operator gate (module docstring); the sim runs without it
     torque_ramp_s: float = 0.5
-    brake_time_s: float = 0.1  # the braking stop's time constant: 50 periods at 500 Hz, as the supervisor's
-    max_brake_torque_fraction: float = 0.5
-    still_rad_s: float = 0.02  # the braking stop ends (zeros) once every joint is slower
     start_region_rad: float = 0.35  # ready only with every arm joint this close to the start pose
     separate_gripper_state: bool = False  # the finger joints come on their own topic (a real gripper driver)
     gripper_timeout_s: float = 0.1  # with separate_gripper_state: its newest state older than this -> stop
     object_frame_id: str | None = None  # None: tf_prefix + "base"
+    # stop (and, enabled, a fault) unless the driver says the External Control program runs
+    # (ur_robot_driver's io_and_status_controller/robot_program_running, std_msgs/Bool)
+    require_program_running: bool = False
+    # the brake of a stop (module docstring)
+    brake_time_s: float = 0.1  # the braking stop's time constant: 50 periods at 500 Hz, as the supervisor's
+    max_brake_torque_fraction: float = 0.5
+    still_rad_s: float = 0.02  # the braking stop ends (zeros) once every joint is slower
 
     def __post_init__(self):
         if self.ur_type not in UR_TYPES:
@@ -316,6 +320,7 @@ class ControlCore:
                                if config.object_half_extents_m else None)
         self.estopped = False
         self._now_s: float | None = None
+        self.program_running: bool | None = None  # with require_program_running: the driver's latest word
         self.reset()
 
     def _apply_limits(self) -> None:
@@ -477,6 +482,11 @@ class ControlCore:
             self.stats.reject("malformed object extents")
             raise
 
+    def on_program_running(self, running: bool) -> None:
+        """The robot's External Control program runs (or not). Stopped while enabled is a fault:
+        after a program restart the operator re-arms (``reset``, ``enable``)."""
+        self.program_running = bool(running)
+
     def estop(self, reason: str = "e-stop") -> None:
         self.estopped = True
         self.estop_reason = reason
@@ -487,7 +497,7 @@ class ControlCore:
             raise MessageError("enable: this node runs without the operator gate (require_enable is false)")
         if self.mode != "ready":
             why = {"fault": "a fault is latched: ~/reset first", "enabled": "already enabled",
-                   "passive": "not ready (stale or missing inputs, or the arm outside the start region)"}[self.mode]
+                   "passive": "not ready (stale or missing inputs, the robot program not running, or the arm outside the start region)"}[self.mode]
             raise MessageError(f"enable refused: {why}")
         self.mode, self._enabled_at = "enabled", now_s
 
@@ -573,6 +583,9 @@ class ControlCore:
             return self.stop_command(f"object pose stale: {(now_s - self.object.stamp_s) * 1e3:.0f} ms old")
         if self.object_extents is None:
             return self.stop_command("object extents unknown")
+        if cfg.require_program_running and not self.program_running:
+            return self.stop_command("robot program not running" if self.program_running is False
+                                     else "robot program state unknown (no robot_program_running message yet)")
         if cfg.require_enable and self.mode != "enabled":
             if self.mode == "fault":
                 return self.stop_command("fault latched: ~/reset, then ~/enable")

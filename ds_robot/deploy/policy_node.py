@@ -120,6 +120,7 @@ class PolicyNode(Node):
             separate_gripper_state=bool(p("gripper_joint_states_topic", "").value),
             gripper_timeout_s=float(p("gripper_timeout_s", d.gripper_timeout_s).value),
             object_frame_id=p("object_frame_id", "").value or None,
+            require_program_running=bool(p("require_program_running", d.require_program_running).value),
         )
         extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
         kind = p("controller", "hier").value
@@ -180,6 +181,8 @@ class PolicyNode(Node):
                              reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(Float64MultiArray, t["object_extents_topic"], self._on_extents, latched)
         self.create_subscription(Bool, t["estop_topic"], self._on_estop, 10)
+        if self.config.require_program_running:
+            self.create_subscription(Bool, t["program_running_topic"], self._on_program_running, latched)
         # the supervisor (ds_robot.deploy.supervisor) owns the command topic while it brakes
         self.supervisor_state = "none"
         # best effort: a reliable reader that stops (SIGSTOP) could hold up the supervisor's writes
@@ -287,6 +290,12 @@ class PolicyNode(Node):
         if self.trigger == "timer" or time.perf_counter() - self._last_tick > 1.5 * self.config.period_s:
             self._take_queued_joint_states()
             self._tick()
+
+    def _on_program_running(self, msg) -> None:
+        if msg.data != self.core.program_running:
+            log = self.get_logger().info if msg.data else self.get_logger().error
+            log(f"robot program {'running' if msg.data else 'NOT running'}")
+        self.core.on_program_running(msg.data)
 
     def _on_gripper_state(self, msg) -> None:
         try:

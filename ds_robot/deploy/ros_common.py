@@ -24,6 +24,8 @@ DEFAULT_TOPICS = {
     "velocity_command_topic": "/forward_velocity_controller/commands",
     "gripper_command_topic": "/gripper_controller/commands",
     "diagnostics_topic": "/diagnostics",
+    # ur_robot_driver's io_and_status_controller (std_msgs/Bool, transient local): the External Control program runs
+    "program_running_topic": "/io_and_status_controller/robot_program_running",
 }
 
 

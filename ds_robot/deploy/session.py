@@ -33,13 +33,14 @@ class RosSession:
         self._clients: dict = {}
         self._logs: dict = {}
 
-    def start(self, module: str, *params: str, env: dict | None = None) -> subprocess.Popen:
+    def start(self, module: str, *params: str, env: dict | None = None, python: str | None = None) -> subprocess.Popen:
         """``python -m ds_robot.deploy.<module> --ros-args <params>`` on this session's domain
-        (``module`` with a dot: that module; ``env``: extra environment variables for this node)."""
+        (``module`` with a dot: that module; ``env``: extra environment variables for this node;
+        ``python``: another interpreter, e.g. a robot-side venv's)."""
         # Output goes to a file, not a pipe: a node must never block on a full pipe nobody reads.
         log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the node runs; closed in close())
         name = module if "." in module else f"ds_robot.deploy.{module}"
-        proc = subprocess.Popen([sys.executable, "-m", name, "--ros-args", *params],
+        proc = subprocess.Popen([python or sys.executable, "-m", name, "--ros-args", *params],
                                 env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
         self.procs.append(proc)
         self._logs[proc.pid] = log

@@ -38,7 +38,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from ds_robot.deploy.core import UR_TYPES
@@ -91,6 +91,9 @@ class SimNode(Node):
         self.pub_extents = self.create_publisher(Float64MultiArray, t["object_extents_topic"], latched)
         self.pub_status = self.create_publisher(String, "/ds_robot/sim/status", latched)
         self.pub_clock = self.create_publisher(Clock, "/clock", 10)
+        # as ur_robot_driver's io_and_status_controller: the (simulated) External Control program runs
+        self.pub_program = self.create_publisher(Bool, t["program_running_topic"], latched)
+        self.pub_program.publish(Bool(data=True))
         self.create_subscription(Float64MultiArray, t[f"{self.command_interface}_command_topic"],
                                  self._on_command, 10)
         self.create_subscription(Float64MultiArray, t["gripper_command_topic"], self._on_gripper, 10)
