@@ -1,5 +1,7 @@
 """ds-robot: a robotics control stack for learning and running UR5 grasping."""
 
+import importlib.util
+
 __version__ = "0.1.0"
 
 
@@ -15,4 +17,7 @@ def _register_envs() -> None:
                  kwargs={"task": "realistic"})
 
 
-_register_envs()
+# The env ids need gymnasium (the ``sim`` extra). The robot-side install has none: the policy
+# node and the NumPy policy runtime work without it.
+if importlib.util.find_spec("gymnasium") is not None:
+    _register_envs()
