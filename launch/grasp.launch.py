@@ -49,6 +49,7 @@ def _nodes(context):
     sim = LaunchConfiguration("use_sim").perform(context).lower() in ("true", "1")
     if sim:
         overrides["require_enable"] = False  # the operator gate is for the real arm
+        overrides["switch_controller_on_enable"] = False  # no controller_manager beside the sim node
     use_sim = LaunchConfiguration("use_sim")
     actions = [
         Node(package="ds_robot", executable="sim_node", name="ds_robot_sim", output="screen",

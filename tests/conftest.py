@@ -1,3 +1,61 @@
+import fcntl
+import hashlib
 import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+INTERFACES = Path(__file__).resolve().parent / "interfaces"
+# What building a ROS interface package needs beyond the ros extra: the ament_cmake tool chain
+# and the rosidl generators, in a venv of their own (the test venv stays as installed).
+BUILD_TOOLS = ("ros-kilted-ament-cmake==2.7.3", "ros-kilted-ament-cmake-python==2.7.3",
+               "ros-kilted-ament-cmake-include-directories==2.7.3", "ros-kilted-ament-cmake-ros-core==0.14.5",
+               "ros-kilted-ament-package==0.17.2", "ros-kilted-rosidl-default-generators==1.7.1",
+               "ros-kilted-rosidl-core-generators==0.3.1")
+
+
+def _build_interface(package: str, root: Path) -> Path:
+    """Build ``tests/interfaces/<package>`` with cmake against this venv's ROS wheels; its prefix."""
+    prefix, tools, build = root / "install", root / "tools", root / "build"
+    if (prefix / ".built").exists():
+        return prefix
+    venv = Path(sys.prefix)
+    subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True)
+    subprocess.run([str(tools / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    *BUILD_TOOLS], check=True)
+    site = sysconfig.get_path("purelib", vars={"base": str(tools), "platbase": str(tools)})
+    env = {**os.environ, "CMAKE_PREFIX_PATH": f"{tools}:{venv}", "AMENT_PREFIX_PATH": f"{tools}:{venv}",
+           "PYTHONPATH": f"{site}:{sysconfig.get_path('purelib')}", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+           "LD_LIBRARY_PATH": str(venv / "lib")}
+    for step in (["cmake", "-S", str(INTERFACES / package), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
+                  f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
+                 ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
+        run = subprocess.run(step, env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{' '.join(step)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    (prefix / ".built").touch()
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def controller_manager_msgs(tmp_path_factory) -> dict[str, str]:
+    """ros2_control's SwitchController service type, built for the tests (PyPI has no
+    controller_manager_msgs): the environment a node process needs to import it. Built once per
+    run; xdist workers share it (a file lock)."""
+    source = INTERFACES / "controller_manager_msgs"
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(source.rglob("*")) if f.is_file())).hexdigest()
+    # beside pytest's numbered base directories: kept across runs while the sources are unchanged
+    root = tmp_path_factory.getbasetemp().parent / f"controller_manager_msgs-{digest[:12]}"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prefix = _build_interface("controller_manager_msgs", root)
+    site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])),
+            "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH")])),
+            "AMENT_PREFIX_PATH": os.pathsep.join([str(prefix), sys.prefix])}

@@ -80,20 +80,25 @@ WORLD_SEED = 3  # the shifted sim world's hidden physics (episode seed 0): motor
 
 @pytest.mark.parametrize("config,interface,faithful", [("ur5e.yaml", "effort", False), ("ur5.yaml", "velocity", False),
                                                        ("ur5e.yaml", "effort", True)])
-def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
+def test_closed_loop_grasp_through_ros(ros, config, interface, faithful, request):
     """The shipped parameter files, both nodes, over DDS: e-Series torques and CB3 velocities,
     on the sim node's /clock (the sim node ignores use_sim_time: it is the clock). ``faithful``:
-    joint_states carry the six arm joints only, as ur_robot_driver publishes them, and the
-    fingers come on the gripper's own topic."""
+    joint_states carry the six arm joints only, as ur_robot_driver publishes them, the fingers
+    come on the gripper's own topic, the operator gate is on, and the sim node plays
+    controller_manager: forward_effort_controller starts inactive (commands move nothing) and
+    the node's ~/enable activates it; after a fault, at rest, the node deactivates it."""
     params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config" / config)]
+    env = None
     if faithful:
         params += ["-p", "gripper_joint_states_topic:=/gripper/joint_states"]
+        env = request.getfixturevalue("controller_manager_msgs")
     status = ros.listen(String, "/ds_robot/sim/status", latched=True)
     commands = ros.listen(Float64MultiArray, f"/forward_{interface}_controller/commands")
     joint_states = ros.listen(JointState, "/joint_states")
-    sim = ros.start("sim_node", *params, "-p", "seed:=0", "-p", "use_sim_time:=true", *SIM_TIME[0])
-    # faithful: as on the real arm, the shipped file's operator gate stays on
-    policy = ros.start("policy_node", *params, *(LOOP_PARAMS[:2] if faithful else LOOP_PARAMS), *SIM_TIME[1])
+    sim = ros.start("sim_node", *params, "-p", "seed:=0", *SIM_TIME[0],
+                    *(["-p", "emulate_controller_manager:=true"] if faithful else []), env=env)
+    # faithful: as on the real arm, the shipped file's operator gate and controller switching stay on
+    policy = ros.start("policy_node", *params, *(LOOP_PARAMS[:2] if faithful else LOOP_PARAMS), *SIM_TIME[1], env=env)
     if faithful:
         assert ros.spin(60, until=lambda: len(commands) > 100), "no commands"
         ros.spin(1.0)
@@ -108,7 +113,10 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
         program.publish(Bool(data=True))
         ros.spin(0.5)
         waited = _status(status).get("sim_time_s", 0.0)  # the episode's clock ran while the gate was closed
-        assert ros.call(Trigger, "/ds_robot_policy/enable").success
+        assert ros.spin(10, until=lambda: _status(status).get("active_controllers") == []), _status(status)
+        enabled = ros.call(Trigger, "/ds_robot_policy/enable")
+        assert enabled.success and "activating forward_effort_controller" in enabled.message, enabled.message
+        assert ros.spin(10, until=lambda: _status(status).get("active_controllers") == ["forward_effort_controller"])
     else:
         waited = 0.0
     t0 = time.monotonic()
@@ -122,6 +130,10 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful):
     values = np.array([m.data for _, m in commands])
     assert np.all(np.isfinite(values)) and np.any(values)
     assert {len(m.name) for _, m in joint_states} == {6 if faithful else 8}
+    if faithful:  # a fault: the braking stop, then (at rest) the motion controller off
+        assert ros.call(Trigger, "/ds_robot_policy/estop").success
+        assert ros.spin(30, until=lambda: _status(status).get("active_controllers") == []), _status(status)
+        assert not ros.call(Trigger, "/ds_robot_policy/enable").success  # latched: ~/reset first
 
 
 def test_the_robot_side_install_runs_the_node_on_the_int8_policy(ros, tmp_path):

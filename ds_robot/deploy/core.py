@@ -491,14 +491,19 @@ class ControlCore:
         self.estopped = True
         self.estop_reason = reason
 
-    def enable(self, now_s: float) -> None:
-        """The operator's go (``require_enable``): only when ``ready``; a ``MessageError`` says why not."""
+    def check_enable(self) -> None:
+        """Raise a ``MessageError`` saying why ``enable`` would be refused now (nothing if it would not)."""
         if not self.config.require_enable:
             raise MessageError("enable: this node runs without the operator gate (require_enable is false)")
         if self.mode != "ready":
             why = {"fault": "a fault is latched: ~/reset first", "enabled": "already enabled",
-                   "passive": "not ready (stale or missing inputs, the robot program not running, or the arm outside the start region)"}[self.mode]
+                   "passive": "not ready (stale or missing inputs, the robot program not running, or the arm "
+                              "outside the start region)"}[self.mode]
             raise MessageError(f"enable refused: {why}")
+
+    def enable(self, now_s: float) -> None:
+        """The operator's go (``require_enable``): only when ``ready``; a ``MessageError`` says why not."""
+        self.check_enable()
         self.mode, self._enabled_at = "enabled", now_s
 
     def reset(self) -> None:

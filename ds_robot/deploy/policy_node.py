@@ -55,6 +55,7 @@ from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main, stamp_s
 from ds_robot.deploy.supervisor import PROCESS_TOPIC as SUPERVISOR_PROCESS_TOPIC
 from ds_robot.deploy.supervisor import STATE_TOPIC as SUPERVISOR_STATE_TOPIC
 from ds_robot.deploy.supervisor import boot_id
+from ds_robot.deploy.ur_driver import MOTION_CONTROLLERS
 from ds_robot.errors import ConfigError
 from ds_robot.paths import policies_dir
 
@@ -194,6 +195,7 @@ class PolicyNode(Node):
         self.create_service(Trigger, "~/estop", self._srv_estop)
         self.create_service(Trigger, "~/reset", self._srv_reset)
         self.create_service(Trigger, "~/enable", self._srv_enable)
+        self._setup_controller_switching(p)
         self.loop = LoopTimer(self.config.period_s)
         self.recorder = RunRecorder(stats_file) if stats_file else None
         self._last_reason = None
@@ -293,8 +295,10 @@ class PolicyNode(Node):
 
     def _on_program_running(self, msg) -> None:
         if msg.data != self.core.program_running:
-            log = self.get_logger().info if msg.data else self.get_logger().error
-            log(f"robot program {'running' if msg.data else 'NOT running'}")
+            if msg.data:  # (one severity per logging call site: rclpy's rule)
+                self.get_logger().info("robot program running")
+            else:
+                self.get_logger().error("robot program NOT running: stop (a fault once enabled)")
         self.core.on_program_running(msg.data)
 
     def _on_gripper_state(self, msg) -> None:
@@ -342,7 +346,82 @@ class PolicyNode(Node):
         response.success, response.message = True, "stop command latched"
         return response
 
+    # -- the motion controller (switch_controller_on_enable) --------------------------------------
+
+    def _setup_controller_switching(self, p) -> None:
+        """With the operator gate and ``switch_controller_on_enable``: ``~/enable`` activates the
+        motion controller through controller_manager's ``switch_controller`` and enables the
+        policy only when that succeeded; after a fault, once the braking stop has the arm at rest,
+        the node deactivates it again (the driver then holds the arm; re-arm: ``~/reset``, ``~/enable``)."""
+        self.switch_client = None
+        self.controller_active: bool | None = None  # None: not managed by this node
+        self._switch_pending = None  # the request in flight: "activate" | "deactivate"
+        switching = bool(p("switch_controller_on_enable", False).value)
+        self.motion_controller = p("motion_controller", "").value or MOTION_CONTROLLERS[self.config.command_interface]
+        manager = p("controller_manager", "/controller_manager").value
+        if not (switching and self.config.require_enable):
+            return
+        try:
+            from controller_manager_msgs.srv import SwitchController
+        except ImportError as exc:
+            raise ConfigError("switch_controller_on_enable needs controller_manager_msgs (ros2_control; "
+                              "apt install ros-$ROS_DISTRO-controller-manager-msgs), or set it false and "
+                              "switch controllers by hand") from exc
+        self._switch_type = SwitchController
+        self.switch_client = self.create_client(SwitchController, f"{manager}/switch_controller")
+        self.controller_active = False
+
+    def _request_switch(self, activate: bool) -> None:
+        request = self._switch_type.Request()
+        request.activate_controllers = [self.motion_controller] if activate else []
+        request.deactivate_controllers = [] if activate else [self.motion_controller]
+        request.strictness = self._switch_type.Request.STRICT
+        request.activate_asap = True
+        request.timeout.sec = 2
+        self._switch_pending = "activate" if activate else "deactivate"
+        self.switch_client.call_async(request).add_done_callback(lambda future: self._on_switched(activate, future))
+
+    def _on_switched(self, activate: bool, future) -> None:
+        self._switch_pending = None
+        result = future.result() if future.exception() is None else None
+        what = f"{'activate' if activate else 'deactivate'} {self.motion_controller}"
+        if result is None or not result.ok:
+            detail = getattr(result, "message", "") if result is not None else repr(future.exception())
+            self.get_logger().error(f"controller_manager refused to {what}: {detail or 'no reason given'}")
+            return
+        self.controller_active = activate
+        if not activate:
+            self.get_logger().info(f"{self.motion_controller} deactivated (fault): ~/reset, then ~/enable")
+            return
+        try:
+            self.core.enable(self.now_s())
+        except MessageError as exc:  # the inputs went stale while the switch ran
+            self.get_logger().error(f"{self.motion_controller} active, but {exc}")
+            return
+        self.get_logger().info(f"enabled: {self.motion_controller} active, the policy drives the arm, ramping in "
+                               f"over {self.config.torque_ramp_s:g} s")
+
+    def _deactivate_at_rest(self, command) -> None:
+        """After a fault: the braking stop first, then (the arm at rest) the controller off."""
+        if (self.controller_active and self._switch_pending is None and self.core.mode == "fault"
+                and command.stop and not np.any(command.values)):
+            self._request_switch(activate=False)
+
     def _srv_enable(self, request, response):
+        if self.switch_client is not None:
+            try:
+                self.core.check_enable()
+                if self._switch_pending is not None:
+                    raise MessageError(f"enable refused: a controller {self._switch_pending} is in flight")
+                if not self.switch_client.service_is_ready():
+                    raise MessageError(f"enable refused: {self.switch_client.srv_name} is not available")
+            except MessageError as exc:
+                response.success, response.message = False, str(exc)
+                return response
+            self._request_switch(activate=True)
+            response.success = True
+            response.message = f"activating {self.motion_controller}: enabled once controller_manager confirms"
+            return response
         try:
             self.core.enable(self.now_s())
         except MessageError as exc:
@@ -389,6 +468,8 @@ class PolicyNode(Node):
             self.get_logger().error(f"control loop error, stop sent: {exc!r}")
             return
         self.publish(command.values, command.gripper)
+        if self.switch_client is not None:
+            self._deactivate_at_rest(command)
         if self.recorder is not None and self.core.state is not None:
             self.recorder.state_age_s.append(self.now_s() - self.core.state.stamp_s)
         # Log changes of kind (not of milliseconds), at most once a second each: a watchdog
@@ -420,6 +501,7 @@ class PolicyNode(Node):
                 "policy_step_p50_us": float(np.percentile(steps, 50)),
                 "policy_step_p99_us": float(np.percentile(steps, 99)),
                 "mode": self.core.mode if self.config.require_enable else "ungated",
+                "motion_controller_active": self.controller_active,
                 "stops": self.core.stats.stops, "braking_stops": self.core.stats.braking_stops,
                 "stop_reasons": self.core.stats.stop_reasons,
                 "rejected": self.core.stats.rejected,

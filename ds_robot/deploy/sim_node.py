@@ -44,6 +44,7 @@ from std_srvs.srv import Trigger
 from ds_robot.deploy.core import UR_TYPES
 from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main
 from ds_robot.deploy.sim_core import SimArm
+from ds_robot.deploy.ur_driver import MOTION_CONTROLLERS
 from ds_robot.errors import ConfigError
 
 
@@ -99,6 +100,17 @@ class SimNode(Node):
         self.create_subscription(Float64MultiArray, t["gripper_command_topic"], self._on_gripper, 10)
         self.create_service(Trigger, "~/reset", self._srv_reset)
         self.rejected = 0
+        # emulate_controller_manager: as on the real arm, the motion controller starts inactive and
+        # commands on its topic move nothing until controller_manager's switch_controller activates it
+        self.motion_controller = MOTION_CONTROLLERS[self.command_interface]
+        self.active_controllers: set[str] | None = None
+        if p("emulate_controller_manager", False).value:
+            try:
+                from controller_manager_msgs.srv import SwitchController
+            except ImportError as exc:
+                raise ConfigError("emulate_controller_manager needs controller_manager_msgs") from exc
+            self.active_controllers = set()
+            self.create_service(SwitchController, "/controller_manager/switch_controller", self._srv_switch)
         self._start_episode()
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(0.1, self._publish_status)
@@ -115,7 +127,26 @@ class SimNode(Node):
         self._publish_state()
         self._publish_status()
 
+    def _srv_switch(self, request, response):
+        """controller_manager's switch_controller, for the one motion controller this arm has (STRICT:
+        an unknown name, or activating an active one, fails and changes nothing)."""
+        activate, deactivate = set(request.activate_controllers), set(request.deactivate_controllers)
+        known = {self.motion_controller}
+        problem = (f"unknown controller(s) {sorted((activate | deactivate) - known)}" if (activate | deactivate) - known
+                   else "already active" if activate & self.active_controllers
+                   else "not active" if deactivate - self.active_controllers else "")
+        if problem:
+            response.ok, response.message = False, problem
+            return response
+        self.active_controllers = (self.active_controllers - deactivate) | activate
+        if self.motion_controller not in self.active_controllers:
+            self.arm.set_command([0.0] * 6)  # a deactivated forward controller writes nothing: the UR holds
+        response.ok, response.message = True, f"active: {sorted(self.active_controllers)}"
+        return response
+
     def _on_command(self, msg) -> None:
+        if self.active_controllers is not None and self.motion_controller not in self.active_controllers:
+            return  # an inactive controller does not read its topic
         try:
             self.arm.set_command(msg.data)
         except ValueError as exc:  # a real controller rejects a wrong-sized command too
@@ -184,6 +215,8 @@ class SimNode(Node):
                   "time_to_lift_s": info.get("time_to_lift_s") if info.get("success") else None,
                   "energy_j": info.get("energy_j", 0.0), "rejected_commands": self.rejected,
                   "world": self.arm.world}
+        if self.active_controllers is not None:
+            status["active_controllers"] = sorted(self.active_controllers)
         if self.arm.shift is not None:
             status["shift"] = self.arm.shift  # the hidden truth, for scoring an estimator
         self.pub_status.publish(String(data=json.dumps(status)))
