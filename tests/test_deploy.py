@@ -6,7 +6,6 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -582,9 +581,7 @@ def test_supervisor_brakes_at_once_when_the_watched_process_stops_or_dies(sig):
         core.on_command(0.0, np.full(6, 1.0))
         assert core.tick(0.001) is None and core.state == "watching" and process_state(child.pid) == "running"
         child.send_signal(sig)
-        deadline = time.monotonic() + 5.0
-        while process_state(child.pid) == "running" and time.monotonic() < deadline:
-            time.sleep(0.001)  # the signal is delivered asynchronously
+        # at once: a pending SIGKILL / SIGSTOP counts before the child is scheduled to act on it
         assert core.tick(0.002) is not None and core.state == "braking", core.summary()
         assert ("stopped" if sig == signal.SIGSTOP else "killed") in core.trips[-1]["reason"]
         core.on_joint_state(np.zeros(6), np.zeros(6))

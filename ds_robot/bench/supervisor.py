@@ -69,6 +69,7 @@ def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, comm
             continue
         session.spin(float(rng.uniform(0.5, 1.5)))
         false_trip = _state(states) != "watching"
+        watched = json.loads(states[-1][1].data).get("watching_pid")  # the process the supervisor watches
         t0 = time.monotonic()
         policy.send_signal(sig)
         braked = session.spin(2.0, until=lambda: _state(states) in ("braking", "stopped"))
@@ -76,6 +77,7 @@ def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, comm
                         math.nan)
         rest = session.spin(10.0, until=lambda: _state(states) == "stopped")
         row = {"mode": mode, "trial": trial, "signal": sig.name, "false_trip_before": false_trip,
+               "watching_this_node": watched == policy.pid,
                "brake_ms": (brake_at - t0) * 1e3 if braked and not false_trip else math.nan,
                "reason": json.loads(states[-1][1].data).get("last_reason"),
                "gap_ms": json.loads(states[-1][1].data).get("last_gap_ms"),

@@ -44,6 +44,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -71,18 +72,33 @@ def boot_id() -> str:
         return ""
 
 
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process has begun to exit (linux/sched.h)
+
+
 def process_state(pid: int) -> str:
-    """``running``, ``stopped`` (SIGSTOP or a tracer) or ``gone`` (exited, killed, a zombie) for a
-    process on this machine, from ``/proc/<pid>/stat``."""
+    """``running``, ``stopped`` (SIGSTOP or a tracer) or ``gone`` (exiting, killed, a zombie) for
+    a process on this machine. A signal counts from the moment it is sent: a SIGKILL or SIGSTOP
+    still pending (``/proc/<pid>/status``: ShdPnd, SigPnd) already says it, before the target is
+    scheduled to act on it (on a loaded machine that took 20-30 ms, and an exiting process stays
+    in state R while it frees its memory: ``PF_EXITING`` in ``/proc/<pid>/stat``)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
     except OSError:
         return "gone"
-    state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]  # the field after "(comm)"
-    if state in (b"Z", b"X", b"x"):
+    fields = stat[stat.rindex(b")") + 2:].split()  # after "(comm)": state, ppid, pgrp, session, tty, tpgid, flags
+    state, flags = fields[0], int(fields[6])
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith((b"ShdPnd:", b"SigPnd:")):
+            pending |= int(line.split(b":")[1].strip(), 16)
+    if state in (b"Z", b"X", b"x") or flags & PF_EXITING or pending & (1 << (signal.SIGKILL - 1)):
         return "gone"
-    return "stopped" if state in (b"T", b"t") else "running"
+    if state in (b"T", b"t") or pending & (1 << (signal.SIGSTOP - 1)):
+        return "stopped"
+    return "running"
 
 
 class ProcessWatch:
