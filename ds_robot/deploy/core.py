@@ -348,7 +348,7 @@ class ControlCore:
 
     def _check_not_ahead(self, what: str, stamp_s: float, now_s: float | None) -> None:
         if now_s is not None and stamp_s - now_s > self.config.max_stamp_ahead_s:
-            raise MessageError(f"{what} stamped {(stamp_s - now_s) * 1e3:.1f} ms ahead of the node's clock "
+            raise MessageError(f"{what} stamped ahead of the node's clock: by {(stamp_s - now_s) * 1e3:.1f} ms "
                                f"(> max_stamp_ahead_s {self.config.max_stamp_ahead_s * 1e3:.1f} ms): clocks not in sync?")
 
     def on_joint_state(self, names, positions, velocities, efforts, stamp_s: float, now_s: float | None = None) -> None:

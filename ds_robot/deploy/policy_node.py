@@ -122,6 +122,9 @@ class PolicyNode(Node):
             gripper_timeout_s=float(p("gripper_timeout_s", d.gripper_timeout_s).value),
             object_frame_id=p("object_frame_id", "").value or None,
             require_program_running=bool(p("require_program_running", d.require_program_running).value),
+            brake_time_s=float(p("brake_time_s", d.brake_time_s).value),
+            max_brake_torque_fraction=float(p("max_brake_torque_fraction", d.max_brake_torque_fraction).value),
+            still_rad_s=float(p("still_rad_s", d.still_rad_s).value),
         )
         extents = list(p("object_half_extents_m", [0.0, 0.0, 0.0]).value)
         kind = p("controller", "hier").value
