@@ -697,3 +697,32 @@ def test_a_mostly_corrupted_stream_latches_an_input_fault_an_odd_message_does_no
     core.reset()
     _feed(core, arm, t + 0.001)
     assert not core.estopped
+
+
+def test_realtime_priority_puts_every_thread_on_sched_fifo_or_says_why_not():
+    """realtime_priority (the nodes' parameter): every thread of the process SCHED_FIFO, or a
+    clear refusal where this user may not; impossible priorities are refused."""
+    code = """
+import os, threading, time
+from ds_robot.deploy.ros_common import apply_realtime_priority
+from ds_robot.errors import ConfigError
+threading.Thread(target=time.sleep, args=(5,), daemon=True).start()  # a thread that exists already (DDS's)
+try:
+    apply_realtime_priority(10)
+except ConfigError as exc:
+    print("refused", exc)
+else:
+    tids = [int(t) for t in os.listdir("/proc/self/task")]
+    print("fifo", all(os.sched_getscheduler(t) == os.SCHED_FIFO for t in tids), len(tids))
+"""
+    pytest.importorskip("rclpy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    word, *rest = out.stdout.split()
+    assert (word == "fifo" and rest[0] == "True" and int(rest[1]) >= 2) or (word == "refused" and "rtprio" in out.stdout)
+    from ds_robot.deploy.ros_common import apply_realtime_priority
+
+    apply_realtime_priority(0)  # off: nothing changes
+    for bad in (-1, 100):
+        with pytest.raises(ConfigError, match="realtime_priority"):
+            apply_realtime_priority(bad)

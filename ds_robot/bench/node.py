@@ -38,7 +38,7 @@ RAW_TOPIC = "/ds_robot/bench/raw_joint_states"  # the sim's joint states before 
 
 
 def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stats: Path,
-                 corrupt_per_real: int | None = None) -> dict[str, Any]:
+                 corrupt_per_real: int | None = None, realtime_priority: int = 0) -> dict[str, Any]:
     """One variant: the sim node, the policy node (``params``) and, with ``corrupt_per_real``, the
     corrupting relay between them (``ds_robot.bench.corrupt_relay``)."""
     from std_msgs.msg import Bool, String
@@ -47,6 +47,7 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
     from ds_robot.deploy.session import RosSession
 
     session = RosSession(domain, "ds_robot_bench")
+    rt = ["-p", f"realtime_priority:={realtime_priority}"] if realtime_priority else []
     episodes: list[dict] = []
     relay_stats = stats.with_suffix(".relay.json")
     try:
@@ -54,12 +55,12 @@ def _ros_variant(name: str, params: list[str], seconds: float, domain: int, stat
         estop = session.node.create_publisher(Bool, "/ds_robot/estop", 10)
         relay = None
         if corrupt_per_real is None:
-            session.start("sim_node", "-p", "seed:=0")
+            session.start("sim_node", "-p", "seed:=0", *rt)
         else:
-            session.start("sim_node", "-p", "seed:=0", "-p", f"joint_states_topic:={RAW_TOPIC}")
+            session.start("sim_node", "-p", "seed:=0", "-p", f"joint_states_topic:={RAW_TOPIC}", *rt)
             relay = session.start("ds_robot.bench.corrupt_relay", "-p", f"input_topic:={RAW_TOPIC}",
                                   "-p", f"corrupt_per_real:={corrupt_per_real}", "-p", f"stats_file:={relay_stats}")
-        policy = session.start("policy_node", "-p", f"stats_file:={stats}", *params)
+        policy = session.start("policy_node", "-p", f"stats_file:={stats}", *params, *rt)
         if not session.spin(60, until=lambda: bool(status)):
             raise RuntimeError(f"{name}: the sim node did not come up")
         session.spin(2.0)  # the policy node loads and starts its loop
@@ -122,7 +123,7 @@ def late_ratio(pairs: list[tuple[dict, dict]]) -> dict[str, Any]:
 
 
 def run_node_benchmark(seconds: float = 60.0, quick: bool = False, json_path: str | None = None,
-                       episodes: int = 200, repeats: int = 3) -> int:
+                       episodes: int = 200, repeats: int = 3, realtime_priority: int = 0) -> int:
     from ds_robot.deploy.torch_runtime import torch_policy
     from ds_robot.hier.policy import HierPolicy
 
@@ -158,7 +159,7 @@ def run_node_benchmark(seconds: float = 60.0, quick: bool = False, json_path: st
             print(f"  [{i + 1}/{len(plan)}] {name}: {secs:g} s at 500 Hz beside the sim node"
                   + (f", {corrupt} corrupted joint state(s) after each real one" if corrupt else ""))
             row = _ros_variant(variant if corrupt is None else name, variants[variant], secs, domain,
-                               Path(tmp) / f"{i}.json", corrupt_per_real=corrupt)
+                               Path(tmp) / f"{i}.json", corrupt_per_real=corrupt, realtime_priority=realtime_priority)
             row["name"] = name
             if name == variant:
                 row.update(offline.get(name, {}))
@@ -176,7 +177,7 @@ def run_node_benchmark(seconds: float = 60.0, quick: bool = False, json_path: st
     for line in node_verdict(results):
         print(line)
     if json_path:
-        write_json(json_path, "node", {"seconds": seconds, "repeats": repeats, "rate_hz": 500.0, "late_threshold_ms": 2.5,
+        write_json(json_path, "node", {"seconds": seconds, "repeats": repeats, "realtime_priority": realtime_priority, "rate_hz": 500.0, "late_threshold_ms": 2.5,
                                        "episodes": episodes, "policy_fp32": str(fp32_path),
                                        "policy_int8": str(int8_path)}, results)
         print(f"wrote {json_path}")

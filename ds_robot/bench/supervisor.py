@@ -36,13 +36,13 @@ def _state(states) -> str | None:
 SUPERVISOR_MODES = {"process_and_stream": "true", "stream_only": "false"}  # the supervisor's watch_process
 
 
-def _start_enabled_policy(session):
+def _start_enabled_policy(session, rt: tuple = ()):
     """A policy node as deployed: with the operator gate (``require_enable``), enabled once it is
     ready. (Without the gate a node drives from its first second, while DDS discovery still runs
     in it: on this 2-core machine its command stream then had 20-30 ms gaps, false trips.)"""
     from std_srvs.srv import Trigger
 
-    policy = session.start("policy_node", "-p", "state_timeout_s:=0.1", "-p", "require_enable:=true")
+    policy = session.start("policy_node", "-p", "state_timeout_s:=0.1", "-p", "require_enable:=true", *rt)
     session.spin(2.0)  # an operator enables seconds after start-up, not in its first second
     end = time.monotonic() + 60.0
     while time.monotonic() < end:
@@ -55,13 +55,14 @@ def _start_enabled_policy(session):
     raise RuntimeError(f"the policy node never became ready to enable; its log:\n{session.log(policy)[-2000:]}")
 
 
-def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, commands, joints) -> list[dict]:
+def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, commands, joints,
+            rt: tuple = ()) -> list[dict]:
     from std_srvs.srv import Trigger
 
     rows = []
     for trial in range(trials):
         sig = signal.SIGKILL if trial % 2 == 0 else signal.SIGSTOP
-        policy = _start_enabled_policy(session)
+        policy = _start_enabled_policy(session, rt)
         ok = session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
         if not ok:
             rows.append({"mode": mode, "trial": trial, "signal": sig.name, "error": "policy never drove the arm"})
@@ -97,8 +98,8 @@ def _trials(session, mode: str, trials: int, timeout_s: float, rng, states, comm
     return rows
 
 
-def _nominal(session, nominal_s: float, states, commands) -> dict:
-    policy = _start_enabled_policy(session)
+def _nominal(session, nominal_s: float, states, commands, rt: tuple = ()) -> dict:
+    policy = _start_enabled_policy(session, rt)
     session.spin(60, until=lambda: _state(states) == "watching" and commands and any(commands[-1][1].data))
     trips_before = json.loads(states[-1][1].data)["trips"]
     end = time.monotonic() + nominal_s
@@ -128,7 +129,7 @@ def _summary(mode: str, rows: list[dict], nominal: dict) -> dict:
 
 
 def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_s: float = 60.0,
-                             json_path: str | None = None, quick: bool = False) -> int:
+                             json_path: str | None = None, quick: bool = False, realtime_priority: int = 0) -> int:
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
@@ -149,11 +150,14 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
             states = session.listen(String, "/ds_robot/supervisor/state", latched=True)
             commands = session.listen(Float64MultiArray, "/forward_effort_controller/commands", keep=False)
             joints = session.listen(JointState, "/joint_states", keep=False)
-            session.start("sim_node", "-p", "seed:=0")
+            # with realtime_priority: the sim and the policy node SCHED_FIFO at it, the supervisor one above
+            rt = ("-p", f"realtime_priority:={realtime_priority}") if realtime_priority else ()
+            rt_supervisor = ("-p", f"realtime_priority:={realtime_priority + 1}") if realtime_priority else ()
+            session.start("sim_node", "-p", "seed:=0", *rt)
             session.start("supervisor", "-p", f"command_timeout_s:={timeout_s}", "-p", f"watch_process:={watch}",
-                          env=SUPERVISOR_ENV)
-            rows = _trials(session, mode, trials, timeout_s, rng, states, commands, joints)
-            nominal = _nominal(session, nominal_s, states, commands) if nominal_s > 0 else {}
+                          *rt_supervisor, env=SUPERVISOR_ENV)
+            rows = _trials(session, mode, trials, timeout_s, rng, states, commands, joints, rt)
+            nominal = _nominal(session, nominal_s, states, commands, rt) if nominal_s > 0 else {}
         finally:
             session.close()
         results.append(_summary(mode, rows, nominal))
@@ -170,6 +174,7 @@ def run_supervisor_benchmark(trials: int = 20, timeout_s: float = 0.02, nominal_
         print(line)
     if json_path:
         write_json(json_path, "supervisor", {"trials": trials, "timeout_s": timeout_s, "nominal_s": nominal_s,
+                                              "realtime_priority": realtime_priority,
                                               "quick": quick, "verdict": verdicts}, results)
         print(f"wrote {json_path}")
     return 0

@@ -329,12 +329,13 @@ def cmd_bench(args) -> int:
         episodes = args.episodes if args.episodes is not None else (10 if args.quick else 200)
         repeats = args.repeats if args.repeats != 5 else (1 if args.quick else 3)
         return run_node_benchmark(seconds=seconds, quick=args.quick, json_path=args.json, episodes=episodes,
-                                  repeats=repeats)
+                                  repeats=repeats, realtime_priority=args.realtime_priority)
     if args.name == "supervisor":
         from ds_robot.bench.supervisor import run_supervisor_benchmark
 
         return run_supervisor_benchmark(trials=args.repeats if args.repeats != 5 else 20, quick=args.quick,
-                                        nominal_s=args.seconds or 60.0, json_path=args.json)
+                                        nominal_s=args.seconds or 60.0, json_path=args.json,
+                                        realtime_priority=args.realtime_priority)
     if args.name == "robot-install":
         from ds_robot.bench.robot_install import run_robot_install_benchmark
 
@@ -395,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small budget (smoke checks, tests)")
     p.add_argument("--json", type=Path, default=None, help="write results as JSON (docs/architecture.md, benchmark output)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats per variant (default: 5)")
+    p.add_argument("--realtime-priority", type=int, default=0, choices=range(0, 99), metavar="0-98",
+                   help="node/supervisor: run the nodes SCHED_FIFO at this priority (the supervisor one above; "
+                        "needs the right to: root or an rtprio limit); 0: normal scheduling (default)")
     p.add_argument("--seeds", type=positive_int, default=5,
                    help="cartpole/humanoid/grasp: seeds per variant (default: 5 for cartpole, 3 for humanoid "
                         "and grasp)")

@@ -91,6 +91,7 @@ class PolicyNode(Node):
         super().__init__("ds_robot_policy", **node_options)
         d = NodeConfig()
         p = self.declare_parameter
+        self.realtime_priority = int(p("realtime_priority", 0).value)  # SCHED_FIFO (ros_common.apply_realtime_priority)
         ur_type = p("ur_type", d.ur_type).value
         rate_hz = float(p("rate_hz", UR_TYPES.get(ur_type, UR_TYPES["ur5e"])["rate_hz"]).value)
         effort_kind = p("effort_kind", d.effort_kind).value

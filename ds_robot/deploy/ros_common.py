@@ -4,6 +4,7 @@ start-up with a clear refusal of bad parameters, and spinning until SIGINT/SIGTE
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 import time
@@ -83,4 +84,32 @@ def node_main(name: str, make_node: Callable[[], object], on_exit: Callable[[obj
     # only what the loop allocates.
     gc.collect()
     gc.freeze()
+    try:
+        apply_realtime_priority(int(getattr(node, "realtime_priority", 0)))
+    except ConfigError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
     return run_until_signal(node, lambda: on_exit(node))
+
+
+def apply_realtime_priority(priority: int) -> None:
+    """``priority`` 1-99: every thread of this process (the executor's and the DDS threads that
+    exist by now) to SCHED_FIFO at that priority, so the control loop and its message delivery
+    preempt ordinary processes; 0: normal scheduling. Needs the right to (root, CAP_SYS_NICE or
+    an ``rtprio`` limit, as on a robot PC set up for the UR driver; a PREEMPT_RT kernel makes it
+    deterministic)."""
+    if priority == 0:
+        return
+    if not 1 <= priority <= 99:
+        raise ConfigError(f"realtime_priority must be 0 (off) or 1-99, got {priority}")
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+        for tid in threads:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError as exc:
+        raise ConfigError(f"realtime_priority {priority}: this user may not use SCHED_FIFO (add an rtprio "
+                          "limit, e.g. in /etc/security/limits.d, or set realtime_priority to 0)") from exc
+    except (AttributeError, FileNotFoundError) as exc:
+        raise ConfigError("realtime_priority needs Linux (SCHED_FIFO and /proc)") from exc

@@ -58,6 +58,7 @@ class SimNode(Node):
             self.set_parameters([Parameter("use_sim_time", Parameter.Type.BOOL, False)])
             self.get_logger().warning("use_sim_time ignored: the sim node publishes /clock and runs on wall time")
         p = self.declare_parameter
+        self.realtime_priority = int(p("realtime_priority", 0).value)  # SCHED_FIFO (ros_common)
         robot = p("ur_type", "ur5e").value
         if robot not in UR_TYPES:
             raise ConfigError(f"ur_type {robot!r}: supported are {', '.join(UR_TYPES)}")

@@ -261,6 +261,7 @@ def _make_node():
         def __init__(self):
             super().__init__("ds_robot_supervisor")
             p = self.declare_parameter
+            self.realtime_priority = int(p("realtime_priority", 0).value)  # SCHED_FIFO (ros_common)
             d = SupervisorConfig()
             self.config = SupervisorConfig(
                 command_interface=p("command_interface", d.command_interface).value,
