@@ -19,6 +19,10 @@ BUILD_TOOLS = ("ros-kilted-ament-cmake==2.7.3", "ros-kilted-ament-cmake-python==
                "ros-kilted-rosidl-core-generators==0.3.1")
 
 
+def _lowest_priority() -> None:
+    os.nice(19)  # a build beside the suite's timing-sensitive tests must not starve them
+
+
 def _build_interface(package: str, root: Path) -> Path:
     """Build ``tests/interfaces/<package>`` with cmake against this venv's ROS wheels; its prefix."""
     prefix, tools, build = root / "install", root / "tools", root / "build"
@@ -27,15 +31,15 @@ def _build_interface(package: str, root: Path) -> Path:
     venv = Path(sys.prefix)
     subprocess.run([sys.executable, "-m", "venv", str(tools)], check=True)
     subprocess.run([str(tools / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    *BUILD_TOOLS], check=True)
+                    *BUILD_TOOLS], check=True, preexec_fn=_lowest_priority)
     site = sysconfig.get_path("purelib", vars={"base": str(tools), "platbase": str(tools)})
     env = {**os.environ, "CMAKE_PREFIX_PATH": f"{tools}:{venv}", "AMENT_PREFIX_PATH": f"{tools}:{venv}",
            "PYTHONPATH": f"{site}:{sysconfig.get_path('purelib')}", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
            "LD_LIBRARY_PATH": str(venv / "lib")}
     for step in (["cmake", "-S", str(INTERFACES / package), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}",
                   f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
-                 ["cmake", "--build", str(build), "-j2"], ["cmake", "--install", str(build)]):
-        run = subprocess.run(step, env=env, capture_output=True, text=True)
+                 ["cmake", "--build", str(build), "-j1"], ["cmake", "--install", str(build)]):
+        run = subprocess.run(step, env=env, capture_output=True, text=True, preexec_fn=_lowest_priority)
         if run.returncode != 0:
             raise RuntimeError(f"{' '.join(step)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
     (prefix / ".built").touch()

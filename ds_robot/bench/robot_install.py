@@ -13,6 +13,7 @@ Pip takes wheels from its cache where it has them (the main install put them the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,13 +26,18 @@ from ds_robot.paths import policies_dir, project_root
 TRAINING_SIDE = ("torch", "gymnasium", "tensorboard", "matplotlib", "pybullet", "stable_baselines3")
 
 
+def _lowest_priority() -> None:
+    os.nice(19)  # an install must not starve what runs beside it (the test suite's timing-sensitive tests)
+
+
 def make_robot_venv(path: Path, ros: bool = True) -> Path:
-    """A fresh venv at ``path`` with the robot-side install (``ros``: and the ros extra); its python."""
+    """A fresh venv at ``path`` with the robot-side install (``ros``: and the ros extra); its python.
+    Pip runs at the lowest CPU priority."""
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     python = path / "bin" / "python"
     spec = f"{project_root()}[ros]" if ros else str(project_root())
     run = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", spec],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, preexec_fn=_lowest_priority)
     if run.returncode != 0:
         raise RuntimeError(f"pip install -e {spec} failed:\n{run.stderr[-3000:]}")
     return python
