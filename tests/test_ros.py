@@ -134,6 +134,12 @@ def test_closed_loop_grasp_through_ros(ros, config, interface, faithful, request
         assert ros.call(Trigger, "/ds_robot_policy/estop").success
         assert ros.spin(30, until=lambda: _status(status).get("active_controllers") == []), _status(status)
         assert not ros.call(Trigger, "/ds_robot_policy/enable").success  # latched: ~/reset first
+        assert ros.call(Trigger, "/ds_robot_sim/reset").success  # the arm back at the start pose
+        assert ros.call(Trigger, "/ds_robot_policy/reset").success
+        answers = []
+        assert ros.spin(10, until=lambda: answers.append(ros.call(Trigger, "/ds_robot_policy/enable")) or answers[-1].success), \
+            f"re-arm refused: {answers[-1].message if answers else None}"
+        assert ros.spin(10, until=lambda: _status(status).get("active_controllers") == ["forward_effort_controller"])
 
 
 def test_the_robot_side_install_runs_the_node_on_the_int8_policy(ros, tmp_path):

@@ -48,10 +48,11 @@ def _start_enabled_policy(session, rt: tuple = ()):
     while time.monotonic() < end:
         session.spin(0.5)
         try:
-            if session.call(Trigger, "/ds_robot_policy/enable", timeout_s=5.0).success:
-                return policy
+            answer = session.call(Trigger, "/ds_robot_policy/enable", timeout_s=5.0)
         except TimeoutError:
-            pass
+            continue  # not up yet, or the answer was lost (the retry then says "already enabled")
+        if answer.success or "already enabled" in answer.message:
+            return policy
     raise RuntimeError(f"the policy node never became ready to enable; its log:\n{session.log(policy)[-2000:]}")
 
 

@@ -422,6 +422,10 @@ class PolicyNode(Node):
             except MessageError as exc:
                 response.success, response.message = False, str(exc)
                 return response
+            if self.controller_active:  # still active (the inputs went stale during the last switch):
+                self.core.enable(self.now_s())  # a STRICT activate of an active controller would fail
+                response.success, response.message = True, f"enabled ({self.motion_controller} already active)"
+                return response
             self._request_switch(activate=True)
             response.success = True
             response.message = f"activating {self.motion_controller}: enabled once controller_manager confirms"

@@ -112,6 +112,7 @@ class SimNode(Node):
                 raise ConfigError("emulate_controller_manager needs controller_manager_msgs") from exc
             self.active_controllers = set()
             self.create_service(SwitchController, "/controller_manager/switch_controller", self._srv_switch)
+        self._clock_offset_s = 0.0  # the stamps' time before this episode (real_time_factor != 1)
         self._start_episode()
         self.create_timer(1.0 / self.rate_hz, self._tick)
         self.create_timer(0.1, self._publish_status)
@@ -160,6 +161,9 @@ class SimNode(Node):
 
     def _srv_reset(self, request, response):
         self.seed += 1
+        # /clock runs on across episodes: a clock that jumped back to 0 at ~/reset made every
+        # later joint state "out of order" for a node on it (a re-arm after a reset never got ready)
+        self._clock_offset_s += self.arm.time_s
         self._start_episode()
         response.success, response.message = True, f"episode seed {self.seed}: {self.arm.env.setup.obj.name}"
         return response
@@ -178,7 +182,7 @@ class SimNode(Node):
     def stamp(self):
         if self.factor == 1.0:
             return self.get_clock().now().to_msg()
-        sec = self.arm.time_s
+        sec = self._clock_offset_s + self.arm.time_s
         return Time(sec=int(sec), nanosec=int((sec % 1.0) * 1e9))
 
     def _publish_state(self) -> None:

@@ -18,9 +18,9 @@ the supervisor's writes): while the supervisor is
 braking or stopped the policy node latches its e-stop (a node that was only stopped must not
 resume driving the arm when it continues).
 
-On a real UR a deployment would also deactivate the controller (controller_manager's
-``switch_controller``; not installable here) so the robot runs its own stop; the damping brake
-is what this node can do through the same command topic the policy uses.
+The supervisor does not switch controllers: the damping brake goes through the same command
+topic the policy uses, which works whatever else has died. (After its own faults the policy
+node deactivates the motion controller once the arm is at rest: ``switch_controller_on_enable``.)
 
 **Process watch** (same host): the policy node announces its PID and boot id on
 ``/ds_robot/policy/process`` (transient local). When the supervisor runs on the same machine
@@ -44,6 +44,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import signal
 import sys
 import time
@@ -112,11 +113,9 @@ class ProcessWatch:
             self._fd = os.pidfd_open(pid)
 
     def state(self) -> str:
-        if self._fd is not None:
-            import select
-
-            if select.select([self._fd], [], [], 0)[0]:  # a pidfd turns readable when the process exits
-                return "gone"
+        # a pidfd turns readable when the process exits
+        if self._fd is not None and select.select([self._fd], [], [], 0)[0]:
+            return "gone"
         return process_state(self.pid)
 
     def close(self) -> None:
