@@ -16,7 +16,7 @@ from ds_robot.evaluate import run_episode
 from ds_robot.hier.env import HierGraspEnv
 from ds_robot.hier.features import HIER_OBS_SIZE, H
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
-from ds_robot.hier.policy import HierPolicy, PolicyFileError
+from ds_robot.hier.policy import HierPolicy, PolicyFileError, _digest
 from ds_robot.hier.train import HierTrainConfig, HierTrainer, train_grasp
 from ds_robot.paths import policies_dir
 
@@ -123,6 +123,23 @@ def test_policy_file_round_trip_and_refusals(tmp_path):
     other_layout = rewrite("layout.npz", lambda h: h["obs_layout"].append(["time", 1]))
     with pytest.raises(PolicyFileError, match="observation layout"):
         HierPolicy.load(other_layout)
+    # a file from before the last_* fields: it loads, with zero input weights for them (its
+    # planner and skills never read them); a layout that is not a prefix of this one is refused
+    with np.load(path) as data:
+        arrays = {k: data[k][:-4] if k.endswith(".w0") else data[k] for k in data.files if k != "header"}
+        header = json.loads(str(data["header"]))
+    header.update(obs_layout=header["obs_layout"][:-3], sha256=_digest(arrays))
+    older = tmp_path / "older.npz"
+    np.savez(older, header=np.array(json.dumps(header)), **arrays)
+    old_policy, x = HierPolicy.load(older), np.random.default_rng(0).normal(size=(4, HIER_OBS_SIZE))
+    assert old_policy.planner.in_size == HIER_OBS_SIZE
+    assert np.allclose(old_policy.planner(x), HierPolicy.load(path).planner(np.hstack([x[:, :-4], np.zeros((4, 4))])))
+    moved = x.copy()
+    moved[:, -4:] += 1.0
+    assert np.allclose(old_policy.planner(moved), old_policy.planner(x))
+    shuffled = rewrite("shuffled.npz", lambda h: h.update(obs_layout=h["obs_layout"][1:2] + h["obs_layout"][:1]))
+    with pytest.raises(PolicyFileError, match="observation layout"):
+        HierPolicy.load(shuffled)
     other_version = rewrite("version.npz", lambda h: h.update(version=99))
     with pytest.raises(PolicyFileError, match="version"):
         HierPolicy.load(other_version)
@@ -239,8 +256,11 @@ def test_bench_grasp_small_run(tmp_path):
     _untrained_policy().save(policy)
     out = tmp_path / "grasp.json"
     run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=2, workers=1, variants=("scripted", "hier"),
-                        sets=("train",), policies={"hier": policy}, task="nominal")
+                        sets=("train",), policies={"hier": policy}, task="nominal", training_seeds={"hier": [policy]})
     rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    # another training seed's file runs the same episodes (here the same file: the same success)
+    seeds = rows["hier"]["training_seeds"]
+    assert seeds["success_rate"] == [rows["hier"]["success_rate"]] * 2 and seeds["mean"] == rows["hier"]["success_rate"]
     assert rows["scripted"]["success_rate"] == 1.0 and rows["scripted"]["episodes"] == 2
     for row in rows.values():
         assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0

@@ -96,3 +96,54 @@ def test_the_realistic_sets_hold_objects_on_several_faces_fragile_and_heavy_ones
             for rest in o.rests:
                 model = build_scene("ur5e", o.at_rest(rest))
                 assert model.body("object").mass[0] == pytest.approx(o.mass_kg)
+
+
+def test_the_training_variation_draws_mass_friction_and_fragility_around_the_listed_object():
+    import math
+
+    import numpy as np
+
+    from ds_robot.sim.objects import ObjectSpec, ObjectVariation, Placement
+
+    place = Placement((0.5, 0.5), (0.0, 0.0), (0.0, 0.0))
+    light = ObjectSpec("light", "box", (0.02, 0.02, 0.02), 0.2, 0.8, place)
+    heavy = ObjectSpec("heavy", "box", (0.02, 0.02, 0.02), 2.0, 0.8, place)
+    fragile = ObjectSpec("egg", "sphere", (0.024,), 0.06, 0.6, place, crush_force_n=8.0)
+    variation = ObjectVariation(mass_scale=(0.25, 1.5), friction_scale=(0.8, 1.2), fragile_probability=0.2,
+                                crush_force_n=(6.0, 9.0), fragile_max_mass_kg=0.4)
+    rng = np.random.default_rng(0)
+    drawn = [variation.apply(light, rng) for _ in range(2000)]
+    scale = np.array([o.mass_kg for o in drawn]) / light.mass_kg
+    assert scale.min() >= 0.25 and scale.max() <= 1.5
+    assert np.median(scale) == pytest.approx(math.sqrt(0.25 * 1.5), rel=0.05)  # log-uniform
+    friction = np.array([o.friction for o in drawn]) / light.friction
+    assert friction.min() >= 0.8 and friction.max() <= 1.2 and friction.std() > 0.1
+    crush = np.array([o.crush_force_n for o in drawn])
+    assert np.mean(np.isfinite(crush)) == pytest.approx(0.2, abs=0.03)
+    assert crush[np.isfinite(crush)].min() >= 6.0 and crush[np.isfinite(crush)].max() <= 9.0
+    assert all(o.shape == light.shape and o.size_m == light.size_m and o.geometry() == light.geometry() for o in drawn)
+    # too heavy for a gentle grip even at 0.25x: never made fragile; a listed fragile one stays so
+    assert all(math.isinf(variation.apply(heavy, rng).crush_force_n) for _ in range(300))
+    assert all(variation.apply(fragile, rng).crush_force_n == 8.0 for _ in range(300))
+
+
+def test_varied_objects_share_one_compiled_model_with_their_own_mass_and_friction():
+    import numpy as np
+
+    from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.presets import load_task
+
+    preset = load_task("realistic")
+    assert "object_variation" not in preset.env_kwargs("train")  # the benchmarks' sets, as listed
+    env = UR5GraspEnv(**preset.env_kwargs("train", training=True))
+    env.object_set = type(env.object_set)(env.object_set.name, env.object_set.source, env.object_set.objects[:1])
+    masses, frictions = [], []
+    for seed in range(6):
+        env.reset(seed=seed)
+        model, body = env.backend.model, env.backend._obj_body
+        masses.append(model.body_mass[body])
+        frictions.append(model.geom_friction[env.backend._obj_geom, 0])
+        assert masses[-1] == pytest.approx(env.setup.obj.mass_kg) and frictions[-1] == pytest.approx(env.setup.obj.friction)
+    assert len(env.backend._cache) == 1 and np.ptp(masses) > 0.01 and np.ptp(frictions) > 0.01
+    listed = env.object_set.objects[0]
+    assert build_scene("ur5e", listed).body("object").mass[0] == pytest.approx(listed.mass_kg)

@@ -13,6 +13,7 @@ from ds_robot.envs.perception import Perception, PerceptionConfig
 from ds_robot.envs.presets import TASKS, load_task
 from ds_robot.errors import ConfigError
 from ds_robot.evaluate import run_episode
+from ds_robot.hier.features import FULL_GRIP_N, H, hier_observation
 from ds_robot.sim.objects import ObjectSpec, Placement, load_object_set
 
 PLACE = Placement((0.5, 0.5), (0.0, 0.0), (0.0, 0.0))
@@ -149,12 +150,24 @@ def test_a_heavy_object_slipping_from_a_gentle_grip_triggers_a_new_decision(seed
     env = _realistic_env(["dumbbell", "tool_box"])
     asked: list[int] = []
 
+    seen: list[np.ndarray] = []
+
     def gentle_then_firm(obs, attempt):
         asked.append(attempt)
+        seen.append(hier_observation(obs, machine, torque_features=True))
         return GraspOption(grip_force_n=5.0 if attempt == 0 else 0.0)
 
-    result, machine = _run(env, None, seed, chooser=gentle_then_firm)
+    machine = ScriptedGraspController(env.control_dt_s, "ur5e")
+    machine.option_chooser = gentle_then_firm
+    result = run_episode(env, machine, seed)
     assert machine.replans >= 1 and asked[:2] == [0, 1] and result.success
+    # what the planner sees at the two decisions: nothing before the first; then that a 5 N
+    # grip slipped (and what load it carried)
+    first, second = seen[0], seen[1]
+    assert not first[H["last_grip"]].any() and not first[H["last_end"]].any()
+    assert second[H["last_grip"]][0] == pytest.approx(5.0 / FULL_GRIP_N)
+    assert list(second[H["last_end"]]) == [0.0, 1.0]
+    assert abs(second[H["last_load"]][0]) < 0.5 * env.setup.obj.mass_kg  # it slipped: less than the object's weight
     # the same episode without the re-plan: the gentle grasp is all there is, and it fails
     result, machine = _run(env, None, seed, chooser=gentle_then_firm, replan_on_empty=False)
     assert machine.replans == 0 and not result.success

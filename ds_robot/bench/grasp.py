@@ -57,6 +57,11 @@ POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque
                 "hier_planner_only": "grasp_hier.npz", "hier_no_replan": "grasp_hier.npz",
                 "hier_tau_err10": "grasp_hier.npz", "hier_tau_err25": "grasp_hier.npz",
                 "flat_ppo": "grasp_flat_ppo.pt", "sb3_sac": "grasp_sb3_sac.zip"}
+# More training seeds of a learned variant (files in models/policies/, used when present): the
+# variant is run with each of them on the same episodes too, and its rows report the success
+# of every training seed and their mean with a 95% CI across the training seeds
+TRAINING_SEEDS = {"hier": ("seeds/grasp_hier_s1.npz", "seeds/grasp_hier_s2.npz"),
+                  "hier_no_torque": ("seeds/grasp_hier_no_torque_s1.npz", "seeds/grasp_hier_no_torque_s2.npz")}
 SETS = ("train", "test")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
 GOALS = {"hier_success": 0.95, "margin_over_best_fixed": 0.10, "best_fixed_ceiling": 0.85, "energy_ratio": 0.69,
@@ -203,7 +208,7 @@ def _trained_on(policies: dict[str, Path], variants) -> dict[str, str]:
 def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
                         seeds: int = 3, episodes: int | None = None, workers: int | None = None,
                         policies: dict[str, Path] | None = None, variants=VARIANTS, sets=SETS,
-                        task: str = "realistic") -> int:
+                        task: str = "realistic", training_seeds: dict[str, list[Path]] | None = None) -> int:
     from ds_robot.envs.presets import load_task
     from ds_robot.hier.options import DEFAULT_OPTIONS
     from ds_robot.paths import policies_dir
@@ -237,6 +242,14 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     jobs = [(best if v == "best_fixed" else v, s, seed, episodes, policies, task)
             for s in sets for v in runnable if not (v == "best_fixed" and s == "train") for seed in range(seeds)]
     done = _run(jobs, workers, "bench grasp") + [{**j, "variant": "best_fixed"} for j in search if j["variant"] == best]
+    if training_seeds is None:
+        training_seeds = {v: [policies_dir() / f for f in files] for v, files in TRAINING_SEEDS.items()
+                          if v in policies and Path(policies[v]) == policies_dir() / POLICY_FILES[v]}
+    training_seeds = {v: [Path(f) for f in files if Path(f).is_file()] for v, files in training_seeds.items()
+                      if v in runnable}
+    seed_jobs = [(v, s, seed, episodes, {**policies, v: f}, task) for v, files in training_seeds.items()
+                 for f in files for s in sets for seed in range(seeds)]
+    seed_done = _run(seed_jobs, workers, "bench grasp: training seeds") if seed_jobs else []
     for job in done:
         if best is not None and job["variant"] == best:
             job["variant"] = "best_fixed"
@@ -249,6 +262,15 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
         if row["name"] == "best_fixed":
             k = int(best.split("_")[1])
             row["option"] = {"index": k, "describe": DEFAULT_OPTIONS[k].describe()}
+        files = training_seeds.get(row["name"])
+        if files:
+            rates = [row["success_rate"]] + [
+                float(np.mean([e["success"] for (j, job) in zip(seed_done, seed_jobs, strict=True)
+                               if job[0] == row["name"] and job[1] == row["object_set"] and job[4][job[0]] == f
+                               for e in j["episodes"]])) for f in files]
+            mean, ci = mean_ci95(rates)
+            row["training_seeds"] = {"policies": [str(policies[row["name"]]), *map(str, files)],
+                                     "success_rate": rates, "mean": mean, "ci95": list(ci)}
     options_rows = [summarise_jobs(v, "train", [j for j in search if j["variant"] == v])
                     for v in dict.fromkeys(j["variant"] for j in search)]
     results += [{"name": v, "object_set": s, "missing": why} for v, why in missing.items() for s in sets]
@@ -333,6 +355,13 @@ def verdict(results: list[dict]) -> list[str]:
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
         lines.append(f"energy hier / scripted = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
                      f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
+    for row in results:
+        seeds = row.get("training_seeds")
+        if seeds:
+            lo, hi = seeds["ci95"]
+            lines.append(f"{row['name']} on the {row['object_set']} set over {len(seeds['success_rate'])} training "
+                         f"seeds: {seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
+                         + ", ".join(f"{r:.3f}" for r in seeds["success_rate"]) + ")")
     for ablation in ("rule_gentle_first", "hier_planner_only", "hier_no_replan", "hier_no_torque"):
         row = by.get(("test", ablation))
         if hier and row:
@@ -393,33 +422,40 @@ def _curve_job(path: str, episodes: int, seed: int, task: str = "realistic") -> 
             "energy_j": float(np.mean([r.energy_j for r in results]))}
 
 
-def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | None, plot_path: str | Path | None,
+def run_grasp_curve(run_dir, episodes: int, json_path: str | Path | None, plot_path: str | Path | None,
                     workers: int = 2, seed: int = 1000, task: str = "realistic") -> int:
-    """Deterministic success of every snapshot of a ``train grasp`` run (and its final policy)
-    on the ``task`` preset's training set, against the wall-clock minutes of training that produced it."""
-    run_dir = Path(run_dir)
-    paths = sorted((run_dir / "snapshots").glob("policy_*s.npz"))
-    if (run_dir / "policy.npz").is_file():
-        paths.append(run_dir / "policy.npz")
-    if not paths:
-        raise ConfigError(f"{run_dir}: no snapshots/policy_*s.npz or policy.npz (is it a train grasp run directory?)")
+    """Deterministic success of every snapshot of one or more ``train grasp`` runs (``run_dir``: a
+    directory or a list, e.g. one per training seed; and each run's final policy) on the ``task``
+    preset's training set, against the wall-clock minutes of training that produced it."""
+    run_dirs = [Path(d) for d in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir)]
+    jobs = []
+    for run in run_dirs:
+        paths = sorted((run / "snapshots").glob("policy_*s.npz"))
+        if (run / "policy.npz").is_file():
+            paths.append(run / "policy.npz")
+        if not paths:
+            raise ConfigError(f"{run}: no snapshots/policy_*s.npz or policy.npz (is it a train grasp run directory?)")
+        jobs += [(run, p) for p in paths]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_curve_job, str(p), episodes, seed, task) for p in paths]
+        futures = [pool.submit(_curve_job, str(p), episodes, seed, task) for _, p in jobs]
         rows = [f.result() for f in tqdm(futures, desc="grasp curve", unit="policy")]
-    for row in rows:
+    for row, (run, _) in zip(rows, jobs, strict=True):
         rate, ci = wilson_ci95(row["successes"], row["episodes"])
-        row.update(name=Path(row["policy"]).stem, success_rate=rate, success_rate_ci95=list(ci))
-    rows.sort(key=lambda r: r["minutes"])
-    print(format_table(["policy", "minutes", "steps", "success [95% CI]", "energy J"],
-                       [[r["name"], f"{r['minutes']:.1f}", f"{r['steps']:,}",
+        row.update(run=str(run), name=Path(row["policy"]).stem, success_rate=rate, success_rate_ci95=list(ci))
+    rows.sort(key=lambda r: (r["run"], r["minutes"]))
+    print(format_table(["run", "policy", "minutes", "steps", "success [95% CI]", "energy J"],
+                       [[r["run"], r["name"], f"{r['minutes']:.1f}", f"{r['steps']:,}",
                          ci_text(r["success_rate"], r["success_rate_ci95"], digits=3), f"{r['energy_j']:.1f}"]
                         for r in rows]))
-    first = next((r for r in rows if r["success_rate"] >= 0.9), None)
-    reached = "none" if first is None else f"{first['name']} after {first['minutes']:.1f} min"
-    print(f"first policy at >= 90% deterministic success: {reached}")
+    reached = {}
+    for run in run_dirs:
+        first = next((r for r in rows if r["run"] == str(run) and r["success_rate"] >= 0.9), None)
+        reached[str(run)] = None if first is None else first["minutes"]
+        print(f"{run}: first policy at >= 90% deterministic success: "
+              + ("none" if first is None else f"{first['name']} after {first['minutes']:.1f} min"))
     if json_path:
-        write_json(json_path, "grasp_curve", {"run": str(run_dir), "episodes": episodes, "seed": seed, "task": task},
-                   rows)
+        write_json(json_path, "grasp_curve", {"runs": [str(r) for r in run_dirs], "episodes": episodes, "seed": seed,
+                                              "task": task, "minutes_to_90": reached}, rows)
         print(f"wrote {json_path}")
     if plot_path:
         import matplotlib
@@ -428,22 +464,25 @@ def run_grasp_curve(run_dir: str | Path, episodes: int, json_path: str | Path | 
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        minutes = [r["minutes"] for r in rows]
-        rates = np.array([r["success_rate"] for r in rows])
-        ci = np.array([r["success_rate_ci95"] for r in rows])
-        ax.errorbar(minutes, rates, yerr=np.maximum([rates - ci[:, 0], ci[:, 1] - rates], 0), marker="o", capsize=3,
-                    label=f"policy snapshots, deterministic ({episodes} episodes each)")
-        progress = run_dir / "progress.csv"
-        if progress.is_file():
-            data = np.genfromtxt(progress, delimiter=",", names=True)
-            ax.plot(np.atleast_1d(data["seconds"]) / 60, np.atleast_1d(data["success_rate"]), color="#8C8C8C",
-                    alpha=0.7, label="training episodes (exploring)")
+        for i, run in enumerate(run_dirs):
+            mine = [r for r in rows if r["run"] == str(run)]
+            minutes = [r["minutes"] for r in mine]
+            rates = np.array([r["success_rate"] for r in mine])
+            ci = np.array([r["success_rate_ci95"] for r in mine])
+            line = ax.errorbar(minutes, rates, yerr=np.maximum([rates - ci[:, 0], ci[:, 1] - rates], 0), marker="o",
+                               capsize=3, label=f"{run.name}: snapshots, deterministic ({episodes} episodes each)")
+            progress = run / "progress.csv"
+            if progress.is_file():
+                data = np.genfromtxt(progress, delimiter=",", names=True)
+                ax.plot(np.atleast_1d(data["seconds"]) / 60, np.atleast_1d(data["success_rate"]),
+                        color=line[0].get_color(), alpha=0.3, lw=1,
+                        label="training episodes (exploring, varied objects)" if i == 0 else None)
         ax.axhline(0.9, color="k", ls="--", lw=1, label="90%")
         ax.set_xlabel("wall-clock training time, min (2-core machine)")
         ax.set_ylabel("success rate")
         ax.set_ylim(0, 1.05)
-        ax.legend(loc="lower right", fontsize=8)
-        ax.set_title("train grasp: success against training time")
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_title("train grasp: success on the training set against training time")
         fig.tight_layout()
         fig.savefig(plot_path, dpi=110)
         plt.close(fig)

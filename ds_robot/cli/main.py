@@ -197,7 +197,8 @@ def cmd_train_grasp(args) -> int:
                              randomize_physics=True if args.randomize_physics else None, amp=True if args.amp else None,
                              randomized_world=ShiftedMuJoCoBackend, task=args.task_preset,
                              backend=args.backend, ray_address=args.address,
-                             objects=str(args.objects) if args.objects else None)
+                             objects=str(args.objects) if args.objects else None,
+                             object_variation=False if args.no_object_variation else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
           f"{args.out / 'checkpoint.pt'}, progress {args.out / 'progress.csv'}, TensorBoard {args.out / 'tb'}")
@@ -232,8 +233,9 @@ def cmd_train(args) -> int:
         return cmd_train_sb3(args)
     if args.env is None:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
-    if args.no_torque_features or args.randomize_physics or args.objects is not None:
-        raise ConfigError("--no-torque-features, --randomize-physics and --objects apply to train grasp")
+    if args.no_torque_features or args.randomize_physics or args.no_object_variation or args.objects is not None:
+        raise ConfigError("--no-torque-features, --randomize-physics, --no-object-variation and --objects apply "
+                          "to train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -405,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
     p.add_argument("--workers", type=positive_int, default=2,
                    help="humanoid/grasp: runs in parallel processes (default: 2)")
-    p.add_argument("--run", type=Path, default=None, help="grasp-curve: the train grasp run directory")
+    p.add_argument("--run", type=Path, action="append", default=None,
+                   help="grasp-curve: a train grasp run directory (repeat for several training seeds)")
     p.add_argument("--episodes", type=positive_int, default=None,
                    help="grasp: episodes per seed and variant; node: offline grasp episodes per runtime "
                         "(default: 200; --quick: 10)")
@@ -426,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grasp: train without the measured-torque observations (the ablation)")
     p.add_argument("--randomize-physics", action="store_true",
                    help="grasp: domain randomisation, the shifted-MuJoCo physics drawn anew every episode")
+    p.add_argument("--no-object-variation", action="store_true",
+                   help="grasp: train on the objects as listed (default: the task's training_variation, "
+                        "each episode's object varied in mass, friction and fragility)")
     _add_task_arg(p, "realistic")
     p.add_argument("--objects", type=Path, default=None,
                    help="grasp: object-set YAML (default: the --task preset's training set)")

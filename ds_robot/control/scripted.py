@@ -243,6 +243,12 @@ class ScriptedGraspController(Controller):
         self.phase = "plan"  # the first attempt is planned on the first act()
         self.payload_kg = float("nan")
         self.replans = 0
+        # how the last attempt ended, for the next decision: "" (none yet), "missed" (the jaws
+        # shut on nothing) or "slipped" (the lifted hand was empty); its option and, after a
+        # slip, the payload the torques showed (NaN without torque features)
+        self.last_outcome = ""
+        self.last_option: GraspOption | None = None
+        self.last_payload_kg = float("nan")
 
     def decision_due(self) -> bool:
         """True when the next ``act`` plans an attempt (calls ``option_chooser``)."""
@@ -261,7 +267,7 @@ class ScriptedGraspController(Controller):
             self.gripper_command = 1.0
         elif self.phase == "close" and t - self.phase_start >= cfg.close_s:
             if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
-                self._retreat(t)
+                self._retreat(t, "missed")
             else:
                 self.phase = "lift"
                 top = self.grasp_pos + np.array([0.0, 0.0, self.option.lift_height_m])
@@ -287,10 +293,12 @@ class ScriptedGraspController(Controller):
             empty = self.opening < cfg.missed_opening_m or self.payload_kg < cfg.empty_payload_kg or behind
             if empty and self.attempt < cfg.max_attempts:
                 self.replans += 1
-                self._retreat(t)
+                self._retreat(t, "slipped")
 
-    def _retreat(self, t: float) -> None:
+    def _retreat(self, t: float, outcome: str) -> None:
         """Open, back off to above the last grasp pose; the next attempt is planned when there."""
+        self.last_outcome, self.last_option = outcome, self.option
+        self.last_payload_kg = self.payload_kg if outcome == "slipped" else float("nan")
         self.phase, self.phase_start = "retreat", t
         self.gripper_command = -1.0
         above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])

@@ -43,7 +43,7 @@ from ds_robot.errors import ActionError, ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.physics.backend import EpisodeSetup, PhysicsBackend, RobotState
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
-from ds_robot.sim.objects import ObjectSet, default_object_set_path, load_object_set
+from ds_robot.sim.objects import ObjectSet, ObjectVariation, default_object_set_path, load_object_set
 
 
 class UR5GraspEnv(gym.Env):
@@ -67,6 +67,7 @@ class UR5GraspEnv(gym.Env):
         torque_features: bool = True,
         backend_factory: Callable[[str, float], PhysicsBackend] | None = None,
         perception: PerceptionConfig | None = None,
+        object_variation: ObjectVariation | None = None,
     ):
         if isinstance(objects, ObjectSet):
             self.object_set = objects
@@ -95,6 +96,7 @@ class UR5GraspEnv(gym.Env):
                               self.backend.max_gripper_opening_m)
         self.sensors = ObservationPipeline(OBS_SLICES, sensor_noise, sensor_delay_steps)
         self.perception = Perception(perception) if perception is not None else None
+        self.object_variation = object_variation  # training: each episode's object varied around the listed one
         self.obs_slices = dict(OBS_SLICES)
         self.torque_features = torque_features  # False: the tau slice reads 0 (the "no torque" ablation)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_SIZE,), dtype=np.float32)
@@ -124,6 +126,8 @@ class UR5GraspEnv(gym.Env):
             obj = obj.at_rest(options.get("rest") or obj.rests[int(rng.integers(len(obj.rests)))])
         x, y, yaw = obj.placement.sample(rng)
         qpos = self.home_qpos_rad + rng.uniform(-1.0, 1.0, 6) * self.init_qpos_noise_rad
+        if self.object_variation is not None:
+            obj = self.object_variation.apply(obj, rng)
         self.setup = EpisodeSetup(obj, x, y, yaw, qpos, self.backend.max_gripper_opening_m)
         self.state = self.backend.reset(self.setup)
         self.task.reset(self.setup, self.state)

@@ -10,9 +10,12 @@ first releases, kept for regression). Format::
     start_qpos_noise_rad: 0.12                       # each joint uniform +- around home
     joint_sensors: {q_rad: 1.0e-4, qd_rad_s: 0.01, tau_fraction_of_limit: 0.01, delay_steps: 0}
     perception: {...}                                # ds_robot.envs.perception; null = ground truth
+    training_variation: {mass_scale: [lo, hi], ...}  # ds_robot.sim.objects.ObjectVariation; training only
 
 ``env_kwargs(split)`` gives the ``UR5GraspEnv`` keyword arguments of the preset for the
-``train`` or ``test`` object set (plain, picklable values: rollout workers build their own envs).
+``train`` or ``test`` object set (plain, picklable values: rollout workers build their own envs);
+``env_kwargs("train", training=True)`` adds the training variation of the objects (what
+``train grasp`` runs on; every benchmark and evaluation uses the sets as listed).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from ds_robot.envs.perception import PerceptionConfig
 from ds_robot.errors import ConfigError
 from ds_robot.paths import sim_dir
+from ds_robot.sim.objects import ObjectVariation
 from ds_robot.yamlio import Fields, load_yaml
 
 TASKS = ("realistic", "nominal")
@@ -41,17 +45,21 @@ class TaskPreset:
     joint_noise: dict[str, float]  # observation field -> standard deviation, in feature units
     joint_delay_steps: int
     perception: PerceptionConfig | None
+    training_variation: ObjectVariation | None = None
 
     def object_set(self, split: str) -> Path:
         if split not in SPLITS:
             raise ConfigError(f"object split {split!r}: choose {' or '.join(SPLITS)}")
         return self.objects[split]
 
-    def env_kwargs(self, split: str = "train") -> dict:
-        return {"objects": str(self.object_set(split)), "init_qpos_noise_rad": self.start_qpos_noise_rad,
-                "episode_s": self.episode_s,
-                "sensor_noise": dict(self.joint_noise) or None, "sensor_delay_steps": self.joint_delay_steps,
-                "perception": self.perception}
+    def env_kwargs(self, split: str = "train", training: bool = False) -> dict:
+        kwargs = {"objects": str(self.object_set(split)), "init_qpos_noise_rad": self.start_qpos_noise_rad,
+                  "episode_s": self.episode_s,
+                  "sensor_noise": dict(self.joint_noise) or None, "sensor_delay_steps": self.joint_delay_steps,
+                  "perception": self.perception}
+        if training and self.training_variation is not None:
+            kwargs["object_variation"] = self.training_variation
+        return kwargs
 
 
 def load_task(name: str | Path) -> TaskPreset:
@@ -77,9 +85,11 @@ def load_task(name: str | Path) -> TaskPreset:
     if delay != int(delay):
         raise sensors.fail("delay_steps", f"expected a whole number of control steps, got {delay}")
     perception = f.raw("perception", None)
+    variation = f.raw("training_variation", None)
     return TaskPreset(
         name=f.string("name", path.stem), source=path, objects=sets,
         start_qpos_noise_rad=f.number("start_qpos_noise_rad", 0.0, low=0.0, high=0.5),
         episode_s=f.number("episode_s", 8.0, low=1.0, high=120.0),
         joint_noise={k: v for k, v in noise.items() if v > 0}, joint_delay_steps=int(delay),
-        perception=None if perception is None else PerceptionConfig.from_fields(f.sub("perception")))
+        perception=None if perception is None else PerceptionConfig.from_fields(f.sub("perception")),
+        training_variation=None if variation is None else ObjectVariation.from_fields(f.sub("training_variation")))

@@ -4,7 +4,7 @@ NumPy only: ``HierGraspEnv`` (training) and ``HierarchicalController`` (run time
 robot) both build their features with :func:`hier_observation` and their arm command with
 :func:`compose_action`, so the two cannot drift apart.
 
-Features (``HIER_OBS_SIZE`` = 47): the grasp env's 35 torque-augmented features
+Features (``HIER_OBS_SIZE`` = 51): the grasp env's 35 torque-augmented features
 (``ds_robot.envs.layout``; with ``torque_features=False`` the ``tau`` slice is zero) followed by
 
 ==========  ====  ==============================================================
@@ -13,7 +13,14 @@ progress    1     fraction of the current phase's motion done
 tracking    6     joint target minus joint position, rad x 10
 decision    1     1 when the next step plans an attempt (the planner must choose)
 attempt     1     attempts made so far / max attempts
+last_grip   1     the last attempt's grip force per pad / the full force (0 before a first attempt)
+last_load   1     after a slip: the payload (kg) the measured torques showed while lifting (0 without
+                  torque features or after a miss): how much a slipping grip still carried
+last_end    2     one-hot: the last attempt missed (jaws shut on nothing), slipped (lifted hand empty)
 ==========  ====  ==============================================================
+
+Policy files written before the ``last_*`` fields (47 features) load with zero weights for them
+(``ds_robot.hier.policy``): those policies never read them.
 
 Action: the skill machine's computed torque plus the skill policy's residual,
 ``tau = tau_model + residual_scale * limit * residual`` and
@@ -22,6 +29,8 @@ Action: the skill machine's computed torque plus the skill policy's residual,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
@@ -29,7 +38,9 @@ from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, 
 
 SKILLS = ("reach", "grasp", "lift")
 PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2}
-EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1))
+EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1),
+                ("last_grip", 1), ("last_load", 1), ("last_end", 2))
+FULL_GRIP_N = 24.0  # about the full grip's force per pad (GraspOption.grip_force_n 0): last_grip's unit
 HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
 HIER_SLICES: dict[str, slice] = field_slices(HIER_FIELDS)
 HIER_OBS_SIZE = sum(size for _, size in HIER_FIELDS)
@@ -48,14 +59,15 @@ GRIPPER_SCALE = 0.0
 # which face it rests on: the object frame stays gravity-aligned) and how many attempts were made.
 # The object's orientation in the TCP frame is its yaw, uniform over the circle and irrelevant to
 # the choice (the wrist turns to it): in the inputs, it alone moved one object's learned values
-# by up to 15 (success is +1). The arm's joint state, torques and the skill progress at a decision are the
+# by up to 15 (success is +1). At a re-plan it also sees how the last attempt ended: its grip,
+# whether it missed or slipped and, from the joint torques, what the slipping grip carried. The arm's joint state, torques and the skill progress at a decision are the
 # start pose or the retreat pose, and the object's position and the goal are given in the TCP
 # frame, so they move with the start pose (+-0.12 rad per joint): with them in, the learned
 # option values for one object swung by ~5x the gap between options from episode to episode
 # (BENCHMARKS.md, issue 16) and the choice with them. The torques earn their place in the
 # machine's re-plan test and in the skills.
-PLANNER_FIELDS = ("object_size", "attempt")
-PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}
+PLANNER_FIELDS = ("object_size", "attempt", "last_grip", "last_load", "last_end")
+PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}  # the rest: 1
 
 
 def feature_scale() -> np.ndarray:
@@ -70,7 +82,7 @@ def feature_scale() -> np.ndarray:
 
 
 def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
-    """The 47-D features of the grasp env's observation ``obs`` and the machine's state."""
+    """The 51-D features of the grasp env's observation ``obs`` and the machine's state."""
     out = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
     out[:OBS_SIZE] = obs
     if not torque_features:
@@ -80,6 +92,12 @@ def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_f
     out[H["tracking"]] = (machine.q_des - obs[OBS_SLICES["q"]]) * 10.0
     out[H["decision"]] = 1.0 if machine.decision_due() else 0.0
     out[H["attempt"]] = machine.attempt / machine.config.max_attempts
+    last = machine.last_option
+    if last is not None:
+        out[H["last_grip"]] = (last.grip_force_n or FULL_GRIP_N) / FULL_GRIP_N
+        load = machine.last_payload_kg
+        out[H["last_load"]] = min(max(load, -0.5), 3.0) if torque_features and math.isfinite(load) else 0.0
+        out[H["last_end"].start + (0 if machine.last_outcome == "missed" else 1)] = 1.0
     return out
 
 

@@ -7,7 +7,8 @@ version, the observation layout (field names and sizes), the model variant, the 
 whether torque features were used, the residual scales, how the weights are stored (float32,
 or int8 per tensor / per output channel: ``ds_robot.hier.quantize``) and a SHA-256 of the
 stored arrays. A file whose header does not match this code (another observation layout or
-format) is refused with a message that says what differs. int8 files are dequantized once at
+format) is refused with a message that says what differs; one whose layout is this layout
+without the fields appended since loads with zero input weights for them. int8 files are dequantized once at
 load; the runtime is the same.
 """
 
@@ -157,9 +158,13 @@ class HierPolicy:
             raise PolicyFileError(f"{path}: format {header.get('format')!r} version {header.get('version')!r}; "
                                   f"this ds-robot reads {POLICY_FORMAT!r} version {POLICY_VERSION}")
         layout = [list(f) for f in HIER_FIELDS]
-        if header.get("obs_layout") != layout:
-            raise PolicyFileError(f"{path} was trained on observation layout {header.get('obs_layout')}; this "
+        saved = header.get("obs_layout")
+        # a file from before fields were appended to the layout reads the same: zero weights for them
+        older = isinstance(saved, list) and 0 < len(saved) < len(layout) and saved == layout[: len(saved)]
+        if saved != layout and not older:
+            raise PolicyFileError(f"{path} was trained on observation layout {saved}; this "
                                   f"ds-robot builds {layout}: retrain the policy")
+        missing = sum(size for _, size in layout[len(saved):]) if older else 0
         if header.get("sha256") != _digest(arrays):
             raise PolicyFileError(f"{path}: weights do not match their recorded SHA-256 (file modified or corrupt)")
 
@@ -178,10 +183,13 @@ class HierPolicy:
         def net(prefix: str) -> NumpyMLP:
             n = sum(1 for k in arrays if k.startswith(prefix + ".b"))
             try:
-                return NumpyMLP([arrays[f"{prefix}.w{i}"].astype(np.float64) for i in range(n)],
-                                [arrays[f"{prefix}.b{i}"].astype(np.float64) for i in range(n)])
+                weights = [arrays[f"{prefix}.w{i}"].astype(np.float64) for i in range(n)]
+                biases = [arrays[f"{prefix}.b{i}"].astype(np.float64) for i in range(n)]
             except KeyError as exc:
                 raise PolicyFileError(f"{path}: array {exc} is missing") from exc
+            if missing and weights:
+                weights[0] = np.vstack([weights[0], np.zeros((missing, weights[0].shape[1]))])
+            return NumpyMLP(weights, biases)
 
         return cls(planner=net("planner"), skills=[net(f"skill_{n}") for n in SKILLS],
                    options=options_from_list(header["options"]), torque_features=bool(header["torque_features"]),

@@ -97,6 +97,9 @@ class HierTrainConfig:
     randomize_physics: bool = False  # domain randomisation: the caller's randomized world, new physics every episode
     task: str = "realistic"  # the task preset (sim/tasks/), its training object set unless ``objects``
     objects: str | None = None
+    # the task's training_variation (sim/tasks/): each training episode's object varied in mass,
+    # friction and fragility, so that its looks do not identify it (False: the set as listed)
+    object_variation: bool = True
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
     total_steps: int = 50_000_000
     checkpoint_every_s: float = 120.0
@@ -166,7 +169,7 @@ class HierTrainer:
         self.config = cfg = config
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
-        env_kwargs = {**load_task(cfg.task).env_kwargs("train"), "options": self.options,
+        env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
                       "torque_features": cfg.torque_features}
         if cfg.randomize_physics:
             if randomized_world is None:
@@ -502,6 +505,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
     if resume and run.checkpoint.exists():
         saved = load_checkpoint(run.checkpoint, {"algo": "hier_grasp"})
         saved["config"].setdefault("task", "nominal")  # runs from before task presets trained the nominal task
+        saved["config"].setdefault("object_variation", False)  # and before the training variation, the sets as listed
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}

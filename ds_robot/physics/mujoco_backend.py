@@ -14,8 +14,9 @@ from ds_robot.sim.objects import ObjectSpec
 class MuJoCoBackend(PhysicsBackend):
     """Runs the composed scene in MuJoCo.
 
-    Object shapes differ between episodes, so a model is compiled per object the first time
-    it is used and cached. ``model_hook`` (optional) is called on every freshly compiled
+    Object shapes differ between episodes, so a model is compiled per object shape and rest pose
+    the first time it is used and cached; the object's mass (and inertia) and friction are
+    written into it at every reset, so objects varied per episode (``ObjectVariation``) share it. ``model_hook`` (optional) is called on every freshly compiled
     model, which is where a physics-shifted world changes parameters.
     """
 
@@ -29,13 +30,26 @@ class MuJoCoBackend(PhysicsBackend):
     # -- model bookkeeping -------------------------------------------------------------
 
     def _load(self, obj: ObjectSpec) -> None:
-        if obj not in self._cache:
+        key = obj.geometry()  # mass and friction are written per episode: one model per shape and rest
+        if key not in self._cache:
             model = scene.build_scene(self.variant, obj, self.physics_dt_s)
             if self.model_hook is not None:
                 self.model_hook(model)
-            self._cache[obj] = (model, mujoco.MjData(model))
-        self.model, self.data = self._cache[obj]
+            body = model.body(scene.OBJECT_BODY).id
+            geoms = np.flatnonzero(model.geom_bodyid == body)
+            # per unit of the listed mass and friction, as compiled (and hooked)
+            base = (body, geoms, model.body_mass[body] / obj.mass_kg, model.body_inertia[body] / obj.mass_kg,
+                    model.geom_friction[geoms, 0] / obj.friction)
+            self._cache[key] = (model, mujoco.MjData(model), base)
+        self.model, self.data, (body, geoms, mass, inertia, friction) = self._cache[key]
         m = self.model
+        m.geom_friction[geoms, 0] = friction * obj.friction
+        if m.body_mass[body] != mass * obj.mass_kg:
+            m.body_mass[body] = mass * obj.mass_kg  # inertia scales with the mass at the same shape
+            m.body_inertia[body] = inertia * obj.mass_kg
+            # the constants the compiler derived from the masses (the constraint solver's inverse
+            # weights among them): left at another mass's, a heavier object's contacts went unstable
+            mujoco.mj_setConst(m, self.data)
         self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.ARM_JOINTS])
         arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.ARM_JOINTS])
         if not (np.array_equal(arm_dof, np.arange(N_ARM_JOINTS)) and np.array_equal(self._arm_qpos, np.arange(N_ARM_JOINTS))):
@@ -68,6 +82,7 @@ class MuJoCoBackend(PhysicsBackend):
 
     def reset(self, setup: EpisodeSetup) -> RobotState:
         self._load(setup.obj)
+        self._episode_model(setup)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         d.qpos[self._arm_qpos] = setup.arm_qpos_rad
@@ -79,6 +94,10 @@ class MuJoCoBackend(PhysicsBackend):
         d.qpos[o + 3 : o + 7] = scene.object_quat(setup.object_yaw_rad)
         mujoco.mj_forward(m, d)
         return self._read(0.0)
+
+    def _episode_model(self, setup: EpisodeSetup) -> None:
+        """Change the loaded model for this episode (after ``_load`` wrote the object's values;
+        a shifted world draws its hidden physics here). The nominal world changes nothing."""
 
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
         self._arm_ctrl[:] = arm_torque_nm  # MuJoCo clamps to the actuators' ctrlrange

@@ -19,6 +19,11 @@ its x face (``side_x``: the x and z half-sizes swap) or its y face (``side_y``: 
 a cylinder may lie on its side (``lying``: its axis along the body's x); a capsule always
 lies. The body frame stays gravity-aligned in every rest pose (the geom is turned inside it),
 so ``half_extents_m`` is the axis-aligned box a detector reports for the resting object.
+
+``ObjectVariation`` (a task preset's ``training_variation``): per-episode draws of an object's
+mass, friction and fragility around the listed values, so that what an object looks like (its
+bounding box) does not say how heavy, slippery or fragile it is. The training set is listed
+once and varied for training; the benchmarks use every set as listed.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ REST_POSES: dict[str, dict[str, tuple[tuple[float, ...], tuple[int, int, int]]]]
 }
 MAX_HALF_EXTENT_M = 0.5
 MAX_MASS_KG = 20.0
+# The lightest a varied object gets: the sets' lightest objects weigh 30 g; a 7 g one (a 30 g
+# paper cup x 0.25) made MuJoCo's 2 ms step unstable in a gripper's contact.
+MIN_VARIED_MASS_KG = 0.025
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,11 @@ class ObjectSpec:
         if bad or self.rest not in self.rests:
             raise ConfigError(f"object {self.name!r} ({self.shape}): rest poses {list(self.rests)} / {self.rest!r}; "
                               f"a {self.shape} can rest {', '.join(poses)}")
+
+    def geometry(self) -> ObjectSpec:
+        """This object with mass, friction and fragility neutral: what a compiled physics model
+        depends on beyond values a backend writes per episode (``MuJoCoBackend`` caches by it)."""
+        return dataclasses.replace(self, mass_kg=1.0, friction=1.0, crush_force_n=math.inf)
 
     def at_rest(self, rest: str) -> ObjectSpec:
         """This object resting on another of its allowed faces."""
@@ -131,8 +144,42 @@ class ObjectSet:
         return [o.name for o in self.objects]
 
 
-def _range(f: Fields, key: str, low: float, high: float) -> tuple[float, float]:
-    lo, hi = f.vector(key, 2, low=low, high=high)
+@dataclass(frozen=True)
+class ObjectVariation:
+    """Per-episode object variation for training (``apply``): mass x a log-uniform draw from
+    ``mass_scale`` (kept within ``MIN_VARIED_MASS_KG``-``MAX_MASS_KG``), friction x a uniform draw from
+    ``friction_scale``; then, with ``fragile_probability``, an object that a gentle grip could
+    still hold (varied mass at most ``fragile_max_mass_kg``) is made fragile, its crush force
+    uniform in ``crush_force_n``. An object listed as fragile stays fragile at its listed limit."""
+
+    mass_scale: tuple[float, float] = (1.0, 1.0)
+    friction_scale: tuple[float, float] = (1.0, 1.0)
+    fragile_probability: float = 0.0
+    crush_force_n: tuple[float, float] = (6.0, 9.0)
+    fragile_max_mass_kg: float = 0.4
+
+    def apply(self, obj: ObjectSpec, rng: np.random.Generator) -> ObjectSpec:
+        lo, hi = np.log(self.mass_scale)
+        mass = min(max(obj.mass_kg * float(np.exp(rng.uniform(lo, hi))), MIN_VARIED_MASS_KG), MAX_MASS_KG)
+        friction = obj.friction * float(rng.uniform(*self.friction_scale))
+        crush = obj.crush_force_n
+        fragile = rng.uniform() < self.fragile_probability  # drawn every episode: the stream stays aligned
+        crush_draw = float(rng.uniform(*self.crush_force_n))
+        if math.isinf(crush) and fragile and mass <= self.fragile_max_mass_kg:
+            crush = crush_draw
+        return dataclasses.replace(obj, mass_kg=mass, friction=friction, crush_force_n=crush)
+
+    @classmethod
+    def from_fields(cls, f: Fields) -> ObjectVariation:
+        return cls(mass_scale=_range(f, "mass_scale", 0.05, 20.0, (1.0, 1.0)),
+                   friction_scale=_range(f, "friction_scale", 0.1, 5.0, (1.0, 1.0)),
+                   fragile_probability=f.number("fragile_probability", 0.0, low=0.0, high=1.0),
+                   crush_force_n=_range(f, "crush_force_n", 0.5, 1e4, (6.0, 9.0)),
+                   fragile_max_mass_kg=f.number("fragile_max_mass_kg", 0.4, low=0.0, high=MAX_MASS_KG))
+
+
+def _range(f: Fields, key: str, low: float, high: float, default=...) -> tuple[float, float]:
+    lo, hi = f.vector(key, 2, default=default, low=low, high=high)
     if lo > hi:
         raise f.fail(key, f"lower bound {lo} is above upper bound {hi}")
     return lo, hi

@@ -77,12 +77,10 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         self._nominal: dict[int, dict[str, np.ndarray]] = {}
         self._pending: deque = deque()
 
-    def reset(self, setup: EpisodeSetup) -> RobotState:
+    def _episode_model(self, setup: EpisodeSetup) -> None:
         self.shift = self._fixed or PhysicsShift.sample(self._episode_rng(setup), self.max_latency_steps)
-        self._load(setup.obj)
         self._apply(self.shift)
         self._pending.clear()
-        return super().reset(setup)
 
     def _episode_rng(self, setup: EpisodeSetup) -> np.random.Generator:
         placement = np.array([setup.object_x_m, setup.object_y_m, setup.object_yaw_rad, *setup.arm_qpos_rad])
@@ -98,10 +96,11 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         if key not in self._nominal:  # the compiled values, before any shift
             self._nominal[key] = {"damping": m.dof_damping[:N_ARM_JOINTS].copy(), "armature": m.dof_armature[:N_ARM_JOINTS].copy(),
                                   "friction": m.dof_frictionloss[:N_ARM_JOINTS].copy(), "gear": m.actuator_gear[:N_ARM_JOINTS, 0].copy(),
-                                  "payload": m.body_mass[payload].copy(), "object": m.body_mass[obj].copy(),
-                                  "object_inertia": m.body_inertia[obj].copy(),
-                                  "object_friction": m.geom_friction[obj_geoms, 0].copy()}
+                                  "payload": m.body_mass[payload].copy()}
         n = self._nominal[key]
+        # the object's own values: the base class wrote this episode's into the model at _load
+        n = {**n, "object": m.body_mass[obj].copy(), "object_inertia": m.body_inertia[obj].copy(),
+             "object_friction": m.geom_friction[obj_geoms, 0].copy()}
         m.dof_damping[:N_ARM_JOINTS] = n["damping"] * np.array(shift.damping_scale)
         m.dof_armature[:N_ARM_JOINTS] = n["armature"] * np.array(shift.armature_scale)
         m.dof_frictionloss[:N_ARM_JOINTS] = n["friction"] + np.array(shift.friction_add_nm)
