@@ -14,8 +14,9 @@ tracking    6     joint target minus joint position, rad x 10
 decision    1     1 when the next step plans an attempt (the planner must choose)
 attempt     1     attempts made so far / max attempts
 last_grip   1     the last attempt's grip force per pad / the full force (0 before a first attempt)
-last_load   1     after a slip: the payload (kg) the measured torques showed while lifting (0 without
-                  torque features or after a miss): how much a slipping grip still carried
+last_load   1     after a slip: the payload (kg) the measured torques showed over the first 0.2 s of
+                  the hold (the empty-hand check's mean; ~0 once the object is gone; 0 without
+                  torque features or after a miss)
 last_end    2     one-hot: the last attempt missed (jaws shut on nothing), slipped (lifted hand empty)
 ==========  ====  ==============================================================
 

@@ -16,8 +16,9 @@ class MuJoCoBackend(PhysicsBackend):
 
     Object shapes differ between episodes, so a model is compiled per object shape and rest pose
     the first time it is used and cached; the object's mass (and inertia) and friction are
-    written into it at every reset, so objects varied per episode (``ObjectVariation``) share it. ``model_hook`` (optional) is called on every freshly compiled
-    model, which is where a physics-shifted world changes parameters.
+    written into it at every reset, so objects varied per episode (``ObjectVariation``) share
+    it. ``model_hook`` (optional) is called on every freshly compiled model; a physics-shifted
+    world changes parameters per episode in ``_episode_model``.
     """
 
     def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, model_hook=None):
@@ -37,19 +38,22 @@ class MuJoCoBackend(PhysicsBackend):
                 self.model_hook(model)
             body = model.body(scene.OBJECT_BODY).id
             geoms = np.flatnonzero(model.geom_bodyid == body)
-            # per unit of the listed mass and friction, as compiled (and hooked)
-            base = (body, geoms, model.body_mass[body] / obj.mass_kg, model.body_inertia[body] / obj.mass_kg,
-                    model.geom_friction[geoms, 0] / obj.friction)
-            self._cache[key] = (model, mujoco.MjData(model), base)
-        self.model, self.data, (body, geoms, mass, inertia, friction) = self._cache[key]
+            compiled = {"obj": obj, "mass": model.body_mass[body].copy(), "inertia": model.body_inertia[body].copy(),
+                        "friction": model.geom_friction[geoms, 0].copy(), "const_mass_kg": obj.mass_kg}
+            self._cache[key] = (model, mujoco.MjData(model), body, geoms, compiled)
+        self.model, self.data, body, geoms, c = self._cache[key]
         m = self.model
-        m.geom_friction[geoms, 0] = friction * obj.friction
-        if m.body_mass[body] != mass * obj.mass_kg:
-            m.body_mass[body] = mass * obj.mass_kg  # inertia scales with the mass at the same shape
-            m.body_inertia[body] = inertia * obj.mass_kg
+        # always from the compiled values (a shifted world scales them after this, every episode);
+        # the listed object is a ratio of exactly 1, so its model is the compiled one bit for bit
+        mass_ratio = obj.mass_kg / c["obj"].mass_kg
+        m.body_mass[body] = c["mass"] * mass_ratio  # inertia scales with the mass at the same shape
+        m.body_inertia[body] = c["inertia"] * mass_ratio
+        m.geom_friction[geoms, 0] = c["friction"] * (obj.friction / c["obj"].friction)
+        if obj.mass_kg != c["const_mass_kg"]:
             # the constants the compiler derived from the masses (the constraint solver's inverse
             # weights among them): left at another mass's, a heavier object's contacts went unstable
             mujoco.mj_setConst(m, self.data)
+            c["const_mass_kg"] = obj.mass_kg
         self._arm_qpos = np.array([m.jnt_qposadr[m.joint(j).id] for j in scene.ARM_JOINTS])
         arm_dof = np.array([m.jnt_dofadr[m.joint(j).id] for j in scene.ARM_JOINTS])
         if not (np.array_equal(arm_dof, np.arange(N_ARM_JOINTS)) and np.array_equal(self._arm_qpos, np.arange(N_ARM_JOINTS))):
