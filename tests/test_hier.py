@@ -272,7 +272,7 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
 
     out = tmp_path / "grasp.json"
     run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=3, workers=2,
-                        variants=("scripted", "best_fixed", "sb3_sac"), task="realistic",
+                        variants=("scripted", "best_fixed", "rule_probe", "sb3_sac"), task="realistic",
                         policies={"sb3_sac": tmp_path / "not_trained.zip"})  # an absent peer is reported missing
     doc = json.loads(out.read_text())
     rows = {(r["object_set"], r["name"]): r for r in doc["results"]}
@@ -283,6 +283,9 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
     assert doc["config"]["best_fixed"] == f"fixed_{best['option']['index']}"
     assert ("test", "best_fixed") in rows and rows[("test", "best_fixed")]["episodes"] == 3
     assert "missing" in rows[("test", "sb3_sac")]
+    # the hand-written probe rule weighs first (option 6), then decides in the hand
+    probe = rows[("train", "rule_probe")]
+    assert probe["episodes"] == 3 and probe["success_rate"] >= 2 / 3
 
 
 def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_values():

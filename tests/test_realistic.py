@@ -191,3 +191,68 @@ def test_the_payload_the_torques_show_is_the_object_mass_when_held_and_about_zer
     machine.option_chooser = chooser
     assert run_episode(env, machine, 0).success
     assert len(at_replan) == 1 and abs(at_replan[0]) < 0.1 < env.setup.obj.mass_kg  # the 1.3 kg dumbbell slipped out
+
+
+# -- the probe: weigh, then commit with the object in the hand ---------------------------------
+
+
+def _probe_then(grips: dict[str, float], seen: list, machine_ref: list):
+    """A chooser: the probe first; in the hand, the grip ``grips[outcome]`` (``probed``/``slipped``)."""
+    probe = GraspOption(grip_force_n=4.0, probe=True)
+
+    def choose(obs, attempt):
+        machine = machine_ref[0]
+        seen.append((machine.phase, hier_observation(obs, machine, torque_features=True)))
+        if machine.phase == "decide":
+            return GraspOption(grip_force_n=grips[machine.last_outcome])
+        return probe if attempt == 0 else GraspOption()
+
+    return choose
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_probe_weighs_the_object_and_the_grip_chosen_in_the_hand_lifts_it_without_a_new_attempt(seed):
+    # light and fragile (peach, 0.15 kg, breaks above 6-9 N) and heavy (dumbbell, 1.3 kg):
+    # one probe, then what the weight says, with the object never let go
+    for name, grips in (("peach", {"probed": 5.0, "slipped": 5.0}), ("dumbbell", {"probed": 0.0, "slipped": 0.0})):
+        env = _realistic_env([name])
+        seen, ref = [], []
+        machine = ScriptedGraspController(env.control_dt_s, "ur5e")
+        ref.append(machine)
+        machine.option_chooser = _probe_then(grips, seen, ref)
+        result = run_episode(env, machine, seed)
+        assert result.success and not env.task.crushed, (name, seed)
+        assert machine.attempt == 1 and machine.replans == 0  # weighed and lifted in one attempt
+        phases = [phase for phase, _ in seen]
+        assert phases == ["plan", "decide"], phases
+        at_decide = seen[1][1]
+        assert at_decide[H["in_hand"]][0] == 1.0 and not seen[0][1][H["in_hand"]].any()
+        assert at_decide[H["last_grip"]][0] == pytest.approx(4.0 / FULL_GRIP_N)
+        load = at_decide[H["last_load"]][0]
+        if name == "peach":  # held by the probe: its weight, within the torque noise
+            assert list(at_decide[H["last_end"]]) == [0.0, 0.0]
+            assert load == pytest.approx(env.setup.obj.mass_kg, abs=0.08)
+        else:  # a 4 N probe cannot lift 1.3 kg: it stays down, and the torques show far less than its weight
+            assert list(at_decide[H["last_end"]]) == [0.0, 1.0]
+            assert load < 0.5 * env.setup.obj.mass_kg
+
+
+def test_a_probe_and_the_full_grip_in_the_hand_crushes_the_fragile_object_the_gentle_one_holds():
+    # the decision in the hand matters: the same probe, then the full grip, breaks the peach
+    env = _realistic_env(["peach"])
+    seen, ref = [], []
+    machine = ScriptedGraspController(env.control_dt_s, "ur5e")
+    ref.append(machine)
+    machine.option_chooser = _probe_then({"probed": 0.0, "slipped": 0.0}, seen, ref)
+    assert not run_episode(env, machine, 0).success and env.task.crushed
+
+
+def test_probe_options_need_a_gentle_grip_and_round_trip_through_the_option_list():
+    from ds_robot.hier.options import DEFAULT_OPTIONS, options_from_list, options_to_list
+
+    with pytest.raises(ConfigError, match="probe option needs a gentle"):
+        GraspOption(probe=True)
+    assert options_from_list(options_to_list(DEFAULT_OPTIONS)) == DEFAULT_OPTIONS
+    assert sum(o.probe for o in DEFAULT_OPTIONS) == 2
+    with pytest.raises(ConfigError, match="malformed option list"):
+        options_from_list([["narrow", 0.12, 0.12, 4.0, "poke"]])

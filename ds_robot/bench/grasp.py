@@ -9,7 +9,9 @@ task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` epi
   the *training* set, found here by running every option (``fixed_K`` rows, training set only),
   then reported on both sets;
 - ``rule_gentle_first``: a hand-written planner on the same machine: the 5 N option first, the
-  full grip for every re-plan (a slip or a missed grasp); the best non-learned planner found;
+  full grip for every re-plan (a slip or a missed grasp);
+- ``rule_probe``: a hand-written planner with the probe option: weigh the object with a 4 N
+  grip first, then the grip its weight needs by a friction rule (``PROBE_RULE_KG``);
 - ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``);
   ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
   lifted hand off; ``hier_no_torque``: the policy trained without torque features;
@@ -44,7 +46,7 @@ from ds_robot.bench.report import ci_text, format_table, write_json
 from ds_robot.errors import ConfigError
 from ds_robot.stats import mean_ci95, wilson_ci95
 
-VARIANTS = ("scripted", "best_fixed", "rule_gentle_first", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
+VARIANTS = ("scripted", "best_fixed", "rule_gentle_first", "rule_probe", "hier", "hier_planner_only", "hier_no_replan", "hier_no_torque", "flat",
             "flat_ppo", "sb3_sac", "hier_tau_err10", "hier_tau_err25")
 # hier_tau_errNN: the shipped policy reading torques through a wrong calibration, each joint's
 # torque x a factor drawn once per seed from [1 - NN%, 1 + NN%] (a real UR reports motor current:
@@ -62,6 +64,7 @@ POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque
 # of every training seed and their mean with a 95% CI across the training seeds
 TRAINING_SEEDS = {"hier": ("seeds/grasp_hier_s1.npz", "seeds/grasp_hier_s2.npz"),
                   "hier_no_torque": ("seeds/grasp_hier_no_torque_s1.npz", "seeds/grasp_hier_no_torque_s2.npz")}
+NON_LEARNED = ("scripted", "best_fixed", "rule_gentle_first", "rule_probe")
 SETS = ("train", "test")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
 GOALS = {"hier_success": 0.95, "margin_over_best_fixed": 0.10, "best_fixed_ceiling": 0.85, "energy_ratio": 0.69,
@@ -84,6 +87,28 @@ def _with_torque_calibration_error(controller, error: float, seed: int):
     return controller
 
 
+# rule_probe's grips by the payload a probe weighed: per pad, the force that holds m kg with a
+# friction coefficient of 0.5 and a safety factor of 2 is m g / (2 x 0.5) x 2 ~ 19.6 m N
+PROBE_RULE_KG = ((0.25, 2), (0.6, 1))  # up to 0.25 kg: option 2 (5 N); up to 0.6 kg: option 1 (12 N); else 0
+
+
+def _probe_rule(machine):
+    """A hand-written planner with the probe: weigh first (option 6), then the grip the weight
+    needs (``PROBE_RULE_KG``; the full grip when the probe slipped or without a weight); the full
+    grip for every attempt after a slip or a miss."""
+    from ds_robot.hier.options import DEFAULT_OPTIONS
+
+    def choose(obs, attempt):
+        if machine.phase != "decide":
+            return DEFAULT_OPTIONS[6] if attempt == 0 else DEFAULT_OPTIONS[0]
+        load = machine.last_payload_kg
+        if machine.last_outcome != "probed" or not math.isfinite(load):
+            return DEFAULT_OPTIONS[0]
+        return DEFAULT_OPTIONS[next((k for kg, k in PROBE_RULE_KG if load <= kg), 0)]
+
+    return choose
+
+
 def _controller(variant: str, env, policies: dict[str, Path], seed: int = 0):
     from ds_robot.deploy.controllers import controller_for_env
 
@@ -95,6 +120,11 @@ def _controller(variant: str, env, policies: dict[str, Path], seed: int = 0):
         controller = controller_for_env("fixed", env, option=0)
         gentle, firm = DEFAULT_OPTIONS[2], DEFAULT_OPTIONS[0]
         controller.option_chooser = lambda obs, attempt: gentle if attempt == 0 else firm
+        controller.name = variant
+        return controller
+    if variant == "rule_probe":
+        controller = controller_for_env("fixed", env, option=0)
+        controller.option_chooser = _probe_rule(controller)
         controller.name = variant
         return controller
     if variant in ("scripted", "flat"):
@@ -362,7 +392,12 @@ def verdict(results: list[dict]) -> list[str]:
             lines.append(f"{row['name']} on the {row['object_set']} set over {len(seeds['success_rate'])} training "
                          f"seeds: {seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
                          + ", ".join(f"{r:.3f}" for r in seeds["success_rate"]) + ")")
-    for ablation in ("rule_gentle_first", "hier_planner_only", "hier_no_replan", "hier_no_torque"):
+    non_learned = [by[("test", n)] for n in NON_LEARNED if ("test", n) in by]
+    if hier and non_learned:
+        top = max(non_learned, key=lambda r: r["success_rate"])
+        lines.append(f"best non-learned controller on the test set: {top['name']} {_rate(top)}; hier "
+                     f"{100 * (hier['success_rate'] - top['success_rate']):+.1f} points against it")
+    for ablation in ("rule_gentle_first", "rule_probe", "hier_planner_only", "hier_no_replan", "hier_no_torque"):
         row = by.get(("test", ablation))
         if hier and row:
             lines.append(f"{ablation} on the test set {_rate(row)} vs hier {_rate(hier)} "
@@ -379,7 +414,8 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
     sets = list(dict.fromkeys(r["object_set"] for r in results))
     variants = list(dict.fromkeys(r["name"] for r in results))
     colors = {"scripted": "#8C8C8C", "best_fixed": "#55A868", "flat": "#DD8452", "hier_no_torque": "#8172B3",
-              "hier": "#4C72B0", "hier_planner_only": "#64B5CD", "hier_no_replan": "#C44E52"}
+              "hier": "#4C72B0", "hier_planner_only": "#64B5CD", "hier_no_replan": "#C44E52",
+              "rule_gentle_first": "#CCB974", "rule_probe": "#937860"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):

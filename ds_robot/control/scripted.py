@@ -9,14 +9,17 @@ own MuJoCo model (``RobotModel``) -> computed torque:
 Phases: plan -> pre-grasp (above the object, jaws across its narrower side) -> descend ->
 close -> lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and
 re-plans with the object's new pose, up to ``max_attempts`` times; so does a lift that ends
-with an empty hand (``replan_on_empty``): over the first 0.2 s of the hold the measured joint
-torques are compared with the model's gravity torques, and the difference, projected on the
-TCP's vertical Jacobian row (weighted by 1 / torque limit^2, the sensor noise scale), is the payload
-``m = (j W dtau) / (g j W j)``, averaged over the window; under ``empty_payload_kg`` the hand is empty. So it is when
-the jaws are shut, or when the perceived object rose less than half the lift (it slipped: pads
-sliding along an object pull on the hand with their friction, which the torques alone cannot
-tell from a light payload). Without torque features (``torque_available = False``) the jaws
-and the perceived height count.
+with an empty hand (``replan_on_empty``): 0.2 s into the hold, the jaws are shut or the
+perceived object rose less than half the lift (it slipped, or was never held). Over that
+window the measured joint torques are compared with the model's gravity torques, and the
+difference, projected on the TCP's vertical Jacobian row (weighted by 1 / torque limit^2, the
+sensor noise scale), is the payload ``m = (j W dtau) / (g j W j)``, averaged: what the object
+weighs, for the next decision (without torque features, ``torque_available = False``, NaN).
+
+A probe option (``GraspOption.probe``) weighs before it commits: a gentle grip, a 2 cm lift,
+the payload check, then a decision with the object still between the pads (phase ``decide``):
+the chosen option's grip takes over and its lift goes on (or, if the object stayed down, the
+hand goes back down and squeezes again first).
 
 Each attempt follows a ``GraspOption`` (which side the jaws close across, pre-grasp and lift
 heights); the scripted controller always takes ``ScriptedConfig.option``. The hierarchical
@@ -51,13 +54,17 @@ class GraspOption:
     approach ends before descending; ``lift_height_m``: how high the object is lifted;
     ``grip_force_n``: the normal force each pad presses with (0: the gripper's full force, about
     24 N per pad; a gentle grip holds a fragile object without breaking it, and lets a heavy
-    one slip).
+    one slip). ``probe``: the attempt only weighs the object: a gentle grip (``grip_force_n``,
+    required), a ``PROBE_LIFT_M`` lift, the payload the joint torques show, then a new decision
+    with the object still in the hand (``ScriptedGraspController``: the chosen option's grip and
+    lift continue from there; a probe chosen in the hand continues as its own gentle grip).
     """
 
     axis: str = "narrow"
     pregrasp_height_m: float = 0.12
     lift_height_m: float = 0.12
     grip_force_n: float = 0.0
+    probe: bool = False
 
     def __post_init__(self):
         from ds_robot.errors import ConfigError
@@ -69,10 +76,19 @@ class GraspOption:
                               f"(0.02-0.3), lift {self.lift_height_m} m (0.055-0.3; success needs 0.05)")
         if not (self.grip_force_n == 0.0 or 1.0 <= self.grip_force_n <= 30.0):
             raise ConfigError(f"grasp option grip_force_n={self.grip_force_n}: 0 (full force) or 1-30 N per pad")
+        if self.probe and not self.grip_force_n:
+            raise ConfigError("a probe option needs a gentle grip_force_n (1-30 N per pad): the full grip "
+                              "would break what it is meant to weigh")
 
     def describe(self) -> str:
         grip = f"/grip{self.grip_force_n:.0f}N" if self.grip_force_n else ""
+        if self.probe:
+            return f"{self.axis}/pre{self.pregrasp_height_m * 100:.0f}cm/probe{grip}"
         return f"{self.axis}/pre{self.pregrasp_height_m * 100:.0f}cm/lift{self.lift_height_m * 100:.0f}cm{grip}"
+
+
+PROBE_LIFT_M = 0.02  # how high a probe lifts the object to weigh it
+PROBE_LIFT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -90,12 +106,15 @@ class ScriptedConfig:
     damping_ratio: float = 1.0
     missed_opening_m: float = 0.004  # jaws closer than this after closing: nothing was grasped
     max_attempts: int = 3
-    # Re-plan when the lifted hand is empty: 0.2 s into the hold, the payload the measured joint
-    # torques show under ``empty_payload_kg``, the jaws shut, or the object seen less than half
-    # the lift above where it was, starts a new attempt.
+    # Re-plan when the lifted hand is empty: 0.2 s into the hold, the jaws shut or the object
+    # seen less than half the lift above where it was starts a new attempt. The payload the
+    # measured joint torques show over that window is recorded for the next decision (what the
+    # object weighs); it does not decide emptiness: its noise (~0.03 kg on the window's mean) is
+    # a light object's weight, and the first versions' 20 g threshold called a held 40 g paper
+    # box empty and re-gripped it at full force.
     replan_on_empty: bool = True
-    empty_payload_kg: float = 0.02
     payload_check_s: float = 0.2
+    regrip_descend_s: float = 0.4  # after a probe that slipped: back down to the grasp pose to squeeze again
 
 
 def min_jerk(s: float) -> float:
@@ -229,7 +248,34 @@ class ScriptedGraspController(Controller):
                                self.grasp_rot),
         }
         self.phase = "approach"
+        self.probing = self.option.probe
         self.attempt += 1
+
+    def _continue_in_hand(self, obs: np.ndarray, t: float) -> None:
+        """After a probe: the next decision's option takes over with the object in the hand. Held,
+        its lift goes on from the probe height with its grip; slipped (the object stayed down),
+        the hand goes back down to the grasp pose and squeezes again with its grip first. Not a new
+        attempt. Without re-planning (``replan_on_empty`` off) the probe goes on as its own grip."""
+        start = time.perf_counter()
+        cfg = self.config
+        if self.option_chooser and cfg.replan_on_empty:
+            self.option = self.option_chooser(obs, self.attempt)
+        self.probing = False
+        if self.last_outcome == "probed":
+            self._start_lift(t)
+        else:
+            self.segments["descend"] = Segment(t, cfg.regrip_descend_s, self.ref_pos, self.grasp_pos,
+                                               self.ref_rot, self.grasp_rot)
+            self.phase = "descend"
+        self._planning_s.append(time.perf_counter() - start)
+
+    def _start_lift(self, t: float) -> None:
+        cfg = self.config
+        self.phase = "lift"
+        height = PROBE_LIFT_M if self.probing else self.option.lift_height_m
+        lift_s = PROBE_LIFT_S if self.probing else cfg.lift_s * max(self.option.lift_height_m / 0.12, 0.5)
+        top = self.grasp_pos + np.array([0.0, 0.0, height])
+        self.segments["lift"] = Segment(t, lift_s, self.ref_pos, top, self.ref_rot, self.grasp_rot)
 
     def reset(self, obs: np.ndarray) -> None:
         self._decode(obs)
@@ -241,6 +287,7 @@ class ScriptedGraspController(Controller):
         self.option = self.config.option
         self.segments: dict[str, Segment] = {}
         self.phase = "plan"  # the first attempt is planned on the first act()
+        self.probing = False  # this attempt is a probe's weighing lift
         self.payload_kg = float("nan")
         self.replans = 0
         # how the last attempt ended, for the next decision: "" (none yet), "missed" (the jaws
@@ -252,7 +299,8 @@ class ScriptedGraspController(Controller):
 
     def decision_due(self) -> bool:
         """True when the next ``act`` plans an attempt (calls ``option_chooser``)."""
-        return self.phase == "plan" or (self.phase == "retreat" and self.segments["retreat"].done(self.t))
+        return (self.phase in ("plan", "decide")
+                or (self.phase == "retreat" and self.segments["retreat"].done(self.t)))
 
     # -- control ----------------------------------------------------------------------------
 
@@ -260,6 +308,8 @@ class ScriptedGraspController(Controller):
         cfg, t = self.config, self.t
         if self.phase == "plan":
             self._plan_attempt(obs, t)
+        elif self.phase == "decide":
+            self._continue_in_hand(obs, t)
         if self.phase == "approach" and self.segments["approach"].done(t):
             self.phase = "descend"
         elif self.phase == "descend" and self.segments["descend"].done(t + cfg.settle_s):
@@ -269,17 +319,14 @@ class ScriptedGraspController(Controller):
             if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
                 self._retreat(t, "missed")
             else:
-                self.phase = "lift"
-                top = self.grasp_pos + np.array([0.0, 0.0, self.option.lift_height_m])
-                lift_s = cfg.lift_s * max(self.option.lift_height_m / 0.12, 0.5)
-                self.segments["lift"] = Segment(t, lift_s, self.ref_pos, top, self.ref_rot, self.grasp_rot)
+                self._start_lift(t)
         elif self.phase == "retreat" and self.segments["retreat"].done(t):
             self._plan_attempt(obs, t)
         elif self.phase == "lift" and self.segments["lift"].done(t):
             self.phase, self.phase_start = "hold", t
             self._checked = False
             self._payloads: list[float] = []
-        elif self.phase == "hold" and cfg.replan_on_empty and not self._checked:
+        elif self.phase == "hold" and (cfg.replan_on_empty or self.probing) and not self._checked:
             if self.torque_available:
                 self._payloads.append(self.payload_estimate(obs))
             if t - self.phase_start < cfg.payload_check_s:
@@ -289,9 +336,16 @@ class ScriptedGraspController(Controller):
             self.payload_kg = float(np.mean(self._payloads)) if self._payloads else float("nan")
             obj_pos, _ = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)
             # the perceived object rose less than half as far as the hand: it slipped (or was never held)
-            behind = obj_pos[2] - self.object_z_m < 0.5 * self.option.lift_height_m
-            empty = self.opening < cfg.missed_opening_m or self.payload_kg < cfg.empty_payload_kg or behind
-            if empty and self.attempt < cfg.max_attempts:
+            lifted = PROBE_LIFT_M if self.probing else self.option.lift_height_m
+            behind = obj_pos[2] - self.object_z_m < 0.5 * lifted
+            shut = self.opening < cfg.missed_opening_m
+            empty = shut or behind
+            if self.probing and not (shut and self.attempt < cfg.max_attempts):
+                # weighed: decide with the object in the hand (held, or still between the pads)
+                self.last_outcome = "slipped" if empty else "probed"
+                self.last_option, self.last_payload_kg = self.option, self.payload_kg
+                self.phase = "decide"
+            elif empty and self.attempt < cfg.max_attempts:
                 self.replans += 1
                 self._retreat(t, "slipped")
 

@@ -1,6 +1,6 @@
 """The hierarchical grasp controller at run time (NumPy only, no torch).
 
-Each control step: the 51-D features of the observation (``ds_robot.hier.features``); if the skill
+Each control step: the 52-D features of the observation (``ds_robot.hier.features``); if the skill
 machine is about to plan an attempt, the planner picks the option with the highest logit
 (one high-level decision, timed); the active skill's policy gives a residual on the
 machine's computed-torque command. ``residual_share`` is the running ratio
@@ -36,7 +36,7 @@ class HierarchicalController(Controller):
         self.limit = self.machine.torque_limit_nm
         self.planning_latency_s: list[float] = []
         self.chosen: list[int] = []
-        self.features: np.ndarray | None = None  # the 51-D features of the last act()
+        self.features: np.ndarray | None = None  # the 52-D features of the last act()
 
     @property
     def robot_model(self) -> RobotModel:

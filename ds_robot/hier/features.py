@@ -4,7 +4,7 @@ NumPy only: ``HierGraspEnv`` (training) and ``HierarchicalController`` (run time
 robot) both build their features with :func:`hier_observation` and their arm command with
 :func:`compose_action`, so the two cannot drift apart.
 
-Features (``HIER_OBS_SIZE`` = 51): the grasp env's 35 torque-augmented features
+Features (``HIER_OBS_SIZE`` = 52): the grasp env's 35 torque-augmented features
 (``ds_robot.envs.layout``; with ``torque_features=False`` the ``tau`` slice is zero) followed by
 
 ==========  ====  ==============================================================
@@ -14,14 +14,17 @@ tracking    6     joint target minus joint position, rad x 10
 decision    1     1 when the next step plans an attempt (the planner must choose)
 attempt     1     attempts made so far / max attempts
 last_grip   1     the last attempt's grip force per pad / the full force (0 before a first attempt)
-last_load   1     after a slip: the payload (kg) the measured torques showed over the first 0.2 s of
-                  the hold (the empty-hand check's mean; ~0 once the object is gone; 0 without
-                  torque features or after a miss)
-last_end    2     one-hot: the last attempt missed (jaws shut on nothing), slipped (lifted hand empty)
+last_load   1     after a slip or a probe: the payload (kg) the measured torques showed over the first
+                  0.2 s of the hold (the empty-hand check's mean; ~0 once the object is gone; 0
+                  without torque features or after a miss)
+last_end    2     one-hot: the last attempt missed (jaws shut on nothing), slipped (lifted hand empty,
+                  or a probed object stayed down); both 0 after a probe that lifted its object
+in_hand     1     1 at the decision after a probe: the object is between the pads (held, or slipped
+                  and still there), the option chosen continues from there
 ==========  ====  ==============================================================
 
-Policy files written before the ``last_*`` fields (47 features) load with zero weights for them
-(``ds_robot.hier.policy``): those policies never read them.
+Policy files written before the ``last_*`` fields (47 features) or ``in_hand`` (51) load with zero
+weights for them (``ds_robot.hier.policy``): those policies never read them.
 
 Action: the skill machine's computed torque plus the skill policy's residual,
 ``tau = tau_model + residual_scale * limit * residual`` and
@@ -38,9 +41,10 @@ from ds_robot.control.scripted import ScriptedGraspController
 from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
 
 SKILLS = ("reach", "grasp", "lift")
-PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2}
+PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2,
+               "decide": 2}
 EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1),
-                ("last_grip", 1), ("last_load", 1), ("last_end", 2))
+                ("last_grip", 1), ("last_load", 1), ("last_end", 2), ("in_hand", 1))
 FULL_GRIP_N = 24.0  # about the full grip's force per pad (GraspOption.grip_force_n 0): last_grip's unit
 HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
 HIER_SLICES: dict[str, slice] = field_slices(HIER_FIELDS)
@@ -67,7 +71,7 @@ GRIPPER_SCALE = 0.0
 # option values for one object swung by ~5x the gap between options from episode to episode
 # (BENCHMARKS.md, issue 16) and the choice with them. The torques earn their place in the
 # machine's re-plan test and in the skills.
-PLANNER_FIELDS = ("object_size", "attempt", "last_grip", "last_load", "last_end")
+PLANNER_FIELDS = ("object_size", "attempt", "last_grip", "last_load", "last_end", "in_hand")
 PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}  # the rest: 1
 
 
@@ -83,7 +87,7 @@ def feature_scale() -> np.ndarray:
 
 
 def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_features: bool) -> np.ndarray:
-    """The 51-D features of the grasp env's observation ``obs`` and the machine's state."""
+    """The 52-D features of the grasp env's observation ``obs`` and the machine's state."""
     out = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
     out[:OBS_SIZE] = obs
     if not torque_features:
@@ -98,7 +102,9 @@ def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_f
         out[H["last_grip"]] = (last.grip_force_n or FULL_GRIP_N) / FULL_GRIP_N
         load = machine.last_payload_kg
         out[H["last_load"]] = min(max(load, -0.5), 3.0) if torque_features and math.isfinite(load) else 0.0
-        out[H["last_end"].start + (0 if machine.last_outcome == "missed" else 1)] = 1.0
+        if machine.last_outcome in ("missed", "slipped"):
+            out[H["last_end"].start + (0 if machine.last_outcome == "missed" else 1)] = 1.0
+    out[H["in_hand"]] = 1.0 if machine.phase == "decide" else 0.0
     return out
 
 

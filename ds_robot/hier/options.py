@@ -19,6 +19,7 @@ from ds_robot.control.scripted import GraspOption
 from ds_robot.errors import ConfigError
 
 MAX_OPTIONS = 10
+PROBE_GRIP_N = 4.0  # the probes' grip per pad: under the 6-9 N at which the task's fragile objects break
 
 LEGACY_OPTIONS: tuple[GraspOption, ...] = tuple(
     GraspOption(axis, pregrasp, lift)
@@ -27,7 +28,7 @@ LEGACY_OPTIONS: tuple[GraspOption, ...] = tuple(
 DEFAULT_OPTIONS: tuple[GraspOption, ...] = (
     *(GraspOption("narrow", 0.12, 0.12, grip) for grip in (0.0, 12.0, 5.0)),
     *(GraspOption("wide", 0.12, 0.12, grip) for grip in (0.0, 12.0, 5.0)),
-    *(GraspOption("narrow", 0.04, 0.065, grip) for grip in (0.0, 5.0)),
+    *(GraspOption(axis, 0.12, 0.12, PROBE_GRIP_N, probe=True) for axis in ("narrow", "wide")),
     *(GraspOption("narrow", 0.12, 0.065, grip) for grip in (0.0, 5.0)),
 )
 
@@ -47,18 +48,23 @@ def validate_options(options) -> tuple[GraspOption, ...]:
 
 def options_to_list(options) -> list[list]:
     """Rows ``[axis, pregrasp m, lift m]``, with the grip force (N per pad) as a fourth entry
-    when it is not the full force (so files written before grip forces existed read the same)."""
+    when it is not the full force (so files written before grip forces existed read the same),
+    and ``"probe"`` as a fifth for a probe option."""
     return [[o.axis, o.pregrasp_height_m, o.lift_height_m] + ([o.grip_force_n] if o.grip_force_n else [])
-            for o in options]
+            + (["probe"] if o.probe else []) for o in options]
 
 
 def options_from_list(rows) -> tuple[GraspOption, ...]:
     try:
-        return validate_options(GraspOption(str(r[0]), *(float(v) for v in r[1:])) for r in rows
-                                if 3 <= len(r) <= 4 or _bad_row(r))
+        return validate_options(_option_from_row(r) for r in rows)
     except (TypeError, ValueError, IndexError) as exc:
         raise ConfigError(f"malformed option list {rows!r}: {exc}") from exc
 
 
-def _bad_row(row) -> bool:
-    raise ValueError(f"option {row!r}: expected [axis, pregrasp m, lift m] or [axis, pregrasp m, lift m, grip N]")
+def _option_from_row(row) -> GraspOption:
+    row = list(row)
+    probe = len(row) == 5 and row[4] == "probe"
+    if not (3 <= len(row) <= 4 or probe):
+        raise ValueError(f"option {row!r}: expected [axis, pregrasp m, lift m], [axis, pregrasp m, lift m, grip N] "
+                         "or [axis, pregrasp m, lift m, grip N, 'probe']")
+    return GraspOption(str(row[0]), *(float(v) for v in row[1:4]), probe=probe)
