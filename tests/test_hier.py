@@ -34,6 +34,8 @@ def test_option_count_is_validated():
         validate_options([DEFAULT_OPTIONS[0], DEFAULT_OPTIONS[0]])
     with pytest.raises(ConfigError, match="2 to 10 options"):
         HierTrainConfig(options=tuple(("narrow", 0.03 + 0.01 * i, 0.1) for i in range(11)))
+    with pytest.raises(ConfigError, match="planner_fields"):
+        HierTrainConfig(planner_fields=("object_size", "object_colour"))
     with pytest.raises(ConfigError, match="axis"):
         GraspOption("diagonal", 0.1, 0.1)
     with pytest.raises(ConfigError, match="heights"):

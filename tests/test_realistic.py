@@ -256,3 +256,21 @@ def test_probe_options_need_a_gentle_grip_and_round_trip_through_the_option_list
     assert sum(o.probe for o in DEFAULT_OPTIONS) == 2
     with pytest.raises(ConfigError, match="malformed option list"):
         options_from_list([["narrow", 0.12, 0.12, 4.0, "poke"]])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_shipped_planner_ends_on_a_gentle_grip_for_a_fragile_object_and_a_firm_one_for_a_heavy_one(seed):
+    """The shipped policy on the realistic task: the 0.15 kg peach (breaks above 6-9 N per pad)
+    and the 1.3 kg dumbbell both lifted, with the grip the last decision chose differing: a
+    constant planner crushes the one or slips the other (and a probe alone lifts neither)."""
+    from ds_robot.deploy.controllers import controller_for_env
+    from ds_robot.paths import policies_dir
+
+    grips = {}
+    for name in ("peach", "dumbbell"):
+        env = _realistic_env([name])
+        controller = controller_for_env("hier", env, policy=policies_dir() / "grasp_hier.npz")
+        result = run_episode(env, controller, seed)
+        assert result.success and not env.task.crushed, (name, seed, controller.chosen)
+        grips[name] = controller.machine.option.grip_force_n or FULL_GRIP_N
+    assert grips["peach"] <= 5.0 < 12.0 <= grips["dumbbell"], grips

@@ -198,7 +198,8 @@ def cmd_train_grasp(args) -> int:
                              randomized_world=ShiftedMuJoCoBackend, task=args.task_preset,
                              backend=args.backend, ray_address=args.address,
                              objects=str(args.objects) if args.objects else None,
-                             object_variation=False if args.no_object_variation else None)
+                             object_variation=False if args.no_object_variation else None,
+                             planner_fields=tuple(args.planner_fields.split(",")) if args.planner_fields else None)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
           f"{args.out / 'checkpoint.pt'}, progress {args.out / 'progress.csv'}, TensorBoard {args.out / 'tb'}")
@@ -233,9 +234,10 @@ def cmd_train(args) -> int:
         return cmd_train_sb3(args)
     if args.env is None:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
-    if args.no_torque_features or args.randomize_physics or args.no_object_variation or args.objects is not None:
-        raise ConfigError("--no-torque-features, --randomize-physics, --no-object-variation and --objects apply "
-                          "to train grasp")
+    if (args.no_torque_features or args.randomize_physics or args.no_object_variation or args.objects is not None
+            or args.planner_fields is not None):
+        raise ConfigError("--no-torque-features, --randomize-physics, --no-object-variation, --objects and "
+                          "--planner-fields apply to train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -432,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-object-variation", action="store_true",
                    help="grasp: train on the objects as listed (default: the task's training_variation, "
                         "each episode's object varied in mass, friction and fragility)")
+    p.add_argument("--planner-fields", default=None, metavar="F1,F2,...",
+                   help="grasp: the features the planner decides from (default: object_size,attempt,last_grip,"
+                        "last_load,last_end,in_hand; names from ds_robot.hier.features)")
     _add_task_arg(p, "realistic")
     p.add_argument("--objects", type=Path, default=None,
                    help="grasp: object-set YAML (default: the --task preset's training set)")

@@ -75,13 +75,14 @@ PLANNER_FIELDS = ("object_size", "attempt", "last_grip", "last_load", "last_end"
 PLANNER_GAINS = {"object_pos": 5.0, "object_size": 20.0, "goal": 5.0}  # the rest: 1
 
 
-def feature_scale() -> np.ndarray:
+def feature_scale(fields=PLANNER_FIELDS) -> np.ndarray:
     """Per-feature input scales for the planner (folded into its first layer when exported, so
     the policy file and the run time are unchanged): 0 outside ``PLANNER_FIELDS``; the object's
     position, size and goal offset are metres (0.01-0.5) and are scaled up, so the planner sees
-    a 1 cm size difference as 0.2, not 0.01; the rest is about unit range already."""
+    a 1 cm size difference as 0.2, not 0.01; the rest is about unit range already. ``fields``:
+    another selection (``HierTrainConfig.planner_fields``)."""
     scale = np.zeros(HIER_OBS_SIZE, dtype=np.float32)
-    for name in PLANNER_FIELDS:
+    for name in fields:
         scale[HIER_SLICES[name]] = PLANNER_GAINS.get(name, 1.0)
     return scale
 

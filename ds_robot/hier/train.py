@@ -45,6 +45,8 @@ from ds_robot.hier.features import (
     GRIPPER_SCALE,
     HIER_ACTION_SIZE,
     HIER_OBS_SIZE,
+    HIER_SLICES,
+    PLANNER_FIELDS,
     RESIDUAL_SCALE,
     RESIDUAL_SIZE,
     SKILLS,
@@ -101,6 +103,8 @@ class HierTrainConfig:
     # friction and fragility, so that its looks do not identify it (False: the set as listed)
     object_variation: bool = True
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
+    # what the planner decides from (hier.features: HIER_FIELDS names; the rest has input scale 0)
+    planner_fields: tuple = PLANNER_FIELDS
     total_steps: int = 50_000_000
     checkpoint_every_s: float = 120.0
     snapshot_every_s: float = 300.0
@@ -124,6 +128,10 @@ class HierTrainConfig:
         if not 2 <= len(self.options) <= MAX_OPTIONS:
             raise ConfigError(f"train grasp: the planner needs 2 to {MAX_OPTIONS} options, got {len(self.options)}")
         options_from_list(self.options)
+        unknown = [f for f in self.planner_fields if f not in HIER_SLICES]
+        if unknown or not self.planner_fields:
+            raise ConfigError(f"train grasp: planner_fields {list(self.planner_fields)}: choose from "
+                              + ", ".join(HIER_SLICES))
 
     @property
     def n_envs(self) -> int:
@@ -135,10 +143,10 @@ class Planner(nn.Module):
     acting as the current policy does afterwards). Inputs are scaled by ``feature_scale`` first
     (the export folds the scales into the first layer: ``x diag(s) W = x (diag(s) W)``)."""
 
-    def __init__(self, obs_dim: int, n_options: int):
+    def __init__(self, obs_dim: int, n_options: int, fields=PLANNER_FIELDS):
         super().__init__()
         self.q = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
-        self.register_buffer("scale", torch.as_tensor(feature_scale()))
+        self.register_buffer("scale", torch.as_tensor(feature_scale(fields)))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q(obs * self.scale)
@@ -192,7 +200,7 @@ class HierTrainer:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
                                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         box = gym.spaces.Box(-1.0, 1.0, shape=(RESIDUAL_SIZE,), dtype=np.float32)
-        self.planner = Planner(HIER_OBS_SIZE, len(self.options))
+        self.planner = Planner(HIER_OBS_SIZE, len(self.options), cfg.planner_fields)
         self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
         with torch.no_grad():
             for skill in self.skills:
