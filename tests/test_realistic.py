@@ -262,7 +262,7 @@ def test_probe_options_need_a_gentle_grip_and_round_trip_through_the_option_list
 def test_the_shipped_planner_ends_on_a_gentle_grip_for_a_fragile_object_and_a_firm_one_for_a_heavy_one(seed):
     """The shipped policy on the realistic task: the 0.15 kg peach (breaks above 6-9 N per pad)
     and the 1.3 kg dumbbell both lifted, with the grip the last decision chose differing: a
-    constant planner crushes the one or slips the other (and a probe alone lifts neither)."""
+    constant planner crushes the one or slips the other."""
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.paths import policies_dir
 

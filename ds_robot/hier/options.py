@@ -2,12 +2,14 @@
 
 The default set (10) crosses the choices the scripted controller makes once and for all:
 how hard the pads press (the full force, about 24 N per pad; 12 N; a gentle 5 N), which side the
-jaws close across (narrow / wide), the pre-grasp height the approach ends at (4 cm / 12 cm
-above the grasp pose) and how high the object is lifted (6.5 cm / 12 cm; success needs 5 cm
-held for 1 s). Option 0 (narrow, 12 cm, 12 cm, full force) is exactly the scripted baseline.
-On the realistic task they are different strategies: the full grip breaks fragile objects, a
-gentle one lets heavy or slippery ones slip, a low approach is faster but can brush the object,
-a wide grasp can slip or not fit. ``LEGACY_OPTIONS`` are the 8 full-force options of the
+jaws close across (narrow / wide) and how high the object is lifted (6.5 cm / 12 cm; success
+needs 5 cm held for 1 s), plus two probes (narrow / wide) that weigh the object with a 4 N grip
+and a 2 cm lift and let the planner choose the grip with the object in the hand. Option 0
+(narrow, 12 cm, 12 cm, full force) is exactly the scripted baseline. On the realistic task they
+are different strategies: the full grip breaks fragile objects, a gentle one lets heavy or
+slippery ones slip, a wide grasp can slip or not fit, a probe costs a second but tells the
+weight. The probes replaced two low-approach options (4 cm pre-grasp), which reached 0.23 and
+0.09 alone (BENCHMARKS.md, issue 16). ``LEGACY_OPTIONS`` are the 8 full-force options of the
 policies trained before grip forces existed (their files list them).
 """
 
