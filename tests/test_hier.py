@@ -36,6 +36,9 @@ def test_option_count_is_validated():
         HierTrainConfig(options=tuple(("narrow", 0.03 + 0.01 * i, 0.1) for i in range(11)))
     with pytest.raises(ConfigError, match="planner_fields"):
         HierTrainConfig(planner_fields=("object_size", "object_colour"))
+    for penalty in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="attempt_penalty"):
+            HierTrainConfig(attempt_penalty=penalty)
     with pytest.raises(ConfigError, match="axis"):
         GraspOption("diagonal", 0.1, 0.1)
     with pytest.raises(ConfigError, match="heights"):

@@ -99,6 +99,7 @@ def test_the_realistic_sets_hold_objects_on_several_faces_fragile_and_heavy_ones
 
 
 def test_the_training_variation_draws_mass_friction_and_fragility_around_the_listed_object():
+    import dataclasses
     import math
 
     import numpy as np
@@ -125,6 +126,12 @@ def test_the_training_variation_draws_mass_friction_and_fragility_around_the_lis
     # too heavy for a gentle grip even at 0.25x: never made fragile; a listed fragile one stays so
     assert all(math.isinf(variation.apply(heavy, rng).crush_force_n) for _ in range(300))
     assert all(variation.apply(fragile, rng).crush_force_n == 8.0 for _ in range(300))
+    # heavy_probability: that share of the draws is at least the listed mass (log-uniform 1-1.5x);
+    # the plain log-uniform draw reaches it in only ln 1.5 / ln 6 = 23% of episodes
+    mixed = dataclasses.replace(variation, heavy_probability=0.5)
+    scale = np.array([mixed.apply(light, rng).mass_kg for _ in range(2000)]) / light.mass_kg
+    assert np.mean(scale >= 1.0) == pytest.approx(0.5 + 0.5 * math.log(1.5) / math.log(6.0), abs=0.04)
+    assert scale.min() >= 0.25 and scale.max() <= 1.5
 
 
 def test_varied_objects_share_one_compiled_model_with_their_own_mass_and_friction():

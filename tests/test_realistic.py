@@ -274,3 +274,36 @@ def test_the_shipped_planner_ends_on_a_gentle_grip_for_a_fragile_object_and_a_fi
         assert result.success and not env.task.crushed, (name, seed, controller.chosen)
         grips[name] = controller.machine.option.grip_force_n or FULL_GRIP_N
     assert grips["peach"] <= 5.0 < 12.0 <= grips["dumbbell"], grips
+
+
+def test_a_failed_grasp_that_starts_a_new_attempt_costs_the_attempt_penalty_once():
+    """The planner's reward charges each re-grasp (hier.env ``attempt_penalty``): on the same
+    episode (5 N slips on the 1.3 kg dumbbell, the full grip re-grasps it), the return with the
+    penalty is the return without it minus the penalty, once; the first attempt is free."""
+    from ds_robot.hier.env import HierGraspEnv
+    from ds_robot.hier.options import DEFAULT_OPTIONS
+
+    gentle, full = DEFAULT_OPTIONS.index(GraspOption(grip_force_n=5.0)), DEFAULT_OPTIONS.index(GraspOption())
+
+    def episode(penalty: float, first: int):
+        env = HierGraspEnv(attempt_penalty=penalty, **load_task("realistic").env_kwargs("train"))
+        env.env.object_set = type(env.env.object_set)(
+            env.env.object_set.name, env.env.object_set.source,
+            tuple(o for o in env.env.object_set.objects if o.name == "dumbbell"))
+        env.reset(seed=0)
+        total, done, info = 0.0, False, {}
+        while not done:
+            k = first if env.machine.attempt == 0 else full
+            _, reward, terminated, truncated, info = env.step(np.array([k] + [0.0] * 7, np.float32))
+            total, done = total + reward, terminated or truncated
+        return total, info
+
+    free, info = episode(0.0, gentle)
+    charged, info_charged = episode(0.4, gentle)
+    assert info["success"] and info["attempts"] == 2 and info_charged["attempts"] == 2
+    assert charged == pytest.approx(free - 0.4, abs=1e-6)
+    one_free, one_info = episode(0.0, full)
+    one_charged, _ = episode(0.4, full)
+    assert one_info["success"] and one_info["attempts"] == 1 and one_charged == pytest.approx(one_free, abs=1e-6)
+    with pytest.raises(ValueError, match="attempt_penalty"):
+        HierGraspEnv(attempt_penalty=float("nan"), **load_task("realistic").env_kwargs("train"))

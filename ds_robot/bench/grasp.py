@@ -89,22 +89,32 @@ def _with_torque_calibration_error(controller, error: float, seed: int):
 
 # rule_probe's grips by the payload a probe weighed: per pad, the force that holds m kg with a
 # friction coefficient of 0.5 and a safety factor of 2 is m g / (2 x 0.5) x 2 ~ 19.6 m N
-PROBE_RULE_KG = ((0.25, 2), (0.6, 1))  # up to 0.25 kg: option 2 (5 N); up to 0.6 kg: option 1 (12 N); else 0
+PROBE_RULE_KG = ((0.25, 5.0), (0.6, 12.0))  # up to 0.25 kg: the 5 N grip; up to 0.6 kg: 12 N; else full
+
+
+def _narrow(grip_n: float, probe: bool = False):
+    """The default option with the narrow axis, the 12 cm pre-grasp and lift and this grip (0: full),
+    looked up by what it is (not by its index, which a reordered option list would change)."""
+    from ds_robot.control.scripted import GraspOption
+
+    return GraspOption("narrow", 0.12, 0.12, grip_n, probe=probe)
 
 
 def _probe_rule(machine):
-    """A hand-written planner with the probe: weigh first (option 6), then the grip the weight
-    needs (``PROBE_RULE_KG``; the full grip when the probe slipped or without a weight); the full
-    grip for every attempt after a slip or a miss."""
-    from ds_robot.hier.options import DEFAULT_OPTIONS
+    """A hand-written planner with the probe: weigh first (the narrow probe), then the grip the
+    weight needs (``PROBE_RULE_KG``; the full grip when the probe slipped or without a weight); the
+    full grip for every attempt after a slip or a miss."""
+    from ds_robot.hier.options import PROBE_GRIP_N
+
+    probe, full = _narrow(PROBE_GRIP_N, probe=True), _narrow(0.0)
 
     def choose(obs, attempt):
         if machine.phase != "decide":
-            return DEFAULT_OPTIONS[6] if attempt == 0 else DEFAULT_OPTIONS[0]
+            return probe if attempt == 0 else full
         load = machine.last_payload_kg
         if machine.last_outcome != "probed" or not math.isfinite(load):
-            return DEFAULT_OPTIONS[0]
-        return DEFAULT_OPTIONS[next((k for kg, k in PROBE_RULE_KG if load <= kg), 0)]
+            return full
+        return _narrow(next((grip for kg, grip in PROBE_RULE_KG if load <= kg), 0.0))
 
     return choose
 
@@ -115,10 +125,8 @@ def _controller(variant: str, env, policies: dict[str, Path], seed: int = 0):
     if variant.startswith("fixed_"):
         return controller_for_env("fixed", env, option=int(variant.split("_")[1]))
     if variant == "rule_gentle_first":
-        from ds_robot.hier.options import DEFAULT_OPTIONS
-
         controller = controller_for_env("fixed", env, option=0)
-        gentle, firm = DEFAULT_OPTIONS[2], DEFAULT_OPTIONS[0]
+        gentle, firm = _narrow(5.0), _narrow(0.0)
         controller.option_chooser = lambda obs, attempt: gentle if attempt == 0 else firm
         controller.name = variant
         return controller

@@ -11,7 +11,9 @@ the option index is read only on steps whose observation has ``decision = 1``.
 
 Reward (both levels; the planner's return for a decision is the sum of rewards from it to
 the end of the episode): ``success_reward`` when the task succeeds, ``-drop_penalty`` if the
-object falls off the table, ``-energy_weight * step energy (J)``, ``-time_weight * dt`` and
+object falls off the table, ``-attempt_penalty`` each time a failed grasp starts a new attempt
+(a re-grasp costs cycle time and risks the object; a probe's in-hand re-squeeze is not a new
+attempt), ``-energy_weight * step energy (J)``, ``-time_weight * dt`` and
 ``-residual_weight * mean(residual^2)`` on the policy's raw (unclipped) residual action, as in
 residual RL: without it the Gaussian means drift past the clipping bound, where nothing
 pulls them back, and the residual takes over the torque.
@@ -43,13 +45,16 @@ class HierGraspEnv(gym.Env):
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = 0.02, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
-                 **env_kwargs):
+                 attempt_penalty: float = 0.0, **env_kwargs):
+        if not (np.isfinite(attempt_penalty) and attempt_penalty >= 0):
+            raise ValueError(f"attempt_penalty must be a finite value >= 0, got {attempt_penalty!r}")
         self.env = UR5GraspEnv(**env_kwargs)
         self.options = validate_options(options if options is not None else DEFAULT_OPTIONS)
         self.torque_features = torque_features
         self.residual_scale, self.gripper_scale = residual_scale, gripper_scale
         self.success_reward, self.drop_penalty = success_reward, drop_penalty
         self.energy_weight, self.time_weight, self.residual_weight = energy_weight, time_weight, residual_weight
+        self.attempt_penalty = float(attempt_penalty)
         self.machine = ScriptedGraspController.for_env(self.env)
         self.machine.option_chooser = self._chosen
         self.machine.torque_available = torque_features  # the payload check reads the measured torques
@@ -81,6 +86,7 @@ class HierGraspEnv(gym.Env):
         action = checked_action(action, HIER_ACTION_SIZE, "option index, 6 residual torques, gripper correction")
         self._pending = int(np.clip(np.rint(action[0]), 0, len(self.options) - 1))
         residual = np.clip(action[1:], -1.0, 1.0)
+        attempt = self.machine.attempt
         torque, gripper = self.machine.command(self._obs)
         env_action = compose_action(torque, gripper, residual, self.limit, self.residual_scale, self.gripper_scale)
         obs, _, terminated, truncated, info = self.env.step(env_action)
@@ -88,6 +94,8 @@ class HierGraspEnv(gym.Env):
         self._energy = info["energy_j"]
         reward = (-self.energy_weight * step_energy - self.time_weight * self.env.control_dt_s
                   - self.residual_weight * float(np.mean(action[1:] ** 2)))
+        if self.machine.attempt > max(attempt, 1):  # a new attempt after a failed one (the first is free)
+            reward -= self.attempt_penalty
         if info["success"]:
             reward += self.success_reward
         elif terminated:

@@ -105,6 +105,9 @@ class HierTrainConfig:
     options: tuple = tuple(tuple(o) for o in options_to_list(DEFAULT_OPTIONS))
     # what the planner decides from (hier.features: HIER_FIELDS names; the rest has input scale 0)
     planner_fields: tuple = PLANNER_FIELDS
+    # reward charged when a failed grasp starts a new attempt (hier.env): without it a 12 N grip
+    # that slips and is recovered by a full-force re-grasp scores nearly as well as the full grip
+    attempt_penalty: float = 0.3
     total_steps: int = 50_000_000
     checkpoint_every_s: float = 120.0
     snapshot_every_s: float = 300.0
@@ -114,6 +117,7 @@ class HierTrainConfig:
                   "n_steps": self.n_steps >= 1, "gamma": 0 <= self.gamma <= 1, "gae_lambda": 0 <= self.gae_lambda <= 1,
                   "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
                   "planner_weight_decay": self.planner_weight_decay >= 0,
+                  "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_steps": self.planner_steps >= 1, "planner_minibatch": self.planner_minibatch >= 1,
@@ -178,7 +182,7 @@ class HierTrainer:
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
-                      "torque_features": cfg.torque_features}
+                      "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -514,6 +518,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved = load_checkpoint(run.checkpoint, {"algo": "hier_grasp"})
         saved["config"].setdefault("task", "nominal")  # runs from before task presets trained the nominal task
         saved["config"].setdefault("object_variation", False)  # and before the training variation, the sets as listed
+        saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}

@@ -147,7 +147,9 @@ class ObjectSet:
 @dataclass(frozen=True)
 class ObjectVariation:
     """Per-episode object variation for training (``apply``): mass x a log-uniform draw from
-    ``mass_scale`` (kept within ``MIN_VARIED_MASS_KG``-``MAX_MASS_KG``), friction x a uniform draw from
+    ``mass_scale`` (kept within ``MIN_VARIED_MASS_KG``-``MAX_MASS_KG``), or with ``heavy_probability``
+    from its upper part, 1 to the upper bound (the object at least as heavy as listed, so that the
+    heavy end is not a rare tail of a log-uniform draw), friction x a uniform draw from
     ``friction_scale``; then, with ``fragile_probability``, an object that a gentle grip could
     still hold (varied mass at most ``fragile_max_mass_kg``) is made fragile, its crush force
     uniform in ``crush_force_n``. An object listed as fragile stays fragile at its listed limit."""
@@ -157,14 +159,21 @@ class ObjectVariation:
     fragile_probability: float = 0.0
     crush_force_n: tuple[float, float] = (6.0, 9.0)
     fragile_max_mass_kg: float = 0.4
+    heavy_probability: float = 0.0
 
     def apply(self, obj: ObjectSpec, rng: np.random.Generator) -> ObjectSpec:
-        lo, hi = np.log(self.mass_scale)
-        mass = min(max(obj.mass_kg * float(np.exp(rng.uniform(lo, hi))), MIN_VARIED_MASS_KG), MAX_MASS_KG)
+        # every draw is made every episode, in the same order (the heavy one last): the stream
+        # stays aligned whatever the probabilities
+        u_mass = rng.uniform()
         friction = obj.friction * float(rng.uniform(*self.friction_scale))
-        crush = obj.crush_force_n
-        fragile = rng.uniform() < self.fragile_probability  # drawn every episode: the stream stays aligned
+        fragile = rng.uniform() < self.fragile_probability
         crush_draw = float(rng.uniform(*self.crush_force_n))
+        heavy = rng.uniform() < self.heavy_probability
+        lo, hi = np.log(self.mass_scale)
+        if heavy:
+            lo = max(lo, min(0.0, hi))
+        mass = min(max(obj.mass_kg * float(np.exp(lo + (hi - lo) * u_mass)), MIN_VARIED_MASS_KG), MAX_MASS_KG)
+        crush = obj.crush_force_n
         if math.isinf(crush) and fragile and mass <= self.fragile_max_mass_kg:
             crush = crush_draw
         return dataclasses.replace(obj, mass_kg=mass, friction=friction, crush_force_n=crush)
@@ -175,7 +184,8 @@ class ObjectVariation:
                    friction_scale=_range(f, "friction_scale", 0.1, 5.0, (1.0, 1.0)),
                    fragile_probability=f.number("fragile_probability", 0.0, low=0.0, high=1.0),
                    crush_force_n=_range(f, "crush_force_n", 0.5, 1e4, (6.0, 9.0)),
-                   fragile_max_mass_kg=f.number("fragile_max_mass_kg", 0.4, low=0.0, high=MAX_MASS_KG))
+                   fragile_max_mass_kg=f.number("fragile_max_mass_kg", 0.4, low=0.0, high=MAX_MASS_KG),
+                   heavy_probability=f.number("heavy_probability", 0.0, low=0.0, high=1.0))
 
 
 def _range(f: Fields, key: str, low: float, high: float, default=...) -> tuple[float, float]:
