@@ -338,3 +338,35 @@ def test_the_planner_learns_which_option_pays_in_which_state():
         assert np.allclose(policy.planner(moved), policy.planner(probe))
     finally:
         trainer.close()
+
+
+@pytest.mark.parametrize("target", ["q", "mc"])
+def test_the_planner_values_a_probe_by_the_best_choice_after_it_not_by_its_exploration(target):
+    """A probe (option 6) earns nothing itself and leads to an in-hand decision where option 2
+    pays +1 and option 0 costs -1; gripping at once (option 0) pays 0.5. Half the in-hand choices
+    made while exploring were the bad one, so the probe's Monte-Carlo return averages 0: the
+    Q-learning target (the best value at the next decision) ranks the probe first, the
+    Monte-Carlo one ranks gripping at once first."""
+    import torch
+
+    trainer = HierTrainer(HierTrainConfig(workers=0, envs_per_worker=1, n_steps=8, planner_batch=16,
+                                          planner_steps=200, planner_lr=3e-3, planner_target=target))
+    try:
+        rng = np.random.default_rng(0)
+        start = np.zeros(HIER_OBS_SIZE, np.float32)
+        in_hand = start.copy()
+        in_hand[H["in_hand"]] = 1.0
+        for _ in range(6):
+            for _ in range(16):
+                good = bool(rng.integers(2))
+                after = 1.0 if good else -1.0
+                trainer.finished_decisions += [
+                    (start, 6, after, 0.0, in_hand),             # the probe, then the in-hand decision
+                    (in_hand, 2 if good else 0, after, after, None),
+                    (start, 0, 0.5, 0.5, None)]                  # the full grip at once
+            trainer.update_planner()
+        values = trainer.planner(torch.as_tensor(np.stack([start, in_hand]))).detach().numpy()
+        assert int(np.argmax(values[1])) == 2
+        assert int(np.argmax(values[0])) == (6 if target == "q" else 0), values[0]
+    finally:
+        trainer.close()

@@ -5,11 +5,11 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
 ``backend="ray"``, on a local Ray instance or the cluster at ``ray_address``: env j is seeded
 ``seed + j`` either way, so both give the same trajectories):
 
-- the **planner**: the value of each of the k grasp options, ``Q(s, o)``, regressed on the
-  return of every decision kept (the sum of rewards from the decision to the end of the
-  episode, without the skills' residual regulariser: the options framework's high-level
-  return, undiscounted inside the episode;
-  Monte-Carlo control, ``update_planner`` says why not PPO); it explores with
+- the **planner**: the value of each of the k grasp options, ``Q(s, o)``, regressed on every
+  decision kept: the reward from the decision to the next one (without the skills' residual
+  regulariser; undiscounted inside the episode) plus the best option's value there, or to the
+  episode's end after the last (Q-learning over options; ``update_planner`` says why not the
+  Monte-Carlo return or PPO); it explores with
   ``(1 - eps) softmax(Q / T) + eps / k`` and the exported policy's logits are ``Q / T`` (the run
   time takes the argmax). One decision per attempt: the first, and each re-plan after a missed
   grasp or an empty lifted hand;
@@ -92,6 +92,10 @@ class HierTrainConfig:
     planner_steps: int = 128  # minibatch steps per update, over the kept decisions
     planner_minibatch: int = 128
     planner_buffer: int = 20_000  # the most recent decisions kept
+    # the option values' regression target (update_planner): "q", the reward to the next decision
+    # plus the best option's value there (Q-learning over options); "mc", the return to the
+    # episode's end under the exploring policy (runs before round 6)
+    planner_target: str = "q"
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
@@ -125,7 +129,7 @@ class HierTrainConfig:
                   "planner_temperature": self.planner_temperature > 0, "planner_epsilon": 0 <= self.planner_epsilon < 1,
                   "total_steps": self.total_steps >= 1,
                   "checkpoint_every_s": self.checkpoint_every_s > 0, "snapshot_every_s": self.snapshot_every_s > 0,
-                  "backend": self.backend in ("local", "ray")}
+                  "backend": self.backend in ("local", "ray"), "planner_target": self.planner_target in ("q", "mc")}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ConfigError("train grasp: impossible value for " + ", ".join(f"{b}={getattr(self, b)!r}" for b in bad))
@@ -159,6 +163,15 @@ class Planner(nn.Module):
         """The exploring policy: ``(1 - eps) softmax(Q / T) + eps / k``."""
         probs = torch.softmax(self(obs) / temperature, dim=-1)
         return Categorical(probs=(1 - epsilon) * probs + epsilon / probs.shape[-1])
+
+
+def _decision(d) -> tuple:
+    """A kept decision ``(features, option, return to the end, reward to the next decision, next
+    features or None)``; a 3-entry one (checkpoints before round 6) counts as the episode's last."""
+    features, option, ret = np.asarray(d[0], np.float32), int(d[1]), float(d[2])
+    if len(d) == 3:
+        return features, option, ret, ret, None
+    return features, option, ret, float(d[3]), None if d[4] is None else np.asarray(d[4], np.float32)
 
 
 def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None, output_scale: float = 1.0) -> NumpyMLP:
@@ -219,15 +232,18 @@ class HierTrainer:
         self.steps = 0
         self.wall_seconds = 0.0
         self.episodes = 0
-        self.decision_buffer: list[tuple[np.ndarray, int, float]] = []
+        # decisions: (features, option, return to the episode's end, reward to the next decision,
+        # the next decision's features or None at the episode's end)
+        self.decision_buffer: list[tuple] = []
         self._reset_envs(cfg.seed)
 
     def _reset_envs(self, seed: int) -> None:
         n = self.config.n_envs
         self.obs, _ = self.envs.reset(seed=seed)
         self._return = np.zeros(n)  # running episode return, per env
-        self._open: list[list[list]] = [[] for _ in range(n)]  # per env: [features, option, return-at-decision]
-        self.finished_decisions: list[tuple[np.ndarray, int, float]] = []  # features, option, return
+        # per env: [features, option, return at the decision, next decision's features, return there]
+        self._open: list[list[list]] = [[] for _ in range(n)]
+        self.finished_decisions: list[tuple] = []  # as decision_buffer
         self.finished_episodes: list[dict] = []
 
     # -- acting --------------------------------------------------------------------------------
@@ -247,7 +263,9 @@ class HierTrainer:
                 chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon).sample().numpy()
                 actions[due, 0] = chosen
                 for i, option in zip(due, chosen, strict=True):
-                    self._open[i].append([obs[i].copy(), int(option), self._return[i]])
+                    if self._open[i]:  # the previous decision's next one
+                        self._open[i][-1][3:] = [obs[i].copy(), self._return[i]]
+                    self._open[i].append([obs[i].copy(), int(option), self._return[i], None, None])
             for k, skill in enumerate(self.skills):
                 rows = np.flatnonzero(skills == k)
                 if len(rows):
@@ -287,8 +305,10 @@ class HierTrainer:
                 log_probs, values, reward, done)
             for i in np.flatnonzero(done):
                 final = _final_info(infos, i)
-                for features, option, at in self._open[i]:
-                    self.finished_decisions.append((features, option, float(self._return[i] - at)))
+                end = self._return[i]
+                for features, option, at, following, at_next in self._open[i]:
+                    self.finished_decisions.append((features, option, float(end - at),
+                                                    float((end if following is None else at_next) - at), following))
                 self.finished_episodes.append({"success": bool(final.get("success", False)),
                                                "energy_j": float(final.get("energy_j", math.nan)),
                                                "attempts": int(final.get("attempts", 0)),
@@ -345,33 +365,51 @@ class HierTrainer:
         return stats
 
     def update_planner(self) -> dict:
-        """Regress ``Q(s, o)`` on the returns of all decisions kept (``planner_buffer``, the most
-        recent): ``planner_steps`` minibatch steps of ``(Q(s)[o] - G)^2`` each time
+        """Regress ``Q(s, o)`` on the targets of all decisions kept (``planner_buffer``, the most
+        recent): ``planner_steps`` minibatch steps of ``(Q(s)[o] - y)^2`` each time
         ``planner_batch`` new decisions have finished, every step through ``optimize_step``.
+
+        The target ``y`` (``planner_target``): ``"q"`` (default), the reward from the decision to
+        the next one plus ``max_o' Q(s', o')`` there (the network as it stood at the start of this
+        update; the reward to the episode's end after the last decision): Q-learning over the
+        options, so a decision's value is what the greedy run-time planner will get after it, not
+        what the exploring one got. With the Monte-Carlo return (``"mc"``, rounds 1-5), every
+        decision before a probe's in-hand decision paid for that decision's exploration: 10%
+        uniform choices there picked a full grip for a fragile object often enough that the
+        probe looked worse than gripping a box hard at once, and the planner crushed unseen
+        paper boxes (BENCHMARKS.md, issue 16 round 6).
 
         Why not PPO or A2C on the decisions (the first versions): an episode brings one to three
         decisions, ~1.7 a second on 2 cores, and on-policy updates use each once (A2C) or for a
         few epochs (PPO); four runs of those collapsed onto one option within minutes, the same
-        for every object. Regressing option values on every decision kept, many times over, is
-        Monte-Carlo control of the options (each return includes what the policy did after the
-        decision, so the values follow the policy as it improves)."""
+        for every object. Regressing option values on every decision kept, many times over, uses
+        each many times."""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
-        self.decision_buffer.extend(self.finished_decisions)
+        self.decision_buffer.extend(_decision(d) for d in self.finished_decisions)
         self.finished_decisions = []
         del self.decision_buffer[: max(0, len(self.decision_buffer) - cfg.planner_buffer)]
-        features = torch.as_tensor(np.stack([d[0] for d in self.decision_buffer]))
-        options = torch.as_tensor([d[1] for d in self.decision_buffer])
-        returns = torch.as_tensor([d[2] for d in self.decision_buffer], dtype=torch.float32)
+        buffer = self.decision_buffer
+        features = torch.as_tensor(np.stack([d[0] for d in buffer]))
+        options = torch.as_tensor([d[1] for d in buffer])
+        returns = torch.as_tensor([d[2] for d in buffer], dtype=torch.float32)
+        targets = returns
+        if cfg.planner_target == "q":
+            targets = torch.as_tensor([d[3] for d in buffer], dtype=torch.float32)
+            later = [k for k, d in enumerate(buffer) if d[4] is not None]
+            if later:
+                with torch.no_grad():
+                    best = self.planner(torch.as_tensor(np.stack([buffer[k][4] for k in later]))).max(dim=1).values
+                targets[torch.as_tensor(later)] += best
         params = list(self.planner.parameters())
         stats: dict = {}
         for _ in range(cfg.planner_steps):
-            idx = torch.as_tensor(self.rng.integers(0, len(returns), min(cfg.planner_minibatch, len(returns))))
+            idx = torch.as_tensor(self.rng.integers(0, len(targets), min(cfg.planner_minibatch, len(targets))))
 
             def loss_fn(idx=idx):
                 q = self.planner(features[idx]).gather(1, options[idx, None]).squeeze(1)
-                loss = ((q - returns[idx]) ** 2).mean()
+                loss = ((q - targets[idx]) ** 2).mean()
                 return loss, {"planner_q_error": loss.item()}
 
             stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler, cfg.max_grad_norm, cfg.amp)
@@ -454,7 +492,8 @@ class HierTrainer:
             **self.identity(), "config": _jsonable(asdict(self.config)), "steps": self.steps,
             "wall_seconds": self.wall_seconds, "episodes": self.episodes,
             "planner": self.planner.state_dict(), "skills": self.skills.state_dict(),
-            "decisions": [(f.tolist(), o, g) for f, o, g in self.decision_buffer],
+            "decisions": [(f.tolist(), o, g, r, None if nxt is None else nxt.tolist())
+                          for f, o, g, r, nxt in self.decision_buffer],
             "planner_opt": self.planner_opt.state_dict(), "skill_opts": [o.state_dict() for o in self.skill_opts],
             "scalers": [s.state_dict() for s in (self.planner_scaler, *self.skill_scalers)],
             "torch_rng": torch.get_rng_state(), "numpy_rng": self.rng.bit_generator.state})
@@ -462,7 +501,7 @@ class HierTrainer:
     def load(self, path: str | Path) -> None:
         payload = load_checkpoint(path, self.identity())
         self.planner.load_state_dict(payload["planner"])
-        self.decision_buffer = [(np.asarray(f, np.float32), int(o), float(g)) for f, o, g in payload["decisions"]]
+        self.decision_buffer = [_decision(d) for d in payload["decisions"]]
         self.skills.load_state_dict(payload["skills"])
         self.planner_opt.load_state_dict(payload["planner_opt"])
         for opt, state in zip(self.skill_opts, payload["skill_opts"], strict=True):
@@ -519,6 +558,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("task", "nominal")  # runs from before task presets trained the nominal task
         saved["config"].setdefault("object_variation", False)  # and before the training variation, the sets as listed
         saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
+        saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}
