@@ -59,11 +59,11 @@ POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque
                 "hier_planner_only": "grasp_hier.npz", "hier_no_replan": "grasp_hier.npz",
                 "hier_tau_err10": "grasp_hier.npz", "hier_tau_err25": "grasp_hier.npz",
                 "flat_ppo": "grasp_flat_ppo.pt", "sb3_sac": "grasp_sb3_sac.zip"}
-# More training seeds of a learned variant (files in models/policies/, used when present): the
-# variant is run with each of them on the same episodes too, and its rows report the success
+# More training seeds of a learned variant (files in models/policies/ matching the pattern, used
+# when present; ``_sK`` names the training seed, models/policies/README.md the shipped file's own):
+# the variant is run with each of them on the same episodes too, and its rows report the success
 # of every training seed and their mean with a 95% CI across the training seeds
-TRAINING_SEEDS = {"hier": ("seeds/grasp_hier_s1.npz", "seeds/grasp_hier_s2.npz"),
-                  "hier_no_torque": ("seeds/grasp_hier_no_torque_s1.npz", "seeds/grasp_hier_no_torque_s2.npz")}
+TRAINING_SEEDS = {"hier": "seeds/grasp_hier_s*.npz", "hier_no_torque": "seeds/grasp_hier_no_torque_s*.npz"}
 NON_LEARNED = ("scripted", "best_fixed", "rule_gentle_first", "rule_probe")
 SETS = ("train", "test")
 SEED_CLAIMS = {"success": (0.72, 0.89), "planning_s": (3.2, 0.8), "energy_cut": 0.31}
@@ -281,7 +281,7 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
             for s in sets for v in runnable if not (v == "best_fixed" and s == "train") for seed in range(seeds)]
     done = _run(jobs, workers, "bench grasp") + [{**j, "variant": "best_fixed"} for j in search if j["variant"] == best]
     if training_seeds is None:
-        training_seeds = {v: [policies_dir() / f for f in files] for v, files in TRAINING_SEEDS.items()
+        training_seeds = {v: sorted(policies_dir().glob(pattern)) for v, pattern in TRAINING_SEEDS.items()
                           if v in policies and Path(policies[v]) == policies_dir() / POLICY_FILES[v]}
     training_seeds = {v: [Path(f) for f in files if Path(f).is_file()] for v, files in training_seeds.items()
                       if v in runnable}
@@ -423,7 +423,7 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
     variants = list(dict.fromkeys(r["name"] for r in results))
     colors = {"scripted": "#8C8C8C", "best_fixed": "#55A868", "flat": "#DD8452", "hier_no_torque": "#8172B3",
               "hier": "#4C72B0", "hier_planner_only": "#64B5CD", "hier_no_replan": "#C44E52",
-              "rule_gentle_first": "#CCB974", "rule_probe": "#937860"}
+              "rule_gentle_first": "#CCB974", "rule_probe": "#937860", "flat_ppo": "#DA8BC3", "sb3_sac": "#B07AA1"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
@@ -439,9 +439,11 @@ def plot_results(path: str | Path, results: list[dict]) -> None:
         ax.set_xticks(np.arange(len(sets)) + width * (len(variants) - 1) / 2, sets)
         ax.set_ylabel(label)
     axes[0].set_ylim(0, 1.05)
-    axes[0].legend(fontsize=8, loc="lower left")
+    # beside the panels, not over the bars (13 variants cover any corner of the success panel)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
     fig.suptitle("bench grasp: scripted / best fixed option vs hierarchical and its ablations")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
