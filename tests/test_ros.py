@@ -379,7 +379,7 @@ def test_node_refuses_bad_parameters(ros):
         assert match in ros.log(proc), ros.log(proc)
     proc = ros.start("sim_node", "-p", "world:=mars")
     assert proc.wait(timeout=60) == 2
-    assert "world 'mars': choose nominal or shifted" in ros.log(proc), ros.log(proc)
+    assert "world 'mars': choose nominal, shifted, unmodelled" in ros.log(proc), ros.log(proc)
 
 
 COLCON = shutil.which("colcon") or shutil.which("colcon", path=str(Path(sys.executable).parent))

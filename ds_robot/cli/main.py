@@ -88,9 +88,11 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="arm variant (default: ur5e)")
     p.add_argument("--world", choices=WORLDS, default="nominal",
                    help="nominal: the controller's own model; shifted: MuJoCo with hidden physics changes per "
-                        "episode (damping, friction, armature, motor gain, payload, object, latency); pybullet: "
+                        "episode (damping, friction, armature, motor gain, payload, object, latency); unmodelled: MuJoCo "
+                        "with physics outside the estimator's model (Stribeck and load-dependent friction, "
+                        "actuator lag, fractional latency, torque-sensing errors, off-centre payload); pybullet: "
                         "PyBullet from the same URDF")
-    p.add_argument("--world-seed", type=int, default=0, help="shifted: the world's seed (default: 0)")
+    p.add_argument("--world-seed", type=int, default=0, help="shifted, unmodelled: the world's seed (default: 0)")
     p.add_argument("--correction", choices=("on", "off"), default="off",
                    help="on: online physics correction of the controller's model (hier and scripted)")
     if many_seeds:

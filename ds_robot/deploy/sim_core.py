@@ -32,7 +32,7 @@ from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.sim import scene
 from ds_robot.sim2real.worlds import build_world
 
-SIM_NODE_WORLDS = ("nominal", "shifted")  # the sim node's worlds (``ds_robot.sim2real.worlds``)
+SIM_NODE_WORLDS = ("nominal", "shifted", "unmodelled")  # the sim node's worlds (``ds_robot.sim2real.worlds``)
 
 
 class SimArm:
@@ -44,7 +44,7 @@ class SimArm:
         if velocity_gain * physics_dt_s >= 1.0 or velocity_gain <= 0:
             raise ConfigError(f"velocity_gain={velocity_gain} must be in (0, 1/physics_dt_s)")
         if world not in SIM_NODE_WORLDS:
-            raise ConfigError(f"world {world!r}: choose {' or '.join(SIM_NODE_WORLDS)}")
+            raise ConfigError(f"world {world!r}: choose {', '.join(SIM_NODE_WORLDS)}")
         self.world = world
         backend = build_world(world, robot, physics_dt_s, seed=world_seed, max_latency_steps=0)
         # A real arm has no episode length: the env's time limit is out of reach (a day).
@@ -101,8 +101,10 @@ class SimArm:
 
     @property
     def shift(self) -> dict | None:
-        """The shifted world's hidden physics this episode (None in the nominal world)."""
-        return self.env.backend.shift.as_dict() if self.world == "shifted" else None
+        """The shifted or unmodelled world's hidden physics this episode (None in the nominal world)."""
+        if self.world == "shifted":
+            return self.env.backend.shift.as_dict()
+        return self.env.backend.physics.as_dict() if self.world == "unmodelled" else None
 
     @property
     def time_s(self) -> float:

@@ -8,9 +8,10 @@ joints only, as ``ur_robot_driver`` publishes them, and the finger joints in the
 JointState on that topic, as a gripper driver would), the object's pose (geometry_msgs/PoseStamped, frame ``base``) and
 half-sizes (std_msgs/Float64MultiArray, transient local), ``/clock``, and the grasp outcome on
 ``/ds_robot/sim/status`` (std_msgs/String, JSON: object, success, time to lift, energy; in the
-shifted world also the hidden ``shift``). ``world:=shifted`` (``world_seed``) runs the
+shifted and unmodelled worlds also the hidden ``shift``). ``world:=shifted`` (``world_seed``) runs the
 physics-shifted MuJoCo of the sim-to-real work instead of the nominal model: a stand-in for a
-real arm that is not what the controller's model says.
+real arm that is not what the controller's model says; ``world:=unmodelled`` one with physics
+outside the estimator's model class (``ds_robot.sim2real.unmodelled``).
 Accepts the same command topics as the real controllers (``/forward_effort_controller/commands``
 or ``/forward_velocity_controller/commands``, and the gripper's) and holds the last command,
 as ros2_control's forward controllers do. ``~/reset`` (std_srvs/Trigger) starts the next

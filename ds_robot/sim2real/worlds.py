@@ -61,6 +61,14 @@ class PhysicsShift:
         return asdict(self)
 
 
+def episode_rng(seed: int, setup: EpisodeSetup) -> np.random.Generator:
+    """A world's random stream for one episode: a function of the world's ``seed`` and the
+    episode's setup (object and placement, which the episode seed determines)."""
+    placement = np.array([setup.object_x_m, setup.object_y_m, setup.object_yaw_rad, *setup.arm_qpos_rad])
+    words = np.frombuffer(placement.astype(np.float64).tobytes(), dtype=np.uint32)
+    return np.random.default_rng([seed, *words.tolist(), *setup.obj.name.encode()])
+
+
 class ShiftedMuJoCoBackend(MuJoCoBackend):
     """MuJoCo with a hidden :class:`PhysicsShift` per episode, or a fixed ``shift`` for every
     episode. The per-episode shift is a function of the world's ``seed`` and the episode's setup
@@ -83,9 +91,7 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         self._pending.clear()
 
     def _episode_rng(self, setup: EpisodeSetup) -> np.random.Generator:
-        placement = np.array([setup.object_x_m, setup.object_y_m, setup.object_yaw_rad, *setup.arm_qpos_rad])
-        words = np.frombuffer(placement.astype(np.float64).tobytes(), dtype=np.uint32)
-        return np.random.default_rng([self.seed, *words.tolist(), *setup.obj.name.encode()])
+        return episode_rng(self.seed, setup)
 
     def _apply(self, shift: PhysicsShift) -> None:
         m = self.model
@@ -125,12 +131,17 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
 def build_world(name: str, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0,
                 max_latency_steps: int = 2) -> PhysicsBackend:
     """The world a controller is evaluated in: ``nominal`` (MuJoCo, the controller's own model),
-    ``shifted`` (MuJoCo with hidden per-episode physics shifts drawn from ``seed``) or
+    ``shifted`` (MuJoCo with hidden per-episode physics shifts drawn from ``seed``), ``unmodelled``
+    (MuJoCo with per-episode physics outside the estimator's model class, ``sim2real.unmodelled``) or
     ``pybullet`` (another engine from the same URDF)."""
     if name == "nominal":
         return MuJoCoBackend(variant, physics_dt_s)
     if name == "shifted":
         return ShiftedMuJoCoBackend(variant, physics_dt_s, seed=seed, max_latency_steps=max_latency_steps)
+    if name == "unmodelled":
+        from ds_robot.sim2real.unmodelled import UnmodelledMuJoCoBackend
+
+        return UnmodelledMuJoCoBackend(variant, physics_dt_s, seed=seed)
     if name == "pybullet":
         from ds_robot.sim2real.pybullet_world import PyBulletBackend
 

@@ -1,0 +1,130 @@
+"""The unmodelled world (issue 15): physics outside the online estimator's model class."""
+
+import math
+
+import numpy as np
+
+from ds_robot.control.robot_model import RobotModel
+from ds_robot.envs.grasp_env import UR5GraspEnv
+from ds_robot.envs.layout import OBS_SLICES as S
+from ds_robot.model.params import default_description
+from ds_robot.physics.mujoco_backend import MuJoCoBackend
+from ds_robot.sim2real.estimator import GripperState, ModelPredictor, OnlineEstimator
+from ds_robot.sim2real.unmodelled import UnmodelledMuJoCoBackend, UnmodelledPhysics
+
+
+def _env(seed=0, **kw):
+    return UR5GraspEnv(backend=UnmodelledMuJoCoBackend(seed=seed), **kw)
+
+
+def test_without_its_extras_the_world_is_the_nominal_model():
+    """All unmodelled terms off (the default physics: nominal friction, no lag, latency, sensor
+    error or payload): the same trajectory as the nominal MuJoCo world, so every difference the
+    world makes comes from the terms it adds."""
+    runs = {}
+    for name, backend in (("nominal", MuJoCoBackend()), ("unmodelled", UnmodelledMuJoCoBackend(physics=UnmodelledPhysics()))):
+        env = UR5GraspEnv(backend=backend)
+        obs, _ = env.reset(seed=4)
+        rng = np.random.default_rng(0)
+        qs = []
+        for _ in range(50):
+            obs, *_ = env.step(np.append(rng.uniform(-0.2, 0.2, 6), -1.0))
+            qs.append(obs[S["q"]].copy())
+        runs[name] = np.array(qs)
+    np.testing.assert_allclose(runs["nominal"], runs["unmodelled"], atol=1e-6)
+
+
+def test_commands_arrive_late_by_a_fraction_of_the_period_and_through_a_lag():
+    latency, lag = 0.006, 0.004
+    backend = UnmodelledMuJoCoBackend(physics=UnmodelledPhysics(latency_s=latency, torque_lag_s=(lag,) * 6))
+    env = UR5GraspEnv(backend=backend)
+    env.reset(seed=0)
+    dt = backend.physics_dt_s
+    hold = np.zeros(6)
+    step = np.full(6, 10.0)
+    applied = []
+    backend.step(hold, -1.0, dt)
+    for _ in range(12):
+        applied.append(backend.step(step, -1.0, dt).tau_applied_nm[0])
+    applied = np.array(applied)
+    # sent at the start of call 0, in force 6 ms later (3 physics steps of 2 ms: 0.6 of the 10 ms control
+    # period) from call 3 on, through the first-order lag
+    first = int(np.argmax(applied > 1e-9))
+    assert first == round(latency / dt) and np.all(applied[:first] == 0), applied
+    expected = 10.0 * (1 - np.exp(-(np.arange(1, 10) * dt) / lag))
+    np.testing.assert_allclose(applied[first: first + 9], expected, rtol=1e-6)
+
+
+def test_friction_depends_on_speed_and_load_and_the_sensor_is_biased():
+    physics = UnmodelledPhysics(stribeck_nm=(2.0,) * 6, stribeck_speed_rad_s=(0.1,) * 6, load_friction=(0.05,) * 6,
+                                sensor_bias_nm=(1.0, -1.0, 0.5, 0.2, -0.2, 0.1), sensor_scale=(1.0,) * 6)
+    backend = UnmodelledMuJoCoBackend(physics=physics)
+    slow, fast = backend._friction(np.full(6, 0.05), np.zeros(6)), backend._friction(np.full(6, 1.0), np.zeros(6))
+    loaded = backend._friction(np.full(6, 1.0), np.full(6, 40.0))
+    assert np.all(slow < -1.0) and np.all(np.abs(fast) < 1e-3)  # breakaway friction fades with speed
+    np.testing.assert_allclose(loaded, -0.05 * 40.0 * np.tanh(1.0 / 0.05), rtol=1e-9)  # and grows with the load
+    # torque sensing: the same resting arm reads the bias above the nominal world's torques
+    readings = {}
+    for name, b in (("nominal", MuJoCoBackend()), ("biased", backend)):
+        env = UR5GraspEnv(backend=b)
+        obs, _ = env.reset(seed=0)
+        readings[name] = env.state.tau_measured_nm
+    np.testing.assert_allclose(readings["biased"] - readings["nominal"], physics.sensor_bias_nm, atol=1e-6)
+
+
+def test_each_episode_draws_its_hidden_physics_and_seeded_worlds_repeat():
+    drawn = []
+    for _ in range(2):
+        env = _env(seed=7)
+        env.reset(seed=0)
+        first = env.backend.physics
+        env.reset(seed=1)
+        drawn.append((first, env.backend.physics))
+    assert drawn[0] == drawn[1]  # the same world seed and episodes: the same physics
+    a, b = drawn[0]
+    assert a != b and a != UnmodelledPhysics()
+    assert 0 <= a.latency_s <= 0.016 and 0 <= a.payload_kg <= 0.6 and math.hypot(*a.payload_com_m[:2]) <= 0.05
+
+
+def _prediction_ratio(world_seed: int, steps: int = 300) -> float:
+    """Computed-torque tracking of joint sinusoids in the unmodelled world with the online estimator
+    fed as the controller feeds it; the one-step joint-velocity prediction error (RMS over the last
+    1.5 s) of the nominal model divided by that of the model with the estimate written in."""
+    rng = np.random.default_rng(world_seed)
+    env = _env(seed=world_seed, episode_s=60)
+    lim = env.backend.joint_torque_limit_nm
+    travel = default_description().gripper.finger_travel_m
+    est = OnlineEstimator()
+    est.set_torque_limit(lim)
+    obs, _ = env.reset(seed=world_seed)
+    model, predictor = RobotModel(), ModelPredictor()
+    q0 = obs[S["q"]].astype(float)
+    freq, amp, phase = rng.uniform(0.3, 1.0, 6), np.array([0.4, 0.3, 0.4, 0.6, 0.6, 0.8]), rng.uniform(0, 6, 6)
+    errors = {"nominal": [], "estimate": []}
+    for k in range(steps):
+        t = k * env.control_dt_s
+        q_des = q0 + amp * (np.sin(2 * np.pi * freq * t + phase) - np.sin(phase))
+        qd_des = amp * 2 * np.pi * freq * np.cos(2 * np.pi * freq * t + phase)
+        q, qd = obs[S["q"]].astype(float), obs[S["qd"]].astype(float) * math.pi
+        model.update(q, qd)
+        tau = np.clip(model.mass_matrix() @ (100 * (q_des - q) + 20 * (qd_des - qd)) + model.bias_torque(), -lim, lim)
+        est.update(q, qd, tau)
+        opening, speed = obs[S["gripper"]].astype(float) * (env.backend.max_gripper_opening_m, 0.1)
+        gripper = GripperState(opening, speed, travel)
+        predicted = {"nominal": predictor.predict(q, qd, tau, None, gripper),
+                     "estimate": predictor.predict(q, qd, tau, est.estimate(), gripper)}
+        obs, *_ = env.step(np.append(tau / lim, -1.0))
+        if k >= steps // 2:
+            for key, value in predicted.items():
+                errors[key].append(np.mean((obs[S["qd"]] * math.pi - value) ** 2))
+    return math.sqrt(np.mean(errors["nominal"]) / np.mean(errors["estimate"]))
+
+
+def test_the_estimator_helps_outside_its_class_but_is_not_exact_there():
+    """Against the do-nothing estimator (the nominal model: ratio 1) on the same data, 3 world
+    seeds. In the shifted world with the true parameters the model is exact to ~1e-6
+    (test_sim2real); here no parameter value of the estimator's class is, so the ratio is
+    finite: measured 3.1, 2.7, 3.5 (issue 15's goal, >= 3x, is for bench sim2real)."""
+    ratios = [_prediction_ratio(seed) for seed in range(3)]
+    assert min(ratios) > 1.8 and np.median(ratios) > 2.3, ratios
+    assert max(ratios) < 20, ratios  # an in-class world reaches 28.8 on this motion (shifted, no latency)
