@@ -80,7 +80,9 @@ class PyBulletBackend(PhysicsBackend):
         self._add_armature(desc.joint_dynamics.armature_kg_m2)
         self.fingers = [names["left_finger_joint"], names["right_finger_joint"]]
         self.tcp = links["tcp"]
+        self.gripper_link = links["gripper"]
         self.friction_nm = np.array([p.getJointInfo(self.robot, j, physicsClientId=self.client)[7] for j in self.arm])
+        self.damping_nm_s = np.array([p.getJointInfo(self.robot, j, physicsClientId=self.client)[6] for j in self.arm])
         # Torque control: the default velocity motors would otherwise hold every joint.
         p.setJointMotorControlArray(self.robot, self.arm, p.VELOCITY_CONTROL, forces=[0.0] * N_ARM_JOINTS,
                                     physicsClientId=self.client)
@@ -155,8 +157,7 @@ class PyBulletBackend(PhysicsBackend):
         work = 0.0
         for _ in range(max(1, round(duration_s / self.physics_dt_s))):
             q, qd = self._arm_state()
-            friction = self.friction_nm * np.tanh(qd / FRICTION_SMOOTHING_RAD_S)
-            p.setJointMotorControlArray(self.robot, self.arm, p.TORQUE_CONTROL, forces=(motor - friction).tolist(),
+            p.setJointMotorControlArray(self.robot, self.arm, p.TORQUE_CONTROL, forces=(motor - self._losses(qd)).tolist(),
                                         physicsClientId=c)
             p.stepSimulation(physicsClientId=c)
             q_after, _ = self._arm_state()
@@ -164,6 +165,11 @@ class PyBulletBackend(PhysicsBackend):
             self._time += self.physics_dt_s
         self._tau = motor
         return self._read(work)
+
+    def _losses(self, qd: np.ndarray) -> np.ndarray:
+        """Joint torques the motor loses before the link that PyBullet does not apply itself:
+        the friction loss (smooth Coulomb)."""
+        return self.friction_nm * np.tanh(qd / FRICTION_SMOOTHING_RAD_S)
 
     def _arm_state(self) -> tuple[np.ndarray, np.ndarray]:
         states = self.p.getJointStates(self.robot, self.arm, physicsClientId=self.client)
@@ -175,11 +181,10 @@ class PyBulletBackend(PhysicsBackend):
         fingers = p.getJointStates(self.robot, self.fingers, physicsClientId=c)
         tcp = p.getLinkState(self.robot, self.tcp, computeForwardKinematics=True, physicsClientId=c)
         pos, quat = p.getBasePositionAndOrientation(self.object, physicsClientId=c)
-        damping = np.array([p.getJointInfo(self.robot, j, physicsClientId=c)[6] for j in self.arm])
-        friction = self.friction_nm * np.tanh(qd / FRICTION_SMOOTHING_RAD_S)
         return RobotState(
             time_s=self._time, q_rad=q, qd_rad_s=qd,
-            tau_measured_nm=self._tau - friction - damping * qd,  # output side: what reaches the links
+            # output side: what reaches the links (the URDF's damping is applied by PyBullet)
+            tau_measured_nm=self._tau - self._losses(qd) - self.damping_nm_s * qd,
             tau_applied_nm=self._tau.copy(),
             gripper_opening_m=float(fingers[0][0] + fingers[1][0]),
             gripper_speed_m_s=float(fingers[0][1] + fingers[1][1]),
@@ -195,3 +200,64 @@ class PyBulletBackend(PhysicsBackend):
         if self.client is not None and self.p.isConnected(self.client):
             self.p.disconnect(self.client)
         self.client = None
+
+
+class ShiftedPyBulletBackend(PyBulletBackend):
+    """PyBullet with a hidden :class:`~ds_robot.sim2real.worlds.PhysicsShift` per episode (drawn
+    from ``seed`` and the episode's setup, as the shifted MuJoCo world draws its own, or a fixed
+    ``shift``): joint damping and friction loss (applied as joint torques, as the friction loss
+    already is), armature (the child link's inertia about the joint axis), motor gain, a payload
+    on the gripper link (its mass; a point at the link's centre of mass), the object's mass and
+    friction, and whole-step command latency. Another engine *and* other parameters than the
+    controller's model: the PyBullet world of the sim-to-real issue (issue 15)."""
+
+    def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0, shift=None,
+                 max_latency_steps: int = 2):
+        from collections import deque
+
+        from ds_robot.sim2real.worlds import PhysicsShift
+
+        super().__init__(variant, physics_dt_s)
+        self.seed, self._fixed, self.max_latency_steps = seed, shift, max_latency_steps
+        self.shift = shift or PhysicsShift()
+        p, c = self.p, self.client
+        self._nominal = {"friction": self.friction_nm.copy(),
+                         "inertia": {j: np.array(p.getDynamicsInfo(self.robot, j, physicsClientId=c)[2]) for j in self.arm},
+                         "payload": p.getDynamicsInfo(self.robot, self.gripper_link, physicsClientId=c)[0]}
+        self._armature = np.array(default_description().joint_dynamics.armature_kg_m2)
+        self._extra_damping = np.zeros(N_ARM_JOINTS)
+        self._pending = deque()
+
+    def reset(self, setup: EpisodeSetup) -> RobotState:
+        import dataclasses
+
+        from ds_robot.sim2real.worlds import PhysicsShift, episode_rng
+
+        shift = self._fixed or PhysicsShift.sample(episode_rng(self.seed, setup), self.max_latency_steps)
+        self.shift = shift
+        p, c, n = self.p, self.client, self._nominal
+        self.friction_nm = n["friction"] + np.array(shift.friction_add_nm)
+        self._extra_damping = self.damping_nm_s * (np.array(shift.damping_scale) - 1.0)
+        for joint, extra in zip(self.arm, self._armature * (np.array(shift.armature_scale) - 1.0), strict=True):
+            axis = np.abs(np.array(p.getJointInfo(self.robot, joint, physicsClientId=c)[13]))
+            p.changeDynamics(self.robot, joint, localInertiaDiagonal=(n["inertia"][joint] + extra * axis).tolist(),
+                             physicsClientId=c)
+        p.changeDynamics(self.robot, self.gripper_link, mass=n["payload"] + shift.payload_kg, physicsClientId=c)
+        obj = dataclasses.replace(setup.obj, mass_kg=setup.obj.mass_kg * shift.object_mass_scale,
+                                  friction=setup.obj.friction * shift.object_friction_scale)
+        self._pending.clear()
+        return super().reset(dataclasses.replace(setup, obj=obj))
+
+    def _losses(self, qd: np.ndarray) -> np.ndarray:
+        return super()._losses(qd) + self._extra_damping * qd
+
+    def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
+        """The command sent ``latency_steps`` calls ago (the first one until the pipeline has
+        filled), times the motor gain."""
+        self._pending.append((np.array(arm_torque_nm, dtype=float), float(gripper_command)))
+        if len(self._pending) > self.shift.latency_steps:
+            torque, gripper = self._pending.popleft()
+        else:
+            torque, gripper = self._pending[0]
+        limit = self.joint_torque_limit_nm
+        return super().step(np.clip(torque, -limit, limit) * np.array(self.shift.gain), gripper, duration_s)

@@ -133,7 +133,8 @@ def build_world(name: str, variant: str = "ur5e", physics_dt_s: float = 0.002, s
     """The world a controller is evaluated in: ``nominal`` (MuJoCo, the controller's own model),
     ``shifted`` (MuJoCo with hidden per-episode physics shifts drawn from ``seed``), ``unmodelled``
     (MuJoCo with per-episode physics outside the estimator's model class, ``sim2real.unmodelled``) or
-    ``pybullet`` (another engine from the same URDF)."""
+    ``pybullet`` (another engine from the same URDF, with a hidden per-episode shift of the shifted
+    world's kind drawn from ``seed``)."""
     if name == "nominal":
         return MuJoCoBackend(variant, physics_dt_s)
     if name == "shifted":
@@ -143,7 +144,7 @@ def build_world(name: str, variant: str = "ur5e", physics_dt_s: float = 0.002, s
 
         return UnmodelledMuJoCoBackend(variant, physics_dt_s, seed=seed)
     if name == "pybullet":
-        from ds_robot.sim2real.pybullet_world import PyBulletBackend
+        from ds_robot.sim2real.pybullet_world import ShiftedPyBulletBackend
 
-        return PyBulletBackend(variant, physics_dt_s)
+        return ShiftedPyBulletBackend(variant, physics_dt_s, seed=seed, max_latency_steps=max_latency_steps)
     raise ConfigError(f"world {name!r}: choose one of {', '.join(WORLDS)}")
