@@ -39,10 +39,15 @@ from ds_robot.sim2real import WORLDS
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 MODES = ("none", "correction", "randomisation", "both")
+CONTROLLERS = ("hier", "scripted")  # randomisation is a hier policy: the scripted controller has none and correction
+
 DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
 CURVE_STEPS = 300  # per-step curves (prediction error, estimate error) over the first 3 s
-GOALS = {"pred_error_ratio": 5.0, "success_gap": 0.03, "estimator_share": 0.2}
+# pred_error_ratio: the first sim-to-real issue's, on the shifted world; _out_of_class: issue 15's, on the
+# unmodelled and pybullet worlds; the estimator's P99 within 20% of the ROS node's 2 ms period
+GOALS = {"pred_error_ratio": 5.0, "pred_error_ratio_out_of_class": 3.0, "success_gap": 0.03, "estimator_share": 0.2,
+         "control_period_s": 0.002}
 
 
 def _curve(values) -> np.ndarray:
@@ -57,7 +62,7 @@ def _rms(values) -> float:
     return float(np.sqrt(np.mean(np.square(values)))) if len(values) else math.nan
 
 
-def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]]:
+def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier") -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
@@ -68,7 +73,8 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
     env = UR5GraspEnv(backend=build_world(world, seed=0))
     policy_file = DR_POLICY if mode in ("randomisation", "both") else "grasp_hier.npz"
     corrected = mode in ("correction", "both")
-    controller = controller_for_env("hier", env, policy=policies_dir() / policy_file, correction=corrected,
+    policy = {"policy": policies_dir() / policy_file} if kind == "hier" else {}
+    controller = controller_for_env(kind, env, correction=corrected, **policy,
                                     **({"track_prediction": True} if corrected else {}))
     rows = []
     for episode_seed in episode_seeds(seed, episodes):
@@ -81,6 +87,7 @@ def _job(world: str, mode: str, seed: int, episodes: int) -> list[dict[str, Any]
             est = controller.estimator
             pe = est.pred_error
             row["estimator_us"] = float(np.mean(est.cost_s)) * 1e6
+            row["estimator_us_p99"] = float(np.percentile(est.cost_s, 99)) * 1e6
             nominal, corrected = _rms(pe["nominal"][WINDOW]), _rms(pe["corrected"][WINDOW])
             row["pred_error_nominal_2s"], row["pred_error_corrected_2s"] = nominal, corrected
             row["pred_error_ratio_2s"] = nominal / corrected if corrected > 0 else math.nan
@@ -106,12 +113,13 @@ def _nanmedian(curves: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _summarise(world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
+def _summarise(kind: str, world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
     wins = sum(r["success"] for r in rows)
     rate, ci = wilson_ci95(wins, len(rows))
     lifts = [r["time_to_lift_s"] for r in rows if r["success"]]
     energy, energy_ci = mean_ci95([r["energy_j"] for r in rows])
-    out: dict[str, Any] = {"name": f"{world}_{mode}", "world": world, "mode": mode, "episodes": len(rows),
+    out: dict[str, Any] = {"name": f"{kind}_{world}_{mode}", "controller": kind, "world": world, "mode": mode,
+                           "episodes": len(rows),
                            "success_rate": rate, "success_rate_ci95": ci,
                            "time_to_lift_s": float(np.mean(lifts)) if lifts else math.nan,
                            "energy_j": energy, "energy_j_ci95": energy_ci,
@@ -119,6 +127,7 @@ def _summarise(world: str, mode: str, rows: list[dict]) -> dict[str, Any]:
     if mode in ("correction", "both"):
         ratios = [r["pred_error_ratio_2s"] for r in rows if math.isfinite(r["pred_error_ratio_2s"])]
         out.update({"estimator_us": float(np.mean([r["estimator_us"] for r in rows])),
+                    "estimator_us_p99": float(np.percentile([r["estimator_us_p99"] for r in rows], 99)),
                     "pred_error_ratio_2s": float(np.median(ratios)) if ratios else math.nan,
                     "pred_error_ratio_2s_p10_p90": [float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))]
                     if ratios else [math.nan, math.nan],
@@ -147,29 +156,33 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     modes = MODES if (policies_dir() / DR_POLICY).is_file() else ("none", "correction")
     if len(modes) < len(MODES):
         print(f"bench sim2real: {policies_dir() / DR_POLICY} not found: randomisation rows skipped")
-    jobs = [(w, m, s) for w in WORLDS for m in modes for s in range(seeds)]
-    print(f"bench sim2real: {len(WORLDS)} worlds x {len(modes)} modes x {seeds} seeds x {episodes} episodes "
-          f"(hier controller), {workers} processes")
-    rows: dict[tuple[str, str], list] = {(w, m): [] for w in WORLDS for m in modes}
+    cells = [(k, w, m) for k in CONTROLLERS for w in WORLDS for m in modes
+             if k == "hier" or m in ("none", "correction")]
+    jobs = [(k, w, m, s) for k, w, m in cells for s in range(seeds)]
+    print(f"bench sim2real: {len(CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
+          f"controller: none and correction) x {seeds} seeds x {episodes} episodes, {workers} processes")
+    rows: dict[tuple[str, str, str], list] = {cell: [] for cell in cells}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_job, w, m, s, episodes): (w, m) for w, m, s in jobs}
+        futures = {pool.submit(_job, w, m, s, episodes, k): (k, w, m) for k, w, m, s in jobs}
         for future in tqdm(futures, desc="bench sim2real", unit="job"):
             rows[futures[future]].extend(future.result())
-    results = [_summarise(w, m, rows[(w, m)]) for w in WORLDS for m in modes]
+    results = [_summarise(*cell, rows[cell]) for cell in cells]
     table = []
     for r in results:
         table.append([r["name"], r["episodes"], ci_text(r["success_rate"], r["success_rate_ci95"], digits=3),
                       f"{r['time_to_lift_s']:.2f}", ci_text(r["energy_j"], r["energy_j_ci95"], digits=1),
-                      f"{r['control_step_us']:.0f}", f"{r['estimator_us']:.0f}" if "estimator_us" in r else "-",
+                      f"{r['control_step_us']:.0f}",
+                      f"{r['estimator_us']:.0f} / {r['estimator_us_p99']:.0f}" if "estimator_us" in r else "-",
                       f"{r['pred_error_nominal_2s']:.2g} / {r['pred_error_corrected_2s']:.2g}"
                       if "pred_error_ratio_2s" in r else "-",
                       f"{r['pred_error_ratio_2s']:.3g}" if "pred_error_ratio_2s" in r else "-"])
-    print(format_table(["variant", "episodes", "success [95% CI]", "lift s", "energy J", "step us", "estimator us",
+    print(format_table(["variant", "episodes", "success [95% CI]", "lift s", "energy J", "step us",
+                        "estimator us mean / P99",
                         "pred err rad/s nom / corr", "pred err ratio 2s"], table))
     for line in verdict(results):
         print(line)
     if json_path:
-        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controller": "hier",
+        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(CONTROLLERS),
                                            "window_s": [1.5, 2.0]}, results)
         print(f"wrote {json_path}")
     if plot_path:
@@ -181,7 +194,7 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
 def verdict(results: list[dict]) -> list[str]:
     by = {r["name"]: r for r in results}
     lines = []
-    s = by.get("shifted_correction")
+    s = by.get("hier_shifted_correction")
     if s:
         ratio = s["pred_error_ratio_2s"]
         lines.append(f"shifted MuJoCo: one-step velocity prediction error, nominal / corrected model over 1.5-2 s: "
@@ -191,32 +204,35 @@ def verdict(results: list[dict]) -> list[str]:
         lines.append(f"estimate at 2 s (before the grasp's contacts): motor gain error {s['gain_error']:.3f} (joints 1-5, mean abs), payload "
                      f"error {s['payload_error_kg']:.3f} kg, latency identified in {s['latency_identified']:.0%} of "
                      f"episodes")
-        share = s["estimator_us"] * 1e-6 / 0.01
-        lines.append(f"estimator cost {s['estimator_us']:.0f} us per 10 ms control step = {share:.1%} of the period "
-                     f"(goal <= {GOALS['estimator_share']:.0%}: {'met' if share <= GOALS['estimator_share'] else 'not met'})")
-    if s and "nominal_correction" in by and "nominal_none" in by:
-        gap = by["nominal_none"]["success_rate"] - s["success_rate"]
-        lines.append(f"success: shifted with correction {s['success_rate']:.3f} vs nominal {by['nominal_none']['success_rate']:.3f} "
-                     f"(gap {gap * 100:+.1f} points; goal <= {GOALS['success_gap'] * 100:g}: "
-                     f"{'met' if gap <= GOALS['success_gap'] else 'not met'}); without correction "
-                     f"{by['shifted_none']['success_rate']:.3f}")
+    costs = [r for r in results if "estimator_us_p99" in r]
+    if costs:
+        p99 = max(r["estimator_us_p99"] for r in costs)
+        budget = GOALS["estimator_share"] * GOALS["control_period_s"] * 1e6
+        lines.append(f"estimator cost {np.mean([r['estimator_us'] for r in costs]):.0f} us mean, {p99:.0f} us P99 (the "
+                     f"worst row) per step; goal P99 <= {GOALS['estimator_share']:.0%} of the "
+                     f"{GOALS['control_period_s'] * 1e3:g} ms period of the ROS node = {budget:.0f} us: "
+                     f"{'met' if p99 <= budget else 'not met'}")
+    for kind in CONTROLLERS:
+        nominal = by.get(f"{kind}_nominal_none")
+        for world in WORLDS:
+            on, off = by.get(f"{kind}_{world}_correction"), by.get(f"{kind}_{world}_none")
+            if world == "nominal" or not (on and off and nominal):
+                continue
+            gap = nominal["success_rate"] - on["success_rate"]
+            goal = GOALS["pred_error_ratio"] if world == "shifted" else GOALS["pred_error_ratio_out_of_class"]
+            ratio = on["pred_error_ratio_2s"]
+            lines.append(f"{kind} on {world}: success {off['success_rate']:.3f} -> {on['success_rate']:.3f} with correction "
+                         f"(nominal world {nominal['success_rate']:.3f}: gap {gap * 100:+.1f} points, goal <= "
+                         f"{GOALS['success_gap'] * 100:g}: {'met' if gap <= GOALS['success_gap'] else 'not met'}); energy "
+                         f"{off['energy_j']:.1f} -> {on['energy_j']:.1f} J; prediction error ratio {ratio:.2f}x (goal >= "
+                         f"{goal:g}x: {'met' if ratio >= goal else 'not met'})")
     for world in WORLDS:
-        dr, both = by.get(f"{world}_randomisation"), by.get(f"{world}_both")
-        if dr and both:
-            lines.append(f"{world}: domain randomisation {dr['success_rate']:.3f} success / {dr['energy_j']:.1f} J, "
-                         f"randomisation + correction {both['success_rate']:.3f} / {both['energy_j']:.1f} J")
-    un_on, un_off = by.get("unmodelled_correction"), by.get("unmodelled_none")
-    if un_on and un_off:
-        ratio = un_on["pred_error_ratio_2s"]
-        lines.append(f"unmodelled MuJoCo (physics outside the estimator's model class): prediction error ratio "
-                     f"{ratio:.2f}x (issue 15's goal >= 3x: {'met' if ratio >= 3 else 'not met'}); success "
-                     f"{un_off['success_rate']:.3f} -> {un_on['success_rate']:.3f}, energy {un_off['energy_j']:.1f} -> "
-                     f"{un_on['energy_j']:.1f} J with correction")
-    pb_on, pb_off = by.get("pybullet_correction"), by.get("pybullet_none")
-    if pb_on and pb_off:
-        lines.append(f"pybullet: success {pb_off['success_rate']:.3f} -> {pb_on['success_rate']:.3f}, energy "
-                     f"{pb_off['energy_j']:.1f} -> {pb_on['energy_j']:.1f} J with correction; prediction error ratio "
-                     f"{pb_on['pred_error_ratio_2s']:.2f}x")
+        dr, both = by.get(f"hier_{world}_randomisation"), by.get(f"hier_{world}_both")
+        on = by.get(f"hier_{world}_correction")
+        if dr and both and on:
+            lines.append(f"hier on {world}: domain randomisation {dr['success_rate']:.3f} success / {dr['energy_j']:.1f} J, "
+                         f"randomisation + correction {both['success_rate']:.3f} / {both['energy_j']:.1f} J; correction "
+                         f"{'>=' if on['success_rate'] >= dr['success_rate'] else '<'} randomisation")
     return lines
 
 
@@ -246,7 +262,7 @@ def plot(results: list[dict], path: str | Path) -> None:
     t = (np.arange(CURVE_STEPS) + 1) * 0.01
     for world, color in (("shifted", "#c44e52"), ("unmodelled", "#937860"), ("pybullet", "#8172b3"),
                          ("nominal", "#888888")):
-        curves = by.get(f"{world}_correction", {}).get("curves")
+        curves = by.get(f"hier_{world}_correction", {}).get("curves")
         if not curves:
             continue
         as_array = {k: np.array([np.nan if v is None else v for v in c]) for k, c in curves.items()}
@@ -265,7 +281,8 @@ def plot(results: list[dict], path: str | Path) -> None:
     axes[3].set_title("shifted MuJoCo, correction on (from ~2.2 s the fingers close on the object:\n"
                       "contact and the object's load enter the estimate)", fontsize=10)
     axes[3].legend(fontsize=8)
-    fig.suptitle("bench sim2real: hierarchical controller; online correction, domain randomisation, both")
+    fig.suptitle("bench sim2real: hierarchical and scripted controllers; online correction, domain randomisation "
+                 "(hier), both; curves: hier")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
