@@ -1,6 +1,6 @@
 """ros2 launch ds_robot grasp.launch.py [use_sim:=true|false] [ur_type:=ur5e|ur5] [robot_ip:=...]
 [tf_prefix:=...] [command_interface:=effort|velocity] [policy:=FILE] [config:=FILE]
-[correction:=true|false] [world:=nominal|shifted]
+[correction:=true|false] [world:=nominal|shifted|unmodelled]
 
 use_sim:=true (default): the MuJoCo sim node plays the arm, gripper and object.
 use_sim:=false: includes ur_robot_driver's ur_control.launch.py for the arm at robot_ip with
@@ -11,7 +11,7 @@ operator hands the arm to the policy with
 ``forward_velocity_controller`` (CB3); until then the node's commands reach no controller.
 The object pose must come from your perception on /object_pose.
 correction:=true: online sim-to-real physics correction in the policy node (effort only).
-world:=shifted (sim only): the sim node runs physics-shifted MuJoCo instead of the nominal model.
+world:=shifted|unmodelled (sim only): the sim node runs physics-shifted MuJoCo, or MuJoCo with physics outside the estimator's model, instead of the nominal model.
 
 This file is the one source: ros2_ws/src/ds_robot/launch links here and the package installs it.
 """
@@ -87,6 +87,6 @@ def generate_launch_description():
         DeclareLaunchArgument("correction", default_value="false",
                               description="online sim-to-real physics correction (effort interface only)"),
         DeclareLaunchArgument("world", default_value="nominal",
-                              description="sim only: nominal, or shifted (hidden physics changes, world_seed)"),
+                              description="sim only: nominal, shifted (hidden physics changes, world_seed) or unmodelled (physics outside the estimator's model)"),
         OpaqueFunction(function=_nodes),
     ])

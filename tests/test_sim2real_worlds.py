@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.grasp_env import UR5GraspEnv
@@ -160,3 +161,18 @@ def test_pybullet_world_draws_a_hidden_shift_and_applies_it():
         env.close()
     np.testing.assert_allclose(runs["identity"], runs["nominal"], atol=1e-9)
     assert np.abs(runs["shifted"] - runs["nominal"]).max() > 0.02
+
+
+def test_the_sim_node_arm_runs_the_unmodelled_world_and_reports_its_truth():
+    from ds_robot.deploy.sim_core import SimArm
+    from ds_robot.errors import ConfigError
+
+    arm = SimArm(world="unmodelled", world_seed=2)
+    arm.reset(seed=0)
+    for _ in range(20):
+        arm.step()
+    truth = arm.shift
+    assert truth is not None and set(truth) >= {"latency_s", "stribeck_nm", "sensor_bias_nm"}
+    assert truth != UnmodelledPhysics().as_dict()
+    with pytest.raises(ConfigError, match="nominal, shifted, unmodelled"):
+        SimArm(world="mars")
