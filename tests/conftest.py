@@ -63,3 +63,31 @@ def controller_manager_msgs(tmp_path_factory) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])),
             "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(prefix / "lib"), os.environ.get("LD_LIBRARY_PATH")])),
             "AMENT_PREFIX_PATH": os.pathsep.join([str(prefix), sys.prefix])}
+
+
+@pytest.fixture
+def open_loop():
+    """``open_loop(backend, steps, amplitude_nm, rad_per_step)``: the arm's joint positions (steps x 6)
+    under gravity compensation at the start pose plus a sinusoidal torque, open loop, from episode
+    seed 0 of ``backend`` (None: the nominal MuJoCo world); the env is closed after."""
+    import numpy as np
+
+    from ds_robot.control.robot_model import RobotModel
+    from ds_robot.envs.grasp_env import UR5GraspEnv
+    from ds_robot.envs.layout import OBS_SLICES
+
+    def run(backend, steps: int, amplitude_nm, rad_per_step: float) -> np.ndarray:
+        env = UR5GraspEnv(backend=backend)
+        obs, _ = env.reset(seed=0)
+        model = RobotModel()
+        model.update(obs[OBS_SLICES["q"]].astype(float), np.zeros(6))
+        hold = model.gravity_torque()
+        qs = []
+        for k in range(steps):
+            tau = hold + np.asarray(amplitude_nm, dtype=float) * np.sin(rad_per_step * k)
+            obs, *_ = env.step(np.append(tau / env.backend.joint_torque_limit_nm, -1.0))
+            qs.append(obs[OBS_SLICES["q"]].astype(float))
+        env.close()
+        return np.array(qs)
+
+    return run

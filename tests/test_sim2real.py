@@ -314,27 +314,16 @@ def test_cli_worlds_and_correction(tmp_path):
         assert math.isfinite(row["pred_error_ratio_2s"])
 
 
-def test_mujoco_and_pybullet_agree_on_free_motion_of_the_nominal_arm():
+def test_mujoco_and_pybullet_agree_on_free_motion_of_the_nominal_arm(open_loop):
     """The same open-loop torques (gravity at the start pose + a 1 Hz sinusoid) for 1 s in both
     engines, built from the same description. Stated tolerance: 0.05 rad on every joint at 0.5 s,
     0.12 rad over the whole second (open loop, so differences grow: contact-free rigid-body
     dynamics agree, friction and damping are modelled differently; see pybullet_world)."""
     from ds_robot.sim2real.pybullet_world import PyBulletBackend
 
-    trajectories = {}
-    for name, backend in (("mujoco", None), ("pybullet", PyBulletBackend())):
-        env = UR5GraspEnv(backend=backend)
-        obs, _ = env.reset(seed=0)
-        model = RobotModel()
-        model.update(obs[S["q"]].astype(float), np.zeros(6))
-        hold = model.gravity_torque()
-        qs = []
-        for k in range(100):
-            tau = hold + np.array([3, 5, 3, 1, 1, 0.5]) * np.sin(2 * np.pi * k * env.control_dt_s)
-            obs, *_ = env.step(np.append(tau / env.backend.joint_torque_limit_nm, -1.0))
-            qs.append(obs[S["q"]].astype(float))
-        trajectories[name] = np.array(qs)
-        env.close()
+    # 1 Hz at the 10 ms control period
+    trajectories = {name: open_loop(backend, 100, [3, 5, 3, 1, 1, 0.5], 2 * np.pi * 0.01)
+                    for name, backend in (("mujoco", None), ("pybullet", PyBulletBackend()))}
     diff = np.abs(trajectories["mujoco"] - trajectories["pybullet"])
     assert diff[49].max() < 0.05, diff[49]
     assert diff.max() < 0.12, diff.max(axis=0)

@@ -131,7 +131,7 @@ def test_the_estimator_helps_outside_its_class_but_is_not_exact_there():
     assert max(ratios) < 20, ratios  # an in-class world reaches 28.8 on this motion (shifted, no latency)
 
 
-def test_pybullet_world_draws_a_hidden_shift_and_applies_it():
+def test_pybullet_world_draws_a_hidden_shift_and_applies_it(open_loop):
     from ds_robot.sim2real.pybullet_world import PyBulletBackend, ShiftedPyBulletBackend
     from ds_robot.sim2real.worlds import PhysicsShift, build_world
 
@@ -144,21 +144,9 @@ def test_pybullet_world_draws_a_hidden_shift_and_applies_it():
     env.close()
     # on the same open-loop torques: the identity shift is the nominal engine, a fixed shift is not
     shift = PhysicsShift(gain=(0.8,) * 6, payload_kg=0.5, damping_scale=(2.0,) * 6, latency_steps=2)
-    runs = {}
-    for name, backend in (("nominal", PyBulletBackend()), ("identity", ShiftedPyBulletBackend(shift=PhysicsShift())),
-                          ("shifted", ShiftedPyBulletBackend(shift=shift))):
-        env = UR5GraspEnv(backend=backend)
-        obs, _ = env.reset(seed=0)
-        model = RobotModel()
-        model.update(obs[S["q"]].astype(float), np.zeros(6))
-        hold = model.gravity_torque()
-        qs = []
-        for k in range(30):
-            wave = np.array([4.0, 6, 4, 1, 1, 0.5]) * np.sin(0.2 * k)
-            obs, *_ = env.step(np.append((hold + wave) / backend.joint_torque_limit_nm, -1.0))
-            qs.append(obs[S["q"]].astype(float))
-        runs[name] = np.array(qs)
-        env.close()
+    runs = {name: open_loop(backend, 30, [4.0, 6, 4, 1, 1, 0.5], 0.2)
+            for name, backend in (("nominal", PyBulletBackend()), ("identity", ShiftedPyBulletBackend(shift=PhysicsShift())),
+                                  ("shifted", ShiftedPyBulletBackend(shift=shift)))}
     np.testing.assert_allclose(runs["identity"], runs["nominal"], atol=1e-9)
     assert np.abs(runs["shifted"] - runs["nominal"]).max() > 0.02
 
