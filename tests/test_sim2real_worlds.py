@@ -164,3 +164,21 @@ def test_the_sim_node_arm_runs_the_unmodelled_world_and_reports_its_truth():
     assert truth != UnmodelledPhysics().as_dict()
     with pytest.raises(ConfigError, match="nominal, shifted, unmodelled"):
         SimArm(world="mars")
+
+
+def test_the_estimator_and_the_correction_never_read_a_world():
+    """Issue 15: the estimator's priors may not come from the worlds' generators. Neither module
+    imports a world module, nor names a world's range table."""
+    import ast
+    from pathlib import Path
+
+    import ds_robot.sim2real as package
+
+    root = Path(package.__file__).parent
+    for name in ("estimator.py", "correction.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        assert not {m for m in imported if m and m.split(".")[-1] in ("worlds", "unmodelled", "pybullet_world")}, name
+        names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert not names & {"RANGES", "PER_JOINT_RANGES", "SCALAR_RANGES", "FRICTION_ADD_NM"}, name

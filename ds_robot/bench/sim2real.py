@@ -39,7 +39,7 @@ from ds_robot.sim2real import WORLDS
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 MODES = ("none", "correction", "randomisation", "both")
-CONTROLLERS = ("hier", "scripted")  # randomisation is a hier policy: the scripted controller has none and correction
+BENCH_CONTROLLERS = ("hier", "scripted")  # randomisation is a hier policy: the scripted controller has none and correction
 
 DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
@@ -156,10 +156,10 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     modes = MODES if (policies_dir() / DR_POLICY).is_file() else ("none", "correction")
     if len(modes) < len(MODES):
         print(f"bench sim2real: {policies_dir() / DR_POLICY} not found: randomisation rows skipped")
-    cells = [(k, w, m) for k in CONTROLLERS for w in WORLDS for m in modes
+    cells = [(k, w, m) for k in BENCH_CONTROLLERS for w in WORLDS for m in modes
              if k == "hier" or m in ("none", "correction")]
     jobs = [(k, w, m, s) for k, w, m in cells for s in range(seeds)]
-    print(f"bench sim2real: {len(CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
+    print(f"bench sim2real: {len(BENCH_CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
           f"controller: none and correction) x {seeds} seeds x {episodes} episodes, {workers} processes")
     rows: dict[tuple[str, str, str], list] = {cell: [] for cell in cells}
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -182,7 +182,7 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     for line in verdict(results):
         print(line)
     if json_path:
-        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(CONTROLLERS),
+        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(BENCH_CONTROLLERS),
                                            "window_s": [1.5, 2.0]}, results)
         print(f"wrote {json_path}")
     if plot_path:
@@ -212,7 +212,7 @@ def verdict(results: list[dict]) -> list[str]:
                      f"worst row) per step; goal P99 <= {GOALS['estimator_share']:.0%} of the "
                      f"{GOALS['control_period_s'] * 1e3:g} ms period of the ROS node = {budget:.0f} us: "
                      f"{'met' if p99 <= budget else 'not met'}")
-    for kind in CONTROLLERS:
+    for kind in BENCH_CONTROLLERS:
         nominal = by.get(f"{kind}_nominal_none")
         for world in WORLDS:
             on, off = by.get(f"{kind}_{world}_correction"), by.get(f"{kind}_{world}_none")

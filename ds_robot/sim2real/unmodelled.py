@@ -24,7 +24,7 @@ holds the truth for scoring):
   off the flange axis, not a point mass at the gripper's centre;
 - the object's mass and friction scaled as in the shifted world.
 
-The magnitudes (``RANGES``) are assumptions of the right order for a UR-class arm, not
+The magnitudes (``PER_JOINT_RANGES``) are assumptions of the right order for a UR-class arm, not
 identified values: no public source gives per-joint friction curves for the UR5e, so they are
 stated here and reported with every result, and the estimator never reads them (issue 15).
 Not modelled yet: joint elasticity (the harmonic drives' spring between motor and link) and
@@ -47,7 +47,7 @@ from ds_robot.sim import scene
 
 BIG, WRIST = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 # (low, high) per joint: shoulder/elbow joints first, then the wrists
-RANGES = {
+PER_JOINT_RANGES = {
     "coulomb_nm": ((0.5, 3.0), (0.1, 0.6)),  # the constant friction loss (the model's class; nominal 1.0 / 0.2)
     "stribeck_nm": ((0.3, 2.0), (0.05, 0.4)),  # breakaway friction above Coulomb
     "stribeck_speed_rad_s": ((0.05, 0.3), (0.05, 0.3)),
@@ -87,11 +87,11 @@ class UnmodelledPhysics:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> UnmodelledPhysics:
         def per_joint(key):
-            (lo_b, hi_b), (lo_w, hi_w) = RANGES[key]
+            (lo_b, hi_b), (lo_w, hi_w) = PER_JOINT_RANGES[key]
             return tuple(float(v) for v in BIG * rng.uniform(lo_b, hi_b, N_ARM_JOINTS)
                          + WRIST * rng.uniform(lo_w, hi_w, N_ARM_JOINTS))
 
-        draws = {key: per_joint(key) for key in RANGES}
+        draws = {key: per_joint(key) for key in PER_JOINT_RANGES}
         scalar = {key: float(rng.uniform(*r)) for key, r in SCALAR_RANGES.items()}
         offset, depth = scalar.pop("payload_offset_m"), scalar.pop("payload_depth_m")
         angle = float(rng.uniform(0, 2 * np.pi))  # off the tool axis by ``offset``, ``depth`` along it
