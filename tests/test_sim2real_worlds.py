@@ -87,12 +87,14 @@ def test_each_episode_draws_its_hidden_physics_and_seeded_worlds_repeat():
     assert 0 <= a.latency_s <= 0.016 and 0 <= a.payload_kg <= 0.6 and math.hypot(*a.payload_com_m[:2]) <= 0.05
 
 
-def _prediction_ratio(world_seed: int, steps: int = 300) -> float:
+def _prediction_ratio(world_seed: int, steps: int = 300, world: str = "unmodelled") -> float:
     """Computed-torque tracking of joint sinusoids in the unmodelled world with the online estimator
     fed as the controller feeds it; the one-step joint-velocity prediction error (RMS over the last
     1.5 s) of the nominal model divided by that of the model with the estimate written in."""
+    from ds_robot.sim2real.worlds import build_world
+
     rng = np.random.default_rng(world_seed)
-    env = _env(seed=world_seed, episode_s=60)
+    env = UR5GraspEnv(backend=build_world(world, seed=world_seed), episode_s=60)
     lim = env.backend.joint_torque_limit_nm
     travel = default_description().gripper.finger_travel_m
     est = OnlineEstimator()
@@ -118,15 +120,18 @@ def _prediction_ratio(world_seed: int, steps: int = 300) -> float:
         if k >= steps // 2:
             for key, value in predicted.items():
                 errors[key].append(np.mean((obs[S["qd"]] * math.pi - value) ** 2))
+    env.close()
     return math.sqrt(np.mean(errors["nominal"]) / np.mean(errors["estimate"]))
 
 
-def test_the_estimator_helps_outside_its_class_but_is_not_exact_there():
+@pytest.mark.parametrize("world", ["unmodelled", "pybullet"])
+def test_the_estimator_helps_outside_its_class_but_is_not_exact_there(world):
     """Against the do-nothing estimator (the nominal model: ratio 1) on the same data, 3 world
     seeds. In the shifted world with the true parameters the model is exact to ~1e-6
-    (test_sim2real); here no parameter value of the estimator's class is, so the ratio is
-    finite: measured 3.1, 2.7, 3.5 (issue 15's goal, >= 3x, is for bench sim2real)."""
-    ratios = [_prediction_ratio(seed) for seed in range(3)]
+    (test_sim2real); in these worlds no parameter value of the estimator's class is (another
+    engine, or physics the class lacks), so the ratio is finite: measured 3.1, 2.7, 3.5
+    (unmodelled) and 3.2, 4.0, 2.1 (pybullet); issue 15's goal, >= 3x, is for bench sim2real."""
+    ratios = [_prediction_ratio(seed, world=world) for seed in range(3)]
     assert min(ratios) > 1.8 and np.median(ratios) > 2.3, ratios
     assert max(ratios) < 20, ratios  # an in-class world reaches 28.8 on this motion (shifted, no latency)
 
