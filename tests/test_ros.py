@@ -189,15 +189,19 @@ def test_online_correction_identifies_a_shifted_arm_through_ros(ros):
     assert ok, f"no grasp outcome or no estimate; status {_status(status)}, estimates {estimates()[-1:]}"
     truth = _status(status)["shift"]
     assert _status(status)["world"] == "shifted" and _status(status)["success"], _status(status)
-    # At ~2 s of control, before the grasp's contacts, as `bench sim2real` scores it. Over ROS the
-    # joint states' timing jitters (the measured intervals are used) and commands land up to a
-    # physics step late, so the estimate is rougher than in-process: the bounds are those of the
-    # bench's median episode with a margin; the nominal model is off by 0.151 (gains) and 0.306 kg.
+    # At ~2 s of control, before the grasp's contacts, as `bench sim2real` scores it. Against the
+    # do-nothing estimator (its prior: gain 1, no payload) on the same episode: off by 0.152 (gains,
+    # joints 1-5) and 0.306 kg here. Over ROS the joint states' timing jitters (the measured
+    # intervals are used) and commands land up to a physics step late, so the estimate is rougher
+    # than in-process; measured 0.048-0.054 and 0.07-0.12 kg (also under extra load), so the bar is
+    # 60% of the do-nothing error (a weak estimate that the old absolute bounds let pass fails it).
     steps, estimate, p99_us = min(estimates(), key=lambda e: abs(e[0] - 200))
     assert 175 <= steps <= 225, steps
-    gain_error = np.abs(np.array(estimate["gain"][:5]) - truth["gain"][:5])
-    assert gain_error.mean() < 0.11, (estimate["gain"], truth["gain"])
-    assert abs(estimate["payload_kg"] - truth["payload_kg"]) < 0.25, (estimate["payload_kg"], truth["payload_kg"])
+    gain_error = np.abs(np.array(estimate["gain"][:5]) - truth["gain"][:5]).mean()
+    prior_gain_error = np.abs(1.0 - np.array(truth["gain"][:5])).mean()
+    assert gain_error < 0.6 * prior_gain_error, (estimate["gain"], truth["gain"])
+    payload_error = abs(estimate["payload_kg"] - truth["payload_kg"])
+    assert payload_error < 0.6 * abs(truth["payload_kg"]), (estimate["payload_kg"], truth["payload_kg"])
     assert p99_us < 10_000  # inside the 10 ms policy period even under the suite's load
 
 
