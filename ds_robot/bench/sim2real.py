@@ -19,7 +19,10 @@ current estimate written in) over one control period exactly as the world is ste
 the timed control step. Per-step curves over the first 3 s (median over episodes: prediction
 errors, estimate errors) go into the JSON (``curves``) and the plot.
 
-The randomisation rows are skipped when the domain-randomised policy file is absent.
+The episodes are the ``task`` preset's test set with its perception and sensor noise (``--task``,
+default realistic); ``task=None`` runs the env's default objects without noise (the first
+sim-to-real rounds' numbers). The randomisation rows are skipped when the domain-randomised
+policy file is absent.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def _rms(values) -> float:
     return float(np.sqrt(np.mean(np.square(values)))) if len(values) else math.nan
 
 
-def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier") -> list[dict[str, Any]]:
+def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
+         task: str | None = None) -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
@@ -70,7 +74,12 @@ def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier") ->
     from ds_robot.paths import policies_dir
     from ds_robot.sim2real.worlds import build_world
 
-    env = UR5GraspEnv(backend=build_world(world, seed=0))
+    if task is None:  # the env's default objects (the nominal task's set)
+        env = UR5GraspEnv(backend=build_world(world, seed=0))
+    else:  # the preset's test set (objects never trained on), perception and sensor noise
+        from ds_robot.envs.presets import load_task
+
+        env = UR5GraspEnv(backend=build_world(world, seed=0), **load_task(task).env_kwargs("test"))
     policy_file = DR_POLICY if mode in ("randomisation", "both") else "grasp_hier.npz"
     corrected = mode in ("correction", "both")
     policy = {"policy": policies_dir() / policy_file} if kind == "hier" else {}
@@ -146,7 +155,8 @@ def _summarise(kind: str, world: str, mode: str, rows: list[dict]) -> dict[str, 
 
 
 def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
-                           seeds: int = 3, episodes: int | None = None, workers: int = 2) -> int:
+                           seeds: int = 3, episodes: int | None = None, workers: int = 2,
+                           task: str | None = "realistic") -> int:
     episodes = episodes or (5 if quick else 200)
     seeds = 1 if quick else seeds
     if episodes < 1 or seeds < 1 or workers < 1:
@@ -160,10 +170,11 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
              if k == "hier" or m in ("none", "correction")]
     jobs = [(k, w, m, s) for k, w, m in cells for s in range(seeds)]
     print(f"bench sim2real: {len(BENCH_CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
-          f"controller: none and correction) x {seeds} seeds x {episodes} episodes, {workers} processes")
+          f"controller: none and correction) x {seeds} seeds x {episodes} episodes, "
+          f"{'task ' + str(task) + ', test set' if task else 'the env default objects'}, {workers} processes")
     rows: dict[tuple[str, str, str], list] = {cell: [] for cell in cells}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_job, w, m, s, episodes, k): (k, w, m) for k, w, m, s in jobs}
+        futures = {pool.submit(_job, w, m, s, episodes, k, task): (k, w, m) for k, w, m, s in jobs}
         for future in tqdm(futures, desc="bench sim2real", unit="job"):
             rows[futures[future]].extend(future.result())
     results = [_summarise(*cell, rows[cell]) for cell in cells]
@@ -182,7 +193,8 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     for line in verdict(results):
         print(line)
     if json_path:
-        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(BENCH_CONTROLLERS),
+        write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(BENCH_CONTROLLERS), "task": task,
+                                           "object_set": "test" if task else "env default",
                                            "window_s": [1.5, 2.0]}, results)
         print(f"wrote {json_path}")
     if plot_path:

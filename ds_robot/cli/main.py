@@ -328,7 +328,7 @@ def cmd_bench(args) -> int:
 
         return run_sim2real_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                       seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
-                                      workers=args.workers)
+                                      workers=args.workers, task=args.task_preset)
     if args.name == "node":
         from ds_robot.bench.node import run_node_benchmark
 
