@@ -213,9 +213,7 @@ class ShiftedPyBulletBackend(PyBulletBackend):
 
     def __init__(self, variant: str = "ur5e", physics_dt_s: float = 0.002, seed: int = 0, shift=None,
                  max_latency_steps: int = 2):
-        from collections import deque
-
-        from ds_robot.sim2real.worlds import PhysicsShift
+        from ds_robot.sim2real.worlds import CommandDelay, PhysicsShift
 
         super().__init__(variant, physics_dt_s)
         self.seed, self._fixed, self.max_latency_steps = seed, shift, max_latency_steps
@@ -226,7 +224,7 @@ class ShiftedPyBulletBackend(PyBulletBackend):
                          "payload": p.getDynamicsInfo(self.robot, self.gripper_link, physicsClientId=c)[0]}
         self._armature = np.array(default_description().joint_dynamics.armature_kg_m2)
         self._extra_damping = np.zeros(N_ARM_JOINTS)
-        self._pending = deque()
+        self._delay = CommandDelay()
 
     def reset(self, setup: EpisodeSetup) -> RobotState:
         import dataclasses
@@ -245,7 +243,7 @@ class ShiftedPyBulletBackend(PyBulletBackend):
         p.changeDynamics(self.robot, self.gripper_link, mass=n["payload"] + shift.payload_kg, physicsClientId=c)
         obj = dataclasses.replace(setup.obj, mass_kg=setup.obj.mass_kg * shift.object_mass_scale,
                                   friction=setup.obj.friction * shift.object_friction_scale)
-        self._pending.clear()
+        self._delay.clear()
         return super().reset(dataclasses.replace(setup, obj=obj))
 
     def _losses(self, qd: np.ndarray) -> np.ndarray:
@@ -254,10 +252,6 @@ class ShiftedPyBulletBackend(PyBulletBackend):
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
         """The command sent ``latency_steps`` calls ago (the first one until the pipeline has
         filled), times the motor gain."""
-        self._pending.append((np.array(arm_torque_nm, dtype=float), float(gripper_command)))
-        if len(self._pending) > self.shift.latency_steps:
-            torque, gripper = self._pending.popleft()
-        else:
-            torque, gripper = self._pending[0]
+        torque, gripper = self._delay.delayed(arm_torque_nm, gripper_command, self.shift.latency_steps)
         limit = self.joint_torque_limit_nm
         return super().step(np.clip(torque, -limit, limit) * np.array(self.shift.gain), gripper, duration_s)

@@ -112,7 +112,7 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         super().__init__(variant, physics_dt_s)
         self.seed = seed
         self._fixed = physics
-        self.physics = physics or UnmodelledPhysics()
+        self._set_physics(physics or UnmodelledPhysics())
         self._nominal: dict[int, dict[str, np.ndarray]] = {}
         self._commands: deque = deque()
         self._torque = np.zeros(N_ARM_JOINTS)
@@ -124,11 +124,21 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         from ds_robot.sim2real.worlds import episode_rng
 
         rng = episode_rng(self.seed, setup)
-        self.physics = self._fixed or UnmodelledPhysics.sample(rng)
+        self._set_physics(self._fixed or UnmodelledPhysics.sample(rng))
         self._noise = np.random.default_rng(rng.integers(2**63))
         self._apply(self.physics)
         self._commands.clear()
         self._torque[:] = 0.0
+
+    def _set_physics(self, p: UnmodelledPhysics) -> None:
+        """This episode's physics, and the per-joint arrays the physics steps use (converted once
+        per episode, not per 2 ms step)."""
+        self.physics = p
+        self._stribeck, self._stribeck_speed = np.array(p.stribeck_nm), np.array(p.stribeck_speed_rad_s)
+        self._load_friction, self._gain = np.array(p.load_friction), np.array(p.gain)
+        lag = np.array(p.torque_lag_s)
+        self._alpha = np.where(lag > 0, 1.0 - np.exp(-self.physics_dt_s / np.maximum(lag, 1e-12)), 1.0)
+        self._sensor = (np.array(p.sensor_scale), np.array(p.sensor_bias_nm), np.array(p.sensor_noise_nm))
 
     def _apply(self, p: UnmodelledPhysics) -> None:
         m = self.model
@@ -170,27 +180,23 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         return self._sensed(state)
 
     def _friction(self, qd: np.ndarray, load: np.ndarray) -> np.ndarray:
-        p = self.physics
         sign = np.tanh(qd / SMOOTH_SPEED_RAD_S)
-        stribeck = np.array(p.stribeck_nm) * np.exp(-((qd / np.array(p.stribeck_speed_rad_s)) ** 2))
-        return -(stribeck + np.array(p.load_friction) * np.abs(load)) * sign
+        stribeck = self._stribeck * np.exp(-((qd / self._stribeck_speed) ** 2))
+        return -(stribeck + self._load_friction * np.abs(load)) * sign
 
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
-        p, m, d = self.physics, self.model, self.data
+        m, d, latency_s = self.model, self.data, self.physics.latency_s
         self._commands.append((d.time, np.clip(np.asarray(arm_torque_nm, dtype=float),
                                                -self.joint_torque_limit_nm, self.joint_torque_limit_nm),
                                float(gripper_command)))
-        lag = np.array(p.torque_lag_s)
-        alpha = 1.0 - np.exp(-self.physics_dt_s / np.maximum(lag, 1e-9))
-        gain = np.array(p.gain)
         work = 0.0
         for _ in range(max(1, round(duration_s / self.physics_dt_s))):
             # the newest command sent at least latency_s ago (the first one until then)
-            while len(self._commands) > 1 and self._commands[1][0] <= d.time - p.latency_s + 1e-9:
+            while len(self._commands) > 1 and self._commands[1][0] <= d.time - latency_s + 1e-9:
                 self._commands.popleft()
             _, target, gripper = self._commands[0]
-            self._torque += alpha * (target - self._torque)
-            self._arm_ctrl[:] = self._torque * gain
+            self._torque += self._alpha * (target - self._torque)
+            self._arm_ctrl[:] = self._torque * self._gain
             d.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper) / 2.0
             d.qfrc_applied[:N_ARM_JOINTS] = self._friction(d.qvel[:N_ARM_JOINTS], d.qfrc_bias[:N_ARM_JOINTS])
             q_before = d.qpos[:N_ARM_JOINTS].copy()
@@ -201,8 +207,7 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
     def _sensed(self, state: RobotState) -> RobotState:
         """The state as the arm's torque sensing reports it: the unmodelled friction is part of the
         output torque (as the friction loss is), then bias, scale error and noise."""
-        p = self.physics
+        scale, bias, noise = self._sensor
         true = state.tau_measured_nm + self.data.qfrc_applied[:N_ARM_JOINTS]
-        measured = (np.array(p.sensor_scale) * true + np.array(p.sensor_bias_nm)
-                    + self._noise.normal(0.0, 1.0, N_ARM_JOINTS) * np.array(p.sensor_noise_nm))
+        measured = scale * true + bias + self._noise.normal(0.0, 1.0, N_ARM_JOINTS) * noise
         return dataclasses.replace(state, tau_measured_nm=measured)

@@ -61,6 +61,21 @@ class PhysicsShift:
         return asdict(self)
 
 
+class CommandDelay:
+    """Whole-step command latency: ``delayed`` returns the command sent ``steps`` calls ago (at
+    the start of an episode, the first command until the pipeline has filled)."""
+
+    def __init__(self):
+        self._pending: deque = deque()
+
+    def clear(self) -> None:
+        self._pending.clear()
+
+    def delayed(self, arm_torque_nm, gripper_command: float, steps: int) -> tuple[np.ndarray, float]:
+        self._pending.append((np.array(arm_torque_nm, dtype=float), float(gripper_command)))
+        return self._pending.popleft() if len(self._pending) > steps else self._pending[0]
+
+
 def episode_rng(seed: int, setup: EpisodeSetup) -> np.random.Generator:
     """A world's random stream for one episode: a function of the world's ``seed`` and the
     episode's setup (object and placement, which the episode seed determines)."""
@@ -83,12 +98,12 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         self.max_latency_steps = max_latency_steps
         self.shift = shift or PhysicsShift()
         self._nominal: dict[int, dict[str, np.ndarray]] = {}
-        self._pending: deque = deque()
+        self._delay = CommandDelay()
 
     def _episode_model(self, setup: EpisodeSetup) -> None:
         self.shift = self._fixed or PhysicsShift.sample(self._episode_rng(setup), self.max_latency_steps)
         self._apply(self.shift)
-        self._pending.clear()
+        self._delay.clear()
 
     def _episode_rng(self, setup: EpisodeSetup) -> np.random.Generator:
         return episode_rng(self.seed, setup)
@@ -119,11 +134,7 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
     def step(self, arm_torque_nm: np.ndarray, gripper_command: float, duration_s: float) -> RobotState:
         """Apply the command sent ``latency_steps`` calls ago (at the start of an episode, the
         first command until the pipeline has filled)."""
-        self._pending.append((np.array(arm_torque_nm, dtype=float), float(gripper_command)))
-        if len(self._pending) > self.shift.latency_steps:
-            torque, gripper = self._pending.popleft()
-        else:
-            torque, gripper = self._pending[0]
+        torque, gripper = self._delay.delayed(arm_torque_nm, gripper_command, self.shift.latency_steps)
         return super().step(torque, gripper, duration_s)
 
 
