@@ -172,8 +172,10 @@ def test_online_correction_identifies_a_shifted_arm_through_ros(ros):
     # the nominal-task policy, as the in-process correction test (on the realistic policy's motion the
     # gain estimate over ROS was no better than the nominal model's: issue 15)
     nominal = str(REPO / "models/policies/grasp_hier_nominal.npz")
+    # The sim node's joint states are noise-free: finite differences (correction_filter_hz 0), which
+    # identify the latency the low-pass (for noisy sensors, the default) often misses.
     policy = ros.start("policy_node", *params, "-p", "correction:=true", "-p", "diagnostics_period_s:=0.25",
-                       "-p", f"policy:={nominal}",
+                       "-p", f"policy:={nominal}", "-p", "correction_filter_hz:=0.0",
                        *LOOP_PARAMS, *SIM_TIME[1])
 
     def estimates():

@@ -10,7 +10,7 @@ from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.envs.layout import OBS_SLICES as S
 from ds_robot.model.params import default_description
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
-from ds_robot.sim2real.estimator import GripperState, ModelPredictor, OnlineEstimator
+from ds_robot.sim2real.estimator import EstimatorConfig, GripperState, ModelPredictor, OnlineEstimator
 from ds_robot.sim2real.unmodelled import UnmodelledMuJoCoBackend, UnmodelledPhysics
 
 
@@ -87,18 +87,22 @@ def test_each_episode_draws_its_hidden_physics_and_seeded_worlds_repeat():
     assert 0 <= a.latency_s <= 0.016 and 0 <= a.payload_kg <= 0.6 and math.hypot(*a.payload_com_m[:2]) <= 0.05
 
 
-def _prediction_ratio(world_seed: int, steps: int = 300, world: str = "unmodelled") -> float:
+def _prediction_ratio(world_seed: int, steps: int = 300, world: str = "unmodelled", noise_std: float = 0.0,
+                      config=None) -> float:
     """Computed-torque tracking of joint sinusoids in the unmodelled world with the online estimator
     fed as the controller feeds it; the one-step joint-velocity prediction error (RMS over the last
-    1.5 s) of the nominal model divided by that of the model with the estimate written in."""
+    1.5 s) of the nominal model divided by that of the model with the estimate written in.
+    ``noise_std``: velocity noise (rad/s) on what the estimator sees only (the models are scored on
+    the clean measurements: this measures the model the estimator makes of noisy data)."""
     from ds_robot.sim2real.worlds import build_world
 
     rng = np.random.default_rng(world_seed)
     env = UR5GraspEnv(backend=build_world(world, seed=world_seed), episode_s=60)
     lim = env.backend.joint_torque_limit_nm
     travel = default_description().gripper.finger_travel_m
-    est = OnlineEstimator()
+    est = OnlineEstimator(config=config)
     est.set_torque_limit(lim)
+    noise = np.random.default_rng(100 + world_seed)
     obs, _ = env.reset(seed=world_seed)
     model, predictor = RobotModel(), ModelPredictor()
     q0 = obs[S["q"]].astype(float)
@@ -111,7 +115,7 @@ def _prediction_ratio(world_seed: int, steps: int = 300, world: str = "unmodelle
         q, qd = obs[S["q"]].astype(float), obs[S["qd"]].astype(float) * math.pi
         model.update(q, qd)
         tau = np.clip(model.mass_matrix() @ (100 * (q_des - q) + 20 * (qd_des - qd)) + model.bias_torque(), -lim, lim)
-        est.update(q, qd, tau)
+        est.update(q, qd + noise.normal(0.0, noise_std, 6), tau)
         opening, speed = obs[S["gripper"]].astype(float) * (env.backend.max_gripper_opening_m, 0.1)
         gripper = GripperState(opening, speed, travel)
         predicted = {"nominal": predictor.predict(q, qd, tau, None, gripper),
@@ -127,13 +131,31 @@ def _prediction_ratio(world_seed: int, steps: int = 300, world: str = "unmodelle
 @pytest.mark.parametrize("world", ["unmodelled", "pybullet"])
 def test_the_estimator_helps_outside_its_class_but_is_not_exact_there(world):
     """Against the do-nothing estimator (the nominal model: ratio 1) on the same data, 3 world
-    seeds. In the shifted world with the true parameters the model is exact to ~1e-6
-    (test_sim2real); in these worlds no parameter value of the estimator's class is (another
-    engine, or physics the class lacks), so the ratio is finite: measured 3.1, 2.7, 3.5
-    (unmodelled) and 3.2, 4.0, 2.1 (pybullet); issue 15's goal, >= 3x, is for bench sim2real."""
-    ratios = [_prediction_ratio(seed, world=world) for seed in range(3)]
+    seeds, noise-free velocities and the finite-difference regressor. In the shifted world with the
+    true parameters the model is exact to ~1e-6 (test_sim2real); in these worlds no parameter value
+    of the estimator's class is (another engine, or physics the class lacks), so the ratio is
+    finite: measured 3.1, 2.7, 3.5 (unmodelled) and 3.2, 4.0, 2.1 (pybullet); issue 15's goal,
+    >= 3x, is for bench sim2real."""
+    ratios = [_prediction_ratio(seed, world=world, config=EstimatorConfig(filter_hz=None)) for seed in range(3)]
     assert min(ratios) > 1.8 and np.median(ratios) > 2.3, ratios
     assert max(ratios) < 20, ratios  # an in-class world reaches 28.8 on this motion (shifted, no latency)
+
+
+@pytest.mark.parametrize("world", ["unmodelled", "pybullet"])
+def test_with_noisy_velocities_the_filtered_estimator_still_helps(world):
+    """The same motion with 0.01 rad/s of velocity noise on what the estimator sees (the realistic
+    task's joint sensors), the models scored on the clean velocities. The default low-pass
+    regressor keeps its noise-free quality (measured 2.3, 2.7, 2.8 unmodelled; 2.1, 2.8, 1.6
+    pybullet; noise-free with the filter: 2.3, 2.8, 2.7 and 2.2, 2.8, 1.6)."""
+    ratios = [_prediction_ratio(seed, world=world, noise_std=0.01) for seed in range(3)]
+    assert min(ratios) > 1.4 and np.median(ratios) > 2.0, ratios
+
+
+def test_with_noisy_velocities_finite_differences_do_worse_than_nothing():
+    """Why the estimator filters: finite-difference accelerations of 0.01 rad/s noise (1.4 rad/s^2
+    at 10 ms) make a model worse than the nominal one (measured 0.64, 0.52, 0.45)."""
+    ratios = [_prediction_ratio(seed, noise_std=0.01, config=EstimatorConfig(filter_hz=None)) for seed in range(3)]
+    assert max(ratios) < 1.0, ratios
 
 
 def test_pybullet_world_draws_a_hidden_shift_and_applies_it(open_loop):

@@ -134,6 +134,11 @@ class PolicyNode(Node):
         stats_file = p("stats_file", "").value
         self.topics = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
         correction = bool(p("correction", False).value)
+        # The estimator's low-pass (Hz; 0: finite differences, only for velocities with well under
+        # 1e-3 rad/s of noise: see sim2real/estimator.py).
+        from ds_robot.sim2real.estimator import EstimatorConfig
+
+        filter_hz = float(p("correction_filter_hz", EstimatorConfig().filter_hz).value)
         # trigger "joint_states": a control step runs as each joint state arrives (the driver
         # publishes at the control rate), the timer only covers silence (watchdog). "timer":
         # steps on the timer alone, one executor round after the state arrived.
@@ -147,7 +152,8 @@ class PolicyNode(Node):
             raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
                               "torques it sends")
 
-        self.controller = self._controller(kind, policy, runtime, correction)
+        estimator = EstimatorConfig(filter_hz=filter_hz or None) if correction else None
+        self.controller = self._controller(kind, policy, runtime, correction, estimator)
         self.corrected = self.controller if correction else None
         self.idle = kind == "none"
         self.core = ControlCore(self.config, self.controller)
@@ -211,7 +217,8 @@ class PolicyNode(Node):
         # Registered last: the declarations above are not "sets" to check.
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-    def _controller(self, kind: str, policy: str, runtime: str, correction: bool) -> Controller:
+    def _controller(self, kind: str, policy: str, runtime: str, correction: bool,
+                    estimator=None) -> Controller:
         if kind not in NODE_CONTROLLERS:
             raise ConfigError(f"controller {kind!r}: choose {', '.join(NODE_CONTROLLERS)}")
         if kind == "none":
@@ -220,7 +227,8 @@ class PolicyNode(Node):
             return IdleController()
         hier = {"policy": policy, "runtime": runtime} if kind == "hier" else {}  # scripted: no policy to run
         return build_controller(kind, variant=self.config.ur_type, control_dt_s=1.0 / self.config.policy_rate_hz,
-                                correction=correction, max_torque_fraction=self.config.max_torque_fraction, **hier)
+                                correction=correction, max_torque_fraction=self.config.max_torque_fraction, **hier,
+                                **({"config": estimator} if estimator else {}))
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

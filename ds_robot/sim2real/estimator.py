@@ -10,7 +10,20 @@ which is linear in theta = (motor gains g, extra damping dd, extra friction loss
 armature da, payload mass m): 4 x 6 + 1 = 25 parameters. ``Y = J_c^T (J_c qdd + g_up)`` is the
 torque a 1 kg point mass at the payload body's centre of mass needs (J_c: its translational
 Jacobian; velocity-product terms dropped). One control step (10 ms: the torque is held over it)
-gives 6 rows, evaluated at the interval's midpoint with ``qdd = (qd(t+1) - qd(t)) / dt``.
+gives 6 rows.
+
+Filtered regressor (the default, ``filter_hz``): both sides of that equation go through the same
+low-pass (:class:`LowPass`, critically damped, 4 Hz), the dynamics in momentum form
+(``M qdd + C qd = d/dt(M qd) - Mdot qd + C qd``), so the filtered accelerations are the low-pass's
+derivative state of the momentum and of ``qd``: no measured velocity is differentiated. Measured
+velocities are noisy (the realistic task: 0.01 rad/s per joint, 1.4 rad/s^2 of finite-difference
+acceleration noise at 10 ms), and with finite differences the estimate is then worse than the
+nominal model (tests/test_sim2real_worlds.py). ``filter_hz=None``: the unfiltered regressor,
+evaluated at the interval's midpoint with ``qdd = (qd(t+1) - qd(t)) / dt``: better with
+noise-free velocities (in the in-class shifted world, noise-free, its one-step prediction is
+~60x better than the nominal model's against ~9x filtered, and the latency is identified far
+more often: a one-period delay is a high-frequency difference the low-pass removes with the
+noise), so choose it only for sensors with well under 1e-3 rad/s of velocity noise.
 
 The control latency L (0, 1 or 2 steps) is not linear: one RLS filter runs per candidate and
 the one whose a-priori residuals are smallest (exponentially weighted) is the estimate.
@@ -37,11 +50,10 @@ soft constraint, so near zero velocity the model is wrong: rows with |qd| < 0.02
 the friction column); the payload is a point mass at the gripper's centre of mass. Wrist 3
 carries almost no gravity or coupling load, so its motor gain is not separable from its own
 damping, friction and armature (its command is nearly a combination of those columns): the
-prior holds it near nominal, and its estimate should not be trusted. Accelerations come from
-finite differences of the measured velocities: with velocity noise of 1e-3 rad/s the estimates
-hold; at 1e-2 rad/s (141 rad/s^2 of acceleration noise at 10 ms) they are badly biased, and a
-filtered acceleration would be needed. Cost per
-step: three filters, each one regressor and one 25-parameter block update.
+prior holds it near nominal, and its estimate should not be trusted. The low-pass costs the
+latency candidates their contrast: with it the latency is often misidentified (see above).
+Cost per step: one model evaluation (mass matrix, bias, payload Jacobian), the low-passes, and
+three 25-parameter block updates.
 
 How good the estimate is gets measured by prediction (:class:`ModelPredictor`, benchmark only):
 the controller's MuJoCo model, nominal or with the estimate written in, is stepped over one
@@ -51,6 +63,7 @@ ones at the next step.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -59,6 +72,7 @@ import mujoco
 import numpy as np
 
 from ds_robot.control.robot_model import RobotModel
+from ds_robot.errors import ConfigError
 from ds_robot.model.params import N_ARM_JOINTS
 from ds_robot.sim import scene
 
@@ -84,6 +98,13 @@ class EstimatorConfig:
     # explains the data (typically: one bad early row got in while the prior was wide, and the
     # now-confident wrong estimate gates out every true row of that joint): it restarts from the prior.
     restart_window_steps: int = 20
+    # Cut-off of the regressor's low-pass (Hz; see LowPass). None: the unfiltered regressor, with
+    # finite-difference accelerations (exact without noise, badly biased at 0.01 rad/s of noise).
+    filter_hz: float | None = 4.0
+
+    def __post_init__(self):
+        if self.filter_hz is not None and not (math.isfinite(self.filter_hz) and self.filter_hz > 0):
+            raise ConfigError(f"estimator filter_hz must be a positive frequency (or None: no filter), got {self.filter_hz!r}")
 
 
 class RLS:
@@ -150,6 +171,44 @@ class RLS:
         if over.any():
             scale = np.where(over, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
             self.P *= np.outer(scale, scale)
+
+
+class LowPass:
+    """A critically damped second-order low-pass (natural frequency ``w = 2 pi f``, both poles at
+    ``-w``) on many channels at once, with its state ``(y, y')``: the filtered signal and the
+    filtered signal's derivative, so a filtered velocity comes with a filtered acceleration and no
+    finite difference. Discretised exactly for an input held over each interval:
+    ``exp(A T) = e^{-wT} [[1 + wT, T], [-w^2 T, 1 - wT]]``, ``B_d = [1 - e^{-wT}(1 + wT), w^2 T e^{-wT}]``
+    (a held input ``u`` is a fixed point at ``(u, 0)``). Any interval length may be passed (time
+    stamps of a real loop)."""
+
+    def __init__(self, cutoff_hz: float):
+        if not (math.isfinite(cutoff_hz) and cutoff_hz > 0):
+            raise ConfigError(f"estimator filter_hz must be a positive frequency (or None: no filter), got {cutoff_hz!r}")
+        self.w = 2.0 * math.pi * cutoff_hz
+        self.y: np.ndarray | None = None
+        self.dy: np.ndarray | None = None
+        self._cache: dict[float, tuple[float, float, float, float, float, float]] = {}
+
+    def reset(self, u: np.ndarray) -> None:
+        """At rest at ``u`` (as if held there for ever)."""
+        self.y, self.dy = np.array(u, dtype=float), np.zeros(np.shape(u))
+
+    def _coefficients(self, dt: float) -> tuple[float, float, float, float, float, float]:
+        key = round(dt, 5)  # 10 us: stamped intervals jitter; a few cached discretisations
+        if key not in self._cache:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            w, t = self.w, key
+            e = math.exp(-w * t)
+            self._cache[key] = (e * (1 + w * t), e * t, -e * w * w * t, e * (1 - w * t), 1 - e * (1 + w * t), e * w * w * t)
+        return self._cache[key]
+
+    def step(self, u: np.ndarray, dt: float) -> None:
+        """``u`` held over the next ``dt`` seconds."""
+        a11, a12, a21, a22, b1, b2 = self._coefficients(dt)
+        y, dy = self.y, self.dy
+        self.y, self.dy = a11 * y + a12 * dy + b1 * u, a21 * y + a22 * dy + b2 * u
 
 
 @dataclass(frozen=True)
@@ -239,6 +298,18 @@ class OnlineEstimator:
         self.filters = {lat: RLS(theta0, p0, self.config) for lat in self.config.latencies}
         self.residual = {lat: 0.0 for lat in self.config.latencies}
         self._commands: list[np.ndarray] = []
+        # The filtered regressor (config.filter_hz): one low-pass over q, qd and the friction signs,
+        # one over the command, and the filtered commands of the last steps (one per latency).
+        hz = self.config.filter_hz
+        self._lowpass = None if hz is None else LowPass(hz)
+        self._command_lowpass = None if hz is None else LowPass(hz)
+        self._filtered_commands: list[np.ndarray] = []
+        self._filter_start: np.ndarray | None = None  # the command at the filters' start
+        self._filter_sample: np.ndarray | None = None  # the last measurement's _sample()
+        self._filtered_count = 0
+        # Steps of filter transient not used: about one time constant past the command's settle
+        # steps (the start's torque step is smoothed, not removed, by the filter).
+        self._settle_filtered = 0 if hz is None else self.config.settle_steps + math.ceil(1.0 / (2 * math.pi * hz * control_dt_s))
         self._last: tuple[np.ndarray, np.ndarray] | None = None
         self.steps = 0
         self.skipped = 0
@@ -249,6 +320,7 @@ class OnlineEstimator:
         self.track_prediction = track_prediction
         self.predictor = ModelPredictor(variant, control_dt_s) if track_prediction else None
         self.pred_error = {"nominal": [], "corrected": []}
+        self.pred_error_true = {"nominal": [], "corrected": []}  # from the true state (flush_prediction)
         self._pred: dict | None = None
         self._pred_inputs: tuple | None = None
         self.estimate_2s: dict | None = None
@@ -257,12 +329,17 @@ class OnlineEstimator:
     def set_torque_limit(self, limit_nm: np.ndarray) -> None:
         self.limit = np.asarray(limit_nm, dtype=float)
 
-    def regressor(self, q, qd, qdd, tau_cmd) -> tuple[np.ndarray, np.ndarray]:
-        """``(Phi (6 x 25), tau_nom (6,))`` at one state."""
+    def regressor(self, q, qd, qdd, tau_cmd, friction_signs: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """``(Phi (6 x 25), tau_nom (6,))`` at one state. ``friction_signs``: the friction terms'
+        ``(sign(qd), sign(qd) where |qd| >= min_speed_for_friction)`` where they are not those of
+        ``qd`` itself (the filtered regressor passes the filtered signs)."""
         rm, m, d = self.model, self.model.model, self.model.data
         rm.update(q, qd)
-        tau_nom = rm.mass_matrix() @ qdd + rm.bias_torque() + self.nominal_damping * qd \
-            + self.nominal_friction * np.sign(qd)
+        if friction_signs is None:
+            friction_signs = np.sign(qd), np.sign(qd) * (np.abs(qd) >= self.config.min_speed_for_friction)
+        sign, sign_moving = friction_signs
+        tau_nom = rm.mass_matrix() @ qdd + rm.bias_torque() + self.nominal_damping * qd + self.nominal_friction * sign
         mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
         jc = self._jacp[:, :N_ARM_JOINTS]
         payload = jc.T @ (jc @ qdd + GRAVITY_UP)
@@ -270,8 +347,7 @@ class OnlineEstimator:
         rows = np.arange(N_ARM_JOINTS)
         phi[rows, SLICES["gain"].start + rows] = tau_cmd
         phi[rows, SLICES["damping"].start + rows] = -qd
-        moving = np.abs(qd) >= self.config.min_speed_for_friction
-        phi[rows, SLICES["friction"].start + rows] = -np.sign(qd) * moving
+        phi[rows, SLICES["friction"].start + rows] = -sign_moving
         phi[rows, SLICES["armature"].start + rows] = -qdd
         phi[:, SLICES["payload_kg"].start] = -payload
         return phi, tau_nom
@@ -298,18 +374,27 @@ class OnlineEstimator:
             for key, pred in self._pred.items():
                 self.pred_error[key].append(float(np.linalg.norm(qd - pred)))
         dt = self.dt if interval_s is None else float(interval_s)
-        if self._last is not None and not 0.5 * self.dt <= dt <= 2.0 * self.dt:
+        rows_ready = self._last is not None
+        if rows_ready and not 0.5 * self.dt <= dt <= 2.0 * self.dt:
             self.irregular += 1
-        elif self._last is not None and learn:
-            q0, qd0 = self._last
-            qdd = (qd - qd0) / dt
-            qm, qdm = 0.5 * (q0 + q), 0.5 * (qd0 + qd)
-            phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM_JOINTS))
+            rows_ready = False
+            self._filter_start, self._filtered_commands = None, []  # the filters' history no longer fits: start again
+        if self._lowpass is not None:
+            rows_ready = self._step_filters(q, qd, dt) and rows_ready
+        if rows_ready and learn:
+            if self._lowpass is None:  # finite differences over the interval, at its midpoint
+                q0, qd0 = self._last
+                qm, qdm, qdd = 0.5 * (q0 + q), 0.5 * (qd0 + qd), (qd - qd0) / dt
+                phi, tau_nom = self.regressor(qm, qdm, qdd, np.zeros(N_ARM_JOINTS))
+                commands, count, settle = self._commands, self.steps, self.config.settle_steps
+            else:  # both sides of the dynamics through the same low-pass (see _step_filters)
+                phi, tau_nom = self._filtered_regressor()
+                commands, count, settle = self._filtered_commands, self._filtered_count, self._settle_filtered
             rows, gain_cols = np.arange(N_ARM_JOINTS), SLICES["gain"].start + np.arange(N_ARM_JOINTS)
             for lat, rls in self.filters.items():
-                if len(self._commands) <= lat + self.config.settle_steps:  # the applied command's index < settle_steps
+                if count <= lat + settle:  # the applied command's index < settle steps
                     continue
-                phi[rows, gain_cols] = self._commands[-1 - lat]  # only the command column differs
+                phi[rows, gain_cols] = commands[-1 - lat]  # only the command column differs
                 rls.forget()
                 restarts = rls.restarts
                 err = float(np.sum(rls.update(phi, tau_nom) ** 2))
@@ -318,6 +403,8 @@ class OnlineEstimator:
                 self.residual[lat] = 0.98 * self.residual[lat] + 0.02 * err
         self._commands.append(tau_cmd)
         del self._commands[:-(max(self.config.latencies) + 2)]
+        if self._lowpass is not None and self._filter_start is None:
+            self._filter_start, self._filter_sample = tau_cmd, self._sample(q, qd)  # they start at the next step
         self._last = (q, qd)
         self.steps += 1
         self.cost_s.append(time.perf_counter() - start)
@@ -331,14 +418,90 @@ class OnlineEstimator:
             self._pred_inputs = (q, qd, tau_cmd, applied, estimate, gripper)
         return True
 
-    def flush_prediction(self) -> None:
+    def _sample(self, q, qd) -> np.ndarray:
+        """What the filtered regressor needs of one measurement, in one vector (6 each): the
+        momentum ``M(q) qd``, the bias torque with the nominal damping and friction, ``qd``, the
+        friction columns' sign, and for the 1 kg payload ``M_p qd`` and its gravity torque, plus
+        the raveled ``M`` and ``M_p`` (for their rates of change)."""
+        rm, m, d = self.model, self.model.model, self.model.data
+        rm.update(q, qd)
+        mass = rm.mass_matrix()
+        sign = np.sign(qd)
+        moving = sign * (np.abs(qd) >= self.config.min_speed_for_friction)
+        bias = rm.bias_torque() + self.nominal_damping * qd + self.nominal_friction * sign
+        mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
+        jc = self._jacp[:, :N_ARM_JOINTS]
+        mass_p = jc.T @ jc
+        return np.concatenate([mass @ qd, bias, qd, moving, mass_p @ qd, jc.T @ GRAVITY_UP, mass.ravel(), mass_p.ravel()])
+
+    def _step_filters(self, q, qd, dt) -> bool:
+        """Advance the low-passes over the interval that just ended, with the momentum form of
+        the dynamics, ``M qdd + C qd = d/dt (M qd) - Mdot qd + C qd``: the momentum goes through the
+        low-pass and its filtered derivative is the low-pass's own derivative state, so no measured
+        velocity is differentiated. Inputs held over the interval: the mean of its two measurements
+        (``Mdot`` from their difference), and the command sent at its start, as the motors hold it.
+        False while the filters are starting (their first interval after a start or a gap)."""
+        f, cmd_f = self._lowpass, self._command_lowpass
+        if self._filter_start is None:
+            return False
+        sample = self._sample(q, qd)
+        if not self._filtered_commands:  # at rest at the first measurement, the command held before
+            first = self._filter_sample
+            f.reset(self._interval_input(first, first, dt))
+            cmd_f.reset(self._filter_start)
+            self._filtered_commands, self._filtered_count = [cmd_f.y.copy()], 1
+        f.step(self._interval_input(self._filter_sample, sample, dt), dt)
+        self._filter_sample = sample
+        cmd_f.step(self._commands[-1], dt)
+        self._filtered_commands.append(cmd_f.y.copy())
+        self._filtered_count += 1
+        del self._filtered_commands[:-(max(self.config.latencies) + 2)]
+        return True
+
+    @staticmethod
+    def _interval_input(s0: np.ndarray, s1: np.ndarray, dt: float) -> np.ndarray:
+        """The filters' input over one interval from the samples at its ends: momentum, bias
+        ``- Mdot qd``, qd, friction sign, payload momentum, payload gravity ``- Mdot_p qd``."""
+        n = N_ARM_JOINTS
+        mid = 0.5 * (s0 + s1)
+        qd = mid[2 * n:3 * n]
+        mdot = (s1[6 * n:6 * n + n * n] - s0[6 * n:6 * n + n * n]).reshape(n, n) / dt
+        mdot_p = (s1[6 * n + n * n:] - s0[6 * n + n * n:]).reshape(n, n) / dt
+        out = mid[:6 * n].copy()
+        out[n:2 * n] -= mdot @ qd
+        out[5 * n:6 * n] -= mdot_p @ qd
+        return out
+
+    def _filtered_regressor(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(Phi, tau_nom)`` of the filtered dynamics (the command column left to the caller)."""
+        n, f = N_ARM_JOINTS, self._lowpass
+        y, dy = f.y, f.dy
+        phi = np.zeros((n, N_PARAMS))
+        rows = np.arange(n)
+        phi[rows, SLICES["damping"].start + rows] = -y[2 * n:3 * n]
+        phi[rows, SLICES["friction"].start + rows] = -y[3 * n:4 * n]
+        phi[rows, SLICES["armature"].start + rows] = -dy[2 * n:3 * n]
+        phi[:, SLICES["payload_kg"].start] = -(dy[4 * n:5 * n] + y[5 * n:6 * n])
+        return phi, dy[:n] + y[n:2 * n]
+
+    def flush_prediction(self, truth: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Make the pending one-step predictions (tracking only). ``update`` does it itself when
         needed; a benchmark calls it between control steps so that the prediction's cost stays
-        out of the timed control step."""
+        out of the timed control step. ``truth``: a simulated world's true ``(q, qd)`` at the
+        last measurement and true ``qd`` one step later (scoring only: the controller never sees
+        it): the same two models then also predict from the true state, and their errors against
+        the true next velocities go into ``pred_error_true`` — the models' error without the
+        sensor noise, which bounds the measured one from below (with 0.01 rad/s per joint, a
+        perfect model's measured error is about 0.035 rad/s)."""
         if self._pred_inputs is not None:
             q, qd, tau_cmd, applied, estimate, gripper = self._pred_inputs
             self._pred = {"nominal": self.predictor.predict(q, qd, tau_cmd, None, gripper),
                           "corrected": self.predictor.predict(q, qd, applied, estimate, gripper)}
+            if truth is not None:
+                q_true, qd_true, qd_next = (np.asarray(a, dtype=float) for a in truth)
+                for key, (command, model) in (("nominal", (tau_cmd, None)), ("corrected", (applied, estimate))):
+                    pred = self.predictor.predict(q_true, qd_true, command, model, gripper)
+                    self.pred_error_true[key].append(float(np.linalg.norm(qd_next - pred)))
             self._pred_inputs = None
 
     @property
