@@ -228,6 +228,18 @@ def _jittered_free_motion(shift, use_intervals, seed, steps=200, config=None):
     return est.estimate()
 
 
+def test_estimator_dynamics_equal_the_robot_models():
+    """The estimator's cheaper dynamics evaluation (kinematics, CRB, RNE; no mj_forward) gives
+    exactly the controller's model's mass matrix and bias torques."""
+    est, rng = OnlineEstimator(), np.random.default_rng(0)
+    for _ in range(5):
+        q, qd = rng.uniform(-2, 2, 6), rng.uniform(-1.5, 1.5, 6)
+        mass, bias = est._dynamics(q, qd)
+        est.model.update(q, qd)
+        np.testing.assert_allclose(mass, est.model.mass_matrix(), atol=1e-12)
+        np.testing.assert_allclose(bias, est.model.bias_torque(), atol=1e-12)
+
+
 def test_low_pass_holds_a_constant_follows_a_ramp_and_refuses_a_bad_cut_off():
     from ds_robot.errors import ConfigError
     from ds_robot.sim2real.estimator import LowPass

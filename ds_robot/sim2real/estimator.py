@@ -292,6 +292,7 @@ class OnlineEstimator:
         self.limit = None
         self._payload = m.body(scene.PAYLOAD_BODY).id
         self._jacp = np.zeros((3, m.nv))
+        self._mass, self._bias = np.zeros((m.nv, m.nv)), np.zeros(m.nv)
         theta0 = np.zeros(N_PARAMS)
         theta0[SLICES["gain"]] = 1.0
         p0 = np.concatenate([np.full(s.stop - s.start, PRIOR_STD[k]) for k, s in SLICES.items()])
@@ -334,12 +335,12 @@ class OnlineEstimator:
         """``(Phi (6 x 25), tau_nom (6,))`` at one state. ``friction_signs``: the friction terms'
         ``(sign(qd), sign(qd) where |qd| >= min_speed_for_friction)`` where they are not those of
         ``qd`` itself (the filtered regressor passes the filtered signs)."""
-        rm, m, d = self.model, self.model.model, self.model.data
-        rm.update(q, qd)
+        m, d = self.model.model, self.model.data
+        mass, bias = self._dynamics(q, qd)
         if friction_signs is None:
             friction_signs = np.sign(qd), np.sign(qd) * (np.abs(qd) >= self.config.min_speed_for_friction)
         sign, sign_moving = friction_signs
-        tau_nom = rm.mass_matrix() @ qdd + rm.bias_torque() + self.nominal_damping * qd + self.nominal_friction * sign
+        tau_nom = mass @ qdd + bias + self.nominal_damping * qd + self.nominal_friction * sign
         mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
         jc = self._jacp[:, :N_ARM_JOINTS]
         payload = jc.T @ (jc @ qdd + GRAVITY_UP)
@@ -423,16 +424,32 @@ class OnlineEstimator:
         momentum ``M(q) qd``, the bias torque with the nominal damping and friction, ``qd``, the
         friction columns' sign, and for the 1 kg payload ``M_p qd`` and its gravity torque, plus
         the raveled ``M`` and ``M_p`` (for their rates of change)."""
-        rm, m, d = self.model, self.model.model, self.model.data
-        rm.update(q, qd)
-        mass = rm.mass_matrix()
+        mass, bias = self._dynamics(q, qd)
+        m, d = self.model.model, self.model.data
         sign = np.sign(qd)
         moving = sign * (np.abs(qd) >= self.config.min_speed_for_friction)
-        bias = rm.bias_torque() + self.nominal_damping * qd + self.nominal_friction * sign
+        bias = bias + self.nominal_damping * qd + self.nominal_friction * sign
         mujoco.mj_jac(m, d, self._jacp, None, d.xipos[self._payload], self._payload)
         jc = self._jacp[:, :N_ARM_JOINTS]
         mass_p = jc.T @ jc
         return np.concatenate([mass @ qd, bias, qd, moving, mass_p @ qd, jc.T @ GRAVITY_UP, mass.ravel(), mass_p.ravel()])
+
+    def _dynamics(self, q, qd) -> tuple[np.ndarray, np.ndarray]:
+        """``M(q)`` and the bias torque ``C(q, qd) qd + g(q)`` of the arm (fingers closed, at rest),
+        by the MuJoCo stages they need (kinematics, composite inertia, recursive Newton-Euler)
+        rather than a whole ``mj_forward`` (collisions, constraints, actuation): the same values,
+        in less time (test_sim2real)."""
+        m, d = self.model.model, self.model.data
+        d.qpos[:] = m.qpos0
+        d.qvel[:] = 0.0
+        d.qpos[:N_ARM_JOINTS], d.qvel[:N_ARM_JOINTS] = q, qd
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        mujoco.mj_crb(m, d)
+        mujoco.mj_fullM(m, d, self._mass)
+        mujoco.mj_comVel(m, d)
+        mujoco.mj_rne(m, d, 0, self._bias)
+        return self._mass[:N_ARM_JOINTS, :N_ARM_JOINTS].copy(), self._bias[:N_ARM_JOINTS].copy()
 
     def _step_filters(self, q, qd, dt) -> bool:
         """Advance the low-passes over the interval that just ended, with the momentum form of
