@@ -240,6 +240,26 @@ def test_estimator_dynamics_equal_the_robot_models():
         np.testing.assert_allclose(bias, est.model.bias_torque(), atol=1e-12)
 
 
+def test_correction_divides_by_a_gain_only_as_far_as_the_data_told_it():
+    """A joint the motion has not excited keeps gain 1 whatever its estimate says; one the data
+    pin down gets (nearly) its estimate. Fails for a correction that divides by the raw estimate."""
+    from ds_robot.deploy.controllers import controller_for_env
+
+    env = UR5GraspEnv()
+    controller = controller_for_env("scripted", env, correction=True)
+    obs, _ = env.reset(seed=0)
+    controller.reset(obs)
+    est = controller.estimator
+    estimate = dict(est.estimate(), gain=np.full(6, 0.8))
+    np.testing.assert_allclose(controller.gain_to_apply(estimate), 1.0)  # nothing learnt yet
+    rls = est.filters[est.latency_steps]
+    rls.P[0, 0] *= 1e-4  # joint 0's gain known to 1% of its prior's spread
+    applied = controller.gain_to_apply(estimate)
+    assert abs(applied[0] - 0.8) < 0.01 and np.allclose(applied[1:], 1.0)
+    assert est.relative_std()["gain"][0] == pytest.approx(0.01)
+    env.close()
+
+
 def test_low_pass_holds_a_constant_follows_a_ramp_and_refuses_a_bad_cut_off():
     from ds_robot.errors import ConfigError
     from ds_robot.sim2real.estimator import LowPass

@@ -9,7 +9,7 @@ Each control step (:meth:`CorrectedController.act`):
 2. the wrapped controller computes its command on that model;
 3. the command is corrected for what the model's torque law does not contain: the extra
    damping and friction are added (``+ dd qd + df sign(qd)``) and the result divided by the
-   estimated motor gain;
+   estimated motor gain, as far as the data have told it (:meth:`CorrectedController.gain_to_apply`);
 4. the estimator is fed the measured state and the command actually sent. It keeps learning
    while the gripper closes on and holds the object: contact and the object's load are not in
    its regressor, so from then on the estimate is no longer the arm's physics alone (payload
@@ -113,6 +113,17 @@ class CorrectedController(Controller):
         m.dof_armature[:6] = np.maximum(self._nominal["armature"] + estimate["armature"], 0.2 * self._nominal["armature"])
         m.body_mass[self._payload] = self._nominal["payload"] + float(np.clip(estimate["payload_kg"], *PLAUSIBLE["payload_kg"]))
 
+    def gain_to_apply(self, estimate: dict) -> np.ndarray:
+        """The motor gains the command is divided by: the estimate clipped to ``PLAUSIBLE``, its
+        deviation from 1 scaled by how much the data have told about it (``1 - posterior std /
+        prior std``: nothing for a joint the motion has not excited, all of it for one known
+        exactly). Dividing by a gain the estimator is unsure of made a delayed loop shake (issue
+        15: with the unscaled gain, 0.767 success and 88.6 J on 30 unmodelled-world episodes;
+        scaled, 0.867 and 69.5 J; no correction, 0.833 and 46.8 J)."""
+        gain = np.clip(estimate["gain"], *PLAUSIBLE["gain"])
+        known = 1.0 - np.clip(self.estimator.relative_std()["gain"], 0.0, 1.0)
+        return 1.0 + (gain - 1.0) * known
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         q = self.layout.joint_positions(obs)
@@ -125,7 +136,7 @@ class CorrectedController(Controller):
         start = time.perf_counter()
         tau = action[:6].astype(float) * self.limit
         if estimate is not None:
-            gain = np.clip(estimate["gain"], *PLAUSIBLE["gain"])
+            gain = self.gain_to_apply(estimate)
             moving = np.abs(qd) >= self.estimator.config.min_speed_for_friction
             tau = (tau + estimate["damping"] * qd + estimate["friction"] * np.sign(qd) * moving) / gain
             tau = np.clip(tau, -self.limit, self.limit)

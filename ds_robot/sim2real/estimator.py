@@ -143,7 +143,8 @@ class RLS:
         r = self.config.noise_std_nm ** 2
         e, ph, keep = self._gate(phi, y, r)
         bad = (~keep).astype(int)
-        self.rejected += int(bad.sum())
+        n_bad = int(bad.sum())
+        self.rejected += n_bad
         # Rejections per row over the window, kept as a running count (this is the control loop).
         if len(self._recent) == self._recent.maxlen:
             self._recent_count = self._recent_count - self._recent[0]
@@ -152,11 +153,13 @@ class RLS:
         if len(self._recent) == self._recent.maxlen and (2 * self._recent_count > len(self._recent)).any():
             self.restart()
             e, ph, keep = self._gate(phi, y, r)
-        if keep.any():
-            phi_k, ph_k = phi[keep], ph[keep]
-            s = ph_k @ phi_k.T + r * np.eye(int(keep.sum()))
+            n_bad = len(keep) - int(keep.sum())
+        if n_bad < len(keep):
+            phi_k, ph_k, e_k = (phi, ph, e) if n_bad == 0 else (phi[keep], ph[keep], e[keep])
+            s = ph_k @ phi_k.T
+            s.flat[:: len(s) + 1] += r
             gain = np.linalg.solve(s, ph_k).T  # P phi^T S^-1
-            self.theta += gain @ e[keep]
+            self.theta += gain @ e_k
             self.P -= gain @ ph_k
             self.updates += 1
         return e
@@ -164,9 +167,8 @@ class RLS:
     def forget(self) -> None:
         """Exponential forgetting, bounded: no parameter's variance may grow past its prior's
         (otherwise an unexcited direction winds up and then jumps on the next disturbance)."""
-        self.P /= self.config.forgetting
-        self.P = 0.5 * (self.P + self.P.T)
-        ratio = np.diag(self.P) / self.P0_diag
+        self.P = (0.5 / self.config.forgetting) * (self.P + self.P.T)  # and kept symmetric
+        ratio = self.P.diagonal() / self.P0_diag
         over = ratio > 1.0
         if over.any():
             scale = np.where(over, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
@@ -525,6 +527,13 @@ class OnlineEstimator:
     def latency_steps(self) -> int:
         ready = [lat for lat in self.config.latencies if self.filters[lat].updates > 0]
         return min(ready, key=lambda lat: self.residual[lat]) if ready else 0
+
+    def relative_std(self) -> dict:
+        """Each parameter's posterior standard deviation over its prior's (1: nothing learnt about
+        it; 0: known exactly), in the chosen latency's filter."""
+        rls = self.filters[self.latency_steps]
+        rel = np.sqrt(np.maximum(rls.P.diagonal(), 0.0) / rls.P0_diag)
+        return {k: rel[s] for k, s in SLICES.items()}
 
     def estimate(self) -> dict:
         theta = self.filters[self.latency_steps].theta
