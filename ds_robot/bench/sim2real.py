@@ -314,6 +314,11 @@ def plot(results: list[dict], path: str | Path) -> None:
         if world == "shifted":
             axes[3].plot(t, as_array["gain_error"], color="#4c72b0", label="motor gain, joints 1-5 (mean |error|)")
             axes[3].plot(t, as_array["payload_error_kg"], color="#dd8452", label="payload, kg (|error|)")
+            # the first step's estimate is the prior: the do-nothing estimator's error, for reference
+            for key, c in (("gain_error", "#4c72b0"), ("payload_error_kg", "#dd8452")):
+                if np.isfinite(as_array[key][0]):
+                    axes[3].axhline(as_array[key][0], color=c, linestyle=":", linewidth=1)
+            axes[3].plot([], [], ":", color="#555555", label="do-nothing estimate (the prior)")
     axes[2].set_yscale("log")
     axes[2].set_xlabel("time in episode, s")
     axes[2].set_ylabel("one-step joint-velocity prediction error, rad/s (median)")
