@@ -13,7 +13,9 @@ rejected messages; with correction the current physics estimate). Services ``~/e
 correction (:class:`ds_robot.sim2real.correction.CorrectedController`): an RLS estimator of the
 arm's motor gains, damping, friction, armature and payload from the measured joint states and
 the torques sent, written into the controller's MuJoCo model every policy step. The estimate
-restarts from the nominal model on ``~/reset``.
+restarts from the nominal model on ``~/reset``. ``correction_filter_hz`` (default 4.0) is the
+estimator's low-pass for noisy joint velocities; 0.0 selects finite differences, for
+noise-free velocities only (a simulated arm).
 
 Parameters are checked when set: a ``ros2 param set`` of a safety limit or timeout
 (``max_torque_fraction``, ``max_velocity_rad_s``, ``joint_limit_margin_rad``,

@@ -301,7 +301,7 @@ class OnlineEstimator:
         self.filters = {lat: RLS(theta0, p0, self.config) for lat in self.config.latencies}
         self.residual = {lat: 0.0 for lat in self.config.latencies}
         self._commands: list[np.ndarray] = []
-        # The filtered regressor (config.filter_hz): one low-pass over q, qd and the friction signs,
+        # The filtered regressor (config.filter_hz): one low-pass over the momentum-form signals (_sample),
         # one over the command, and the filtered commands of the last steps (one per latency).
         hz = self.config.filter_hz
         self._lowpass = None if hz is None else LowPass(hz)
