@@ -179,6 +179,38 @@ def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input(gain):
     assert rls.rejected == rejected + 6 and np.allclose(rls.theta, theta)
 
 
+def test_the_batched_bank_updates_exactly_as_separate_filters():
+    """The estimator's stacked update of its latency filters (RLSBank) against each filter's own
+    forget + update on the same rows, through gated rows (outliers) and a restart."""
+    from ds_robot.sim2real.estimator import RLS, RLSBank
+
+    rng = np.random.default_rng(3)
+    est, config = OnlineEstimator(), EstimatorConfig()
+    theta0, p0 = est.filters[0].theta0, np.sqrt(est.filters[0].P0_diag)
+    bank = RLSBank(3, theta0, p0, config)
+    alone = [RLS(theta0, p0, config) for _ in range(3)]
+    truth = theta0 + rng.normal(0, 0.05, len(theta0))
+    for k, (phi, y) in enumerate(_synthetic_rows(est, truth, rng, 120)):
+        phis = np.stack([phi * (1 + 0.05 * i) for i in range(3)])
+        y = y + rng.normal(0, 0.3, 6)
+        if k % 17 == 5:
+            y[2] += 200.0  # an impact: gated out
+        if k == 60:
+            for rls in [bank.filters[1], alone[1]]:
+                rls.theta[:] += 3.0  # confidently wrong: every row rejected until it restarts
+                rls.P *= 1e-8
+        e = bank.step(np.arange(3), phis, y)
+        for i, rls in enumerate(alone):
+            rls.forget()
+            np.testing.assert_allclose(e[i], rls.update(phis[i], y), rtol=1e-9, atol=1e-9)
+    for i, rls in enumerate(alone):
+        np.testing.assert_allclose(bank.filters[i].theta, rls.theta, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(bank.filters[i].P, rls.P, rtol=1e-7, atol=1e-12)
+        assert (bank.filters[i].rejected, bank.filters[i].restarts, bank.filters[i].updates) == \
+            (rls.rejected, rls.restarts, rls.updates)
+    assert alone[1].restarts == 1 and alone[0].rejected > 0
+
+
 def test_a_confidently_wrong_filter_restarts_instead_of_locking_out():
     """One bad row accepted while the prior is wide can leave the filter confident and wrong;
     then every true row looks like an outlier and is gated out. The filter notices (most rows of

@@ -111,11 +111,14 @@ class RLS:
     """RLS with forgetting, a prior and innovation gating; the 6 rows of one step in one block
     update (rows whose innovation fails the gate are dropped first)."""
 
-    def __init__(self, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig):
-        self.theta = theta0.astype(float).copy()
+    def __init__(self, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig,
+                 storage: tuple[np.ndarray, np.ndarray] | None = None):
+        # storage: (theta, P) arrays to live in (a RLSBank's rows); updated in place only
+        self.theta, self.P = storage if storage is not None else (np.empty(len(theta0)), np.empty((len(theta0),) * 2))
         self.P0_diag = p0_std.astype(float) ** 2
-        self.P = np.diag(self.P0_diag)
-        self.theta0 = self.theta.copy()
+        self.theta0 = theta0.astype(float).copy()
+        self.theta[:] = self.theta0
+        self.P[:] = np.diag(self.P0_diag)
         self.config = config
         self.rejected = 0
         self.updates = 0
@@ -124,8 +127,8 @@ class RLS:
         self._recent_count: np.ndarray | int = 0  # their sum per row
 
     def restart(self) -> None:
-        self.theta = self.theta0.copy()
-        self.P = np.diag(self.P0_diag)
+        self.theta[:] = self.theta0
+        self.P[:] = np.diag(self.P0_diag)
         self._recent.clear()
         self._recent_count = 0
         self.restarts += 1
@@ -137,20 +140,25 @@ class RLS:
         s_diag = np.einsum("ij,ij->i", ph, phi) + r
         return e, ph, e * e <= (self.config.outlier_sigma ** 2) * s_diag
 
-    def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
-        innovations (all rows, gated or not)."""
-        r = self.config.noise_std_nm ** 2
-        e, ph, keep = self._gate(phi, y, r)
+    def record_rejections(self, keep: np.ndarray) -> bool:
+        """Count this step's gated rows; True if the filter must restart (most of a joint's rows
+        rejected over the window)."""
         bad = (~keep).astype(int)
-        n_bad = int(bad.sum())
-        self.rejected += n_bad
+        self.rejected += int(bad.sum())
         # Rejections per row over the window, kept as a running count (this is the control loop).
         if len(self._recent) == self._recent.maxlen:
             self._recent_count = self._recent_count - self._recent[0]
         self._recent.append(bad)
         self._recent_count = self._recent_count + bad
-        if len(self._recent) == self._recent.maxlen and (2 * self._recent_count > len(self._recent)).any():
+        return len(self._recent) == self._recent.maxlen and bool((2 * self._recent_count > len(self._recent)).any())
+
+    def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
+        innovations (all rows, gated or not)."""
+        r = self.config.noise_std_nm ** 2
+        e, ph, keep = self._gate(phi, y, r)
+        n_bad = len(keep) - int(keep.sum())
+        if self.record_rejections(keep):
             self.restart()
             e, ph, keep = self._gate(phi, y, r)
             n_bad = len(keep) - int(keep.sum())
@@ -167,12 +175,58 @@ class RLS:
     def forget(self) -> None:
         """Exponential forgetting, bounded: no parameter's variance may grow past its prior's
         (otherwise an unexcited direction winds up and then jumps on the next disturbance)."""
-        self.P = (0.5 / self.config.forgetting) * (self.P + self.P.T)  # and kept symmetric
+        self.P[:] = (0.5 / self.config.forgetting) * (self.P + self.P.T)  # and kept symmetric
         ratio = self.P.diagonal() / self.P0_diag
         over = ratio > 1.0
         if over.any():
             scale = np.where(over, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
             self.P *= np.outer(scale, scale)
+
+
+class RLSBank:
+    """Several :class:`RLS` filters with the same prior (one per latency candidate) stacked in one
+    array each, so that one step's updates of all of them are one set of batched NumPy operations
+    (the same arithmetic as each filter's own ``forget`` and ``update``; a gated row is zeroed,
+    which removes it exactly). ``filters[i]`` are the filters themselves, living in the stack."""
+
+    def __init__(self, count: int, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig):
+        n = len(theta0)
+        self.theta, self.P = np.empty((count, n)), np.empty((count, n, n))
+        self.filters = [RLS(theta0, p0_std, config, (self.theta[i], self.P[i])) for i in range(count)]
+        self.P0_diag = self.filters[0].P0_diag
+        self.config = config
+
+    def step(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Forget, then update filters ``which`` (indices) with their rows ``phi (len(which), k, n)``
+        and the shared measurements ``y (k,)``; returns their a-priori innovations ``(len(which), k)``."""
+        cfg, r = self.config, self.config.noise_std_nm ** 2
+        P = (0.5 / cfg.forgetting) * (self.P[which] + self.P[which].transpose(0, 2, 1))
+        ratio = np.diagonal(P, axis1=1, axis2=2) / self.P0_diag
+        if (ratio > 1.0).any():
+            scale = np.where(ratio > 1.0, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
+            P *= scale[:, :, None] * scale[:, None, :]
+        self.P[which] = P
+        theta = self.theta[which]
+        e = y - np.einsum("lkn,ln->lk", phi, theta)
+        ph = phi @ P
+        keep = e * e <= (cfg.outlier_sigma ** 2) * (np.einsum("lkn,lkn->lk", ph, phi) + r)
+        for row, i in enumerate(which):  # the restart rule per filter (rare: then its own path)
+            rls = self.filters[i]
+            if rls.record_rejections(keep[row]):
+                rls.restart()
+                e_i, ph_i, keep_i = rls._gate(phi[row], y, r)
+                theta[row], P[row], e[row], ph[row], keep[row] = rls.theta, rls.P, e_i, ph_i, keep_i
+        mask = keep[:, :, None]
+        phi_k, ph_k = phi * mask, ph * mask
+        s = ph_k @ phi_k.transpose(0, 2, 1)
+        s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += r
+        gain_t = np.linalg.solve(s, ph_k)  # (P phi^T S^-1)^T
+        self.theta[which] = theta + np.einsum("lkn,lk->ln", gain_t, e * keep)
+        self.P[which] = P - np.einsum("lkn,lkm->lnm", gain_t, ph_k)
+        for row, i in enumerate(which):
+            if keep[row].any():
+                self.filters[i].updates += 1
+        return e
 
 
 class LowPass:
@@ -298,7 +352,8 @@ class OnlineEstimator:
         theta0 = np.zeros(N_PARAMS)
         theta0[SLICES["gain"]] = 1.0
         p0 = np.concatenate([np.full(s.stop - s.start, PRIOR_STD[k]) for k, s in SLICES.items()])
-        self.filters = {lat: RLS(theta0, p0, self.config) for lat in self.config.latencies}
+        self.bank = RLSBank(len(self.config.latencies), theta0, p0, self.config)
+        self.filters = dict(zip(self.config.latencies, self.bank.filters, strict=True))
         self.residual = {lat: 0.0 for lat in self.config.latencies}
         self._commands: list[np.ndarray] = []
         # The filtered regressor (config.filter_hz): one low-pass over the momentum-form signals (_sample),
@@ -394,16 +449,19 @@ class OnlineEstimator:
                 phi, tau_nom = self._filtered_regressor()
                 commands, count, settle = self._filtered_commands, self._filtered_count, self._settle_filtered
             rows, gain_cols = np.arange(N_ARM_JOINTS), SLICES["gain"].start + np.arange(N_ARM_JOINTS)
-            for lat, rls in self.filters.items():
-                if count <= lat + settle:  # the applied command's index < settle steps
-                    continue
-                phi[rows, gain_cols] = commands[-1 - lat]  # only the command column differs
-                rls.forget()
-                restarts = rls.restarts
-                err = float(np.sum(rls.update(phi, tau_nom) ** 2))
-                if rls.restarts != restarts:  # its record was of the wrong estimate: start level with the best
-                    self.residual[lat] = min(v for k, v in self.residual.items() if k != lat) if len(self.residual) > 1 else 0.0
-                self.residual[lat] = 0.98 * self.residual[lat] + 0.02 * err
+            # the applied command's index < settle steps: that candidate adds no rows yet
+            which = [i for i, lat in enumerate(self.config.latencies) if count > lat + settle]
+            if which:
+                phis = np.repeat(phi[None], len(which), axis=0)
+                for row, i in enumerate(which):  # only the command column differs
+                    phis[row][rows, gain_cols] = commands[-1 - self.config.latencies[i]]
+                restarts = [self.bank.filters[i].restarts for i in which]
+                errors = np.sum(self.bank.step(np.array(which), phis, tau_nom) ** 2, axis=1)
+                for row, i in enumerate(which):
+                    lat = self.config.latencies[i]
+                    if self.bank.filters[i].restarts != restarts[row]:  # its record was of the wrong estimate: start level with the best
+                        self.residual[lat] = min(v for k, v in self.residual.items() if k != lat) if len(self.residual) > 1 else 0.0
+                    self.residual[lat] = 0.98 * self.residual[lat] + 0.02 * float(errors[row])
         self._commands.append(tau_cmd)
         del self._commands[:-(max(self.config.latencies) + 2)]
         if self._lowpass is not None and self._filter_start is None:
