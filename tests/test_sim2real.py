@@ -180,8 +180,9 @@ def test_estimator_is_stable_with_noise_saturation_and_rejects_bad_input(gain):
 
 
 def test_the_batched_bank_updates_exactly_as_separate_filters():
-    """The estimator's stacked update of its latency filters (RLSBank) against each filter's own
-    forget + update on the same rows, through gated rows (outliers) and a restart."""
+    """The estimator's stacked update of its three latency filters (RLSBank) against three filters
+    built alone (each a bank of one), on the same rows, through gated rows (outliers) and a restart
+    of one filter only: the stack keeps the filters apart."""
     from ds_robot.sim2real.estimator import RLS, RLSBank
 
     rng = np.random.default_rng(3)

@@ -102,9 +102,9 @@ def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
                 row[f"pred_error_nominal_2s{suffix}"], row[f"pred_error_corrected_2s{suffix}"] = nominal, corrected
                 row[f"pred_error_ratio_2s{suffix}"] = nominal / corrected if corrected > 0 else math.nan
             row["curve_pred_nominal"], row["curve_pred_corrected"] = _curve(pe["nominal"]), _curve(pe["corrected"])
-            truth = est.pred_error_true
-            row["curve_pred_true_nominal"], row["curve_pred_true_corrected"] = (_curve(truth["nominal"]),
-                                                                                _curve(truth["corrected"]))
+            pe_true = est.pred_error_true
+            row["curve_pred_true_nominal"] = _curve(pe_true["nominal"])
+            row["curve_pred_true_corrected"] = _curve(pe_true["corrected"])
             if world == "shifted":
                 truth = env.backend.shift
                 row["curve_gain_error"] = _curve([np.abs(h["gain"][:5] - truth.gain[:5]).mean() for h in est.history])
@@ -154,21 +154,17 @@ def _summarise(kind: str, world: str, mode: str, rows: list[dict]) -> dict[str, 
                            "energy_j": energy, "energy_j_ci95": energy_ci,
                            "control_step_us": float(np.mean([r["control_step_us"] for r in rows]))}
     if mode in ("correction", "both"):
-        ratios = [r["pred_error_ratio_2s"] for r in rows if math.isfinite(r["pred_error_ratio_2s"])]
         out.update({"estimator_us": float(np.mean([r["estimator_us"] for r in rows])),
-                    "estimator_us_p99": float(np.percentile([r["estimator_us_p99"] for r in rows], 99)),
-                    "pred_error_ratio_2s": float(np.median(ratios)) if ratios else math.nan,
-                    "pred_error_ratio_2s_p10_p90": [float(np.percentile(ratios, 10)), float(np.percentile(ratios, 90))]
-                    if ratios else [math.nan, math.nan],
-                    "pred_error_nominal_2s": float(np.median([r["pred_error_nominal_2s"] for r in rows])),
-                    "pred_error_corrected_2s": float(np.median([r["pred_error_corrected_2s"] for r in rows]))})
-        true_ratios = [r["pred_error_ratio_2s_true"] for r in rows if math.isfinite(r["pred_error_ratio_2s_true"])]
-        out.update({"pred_error_ratio_2s_true": float(np.median(true_ratios)) if true_ratios else math.nan,
-                    "pred_error_ratio_2s_true_p10_p90": [float(np.percentile(true_ratios, 10)),
-                                                         float(np.percentile(true_ratios, 90))]
-                    if true_ratios else [math.nan, math.nan],
-                    "pred_error_nominal_2s_true": float(np.median([r["pred_error_nominal_2s_true"] for r in rows])),
-                    "pred_error_corrected_2s_true": float(np.median([r["pred_error_corrected_2s_true"] for r in rows]))})
+                    "estimator_us_p99": float(np.percentile([r["estimator_us_p99"] for r in rows], 99))})
+        for suffix in ("", "_true"):  # measured, and from the true state
+            ratios = [r[f"pred_error_ratio_2s{suffix}"] for r in rows if math.isfinite(r[f"pred_error_ratio_2s{suffix}"])]
+            out.update({f"pred_error_ratio_2s{suffix}": float(np.median(ratios)) if ratios else math.nan,
+                        f"pred_error_ratio_2s{suffix}_p10_p90": [float(np.percentile(ratios, 10)),
+                                                                 float(np.percentile(ratios, 90))]
+                        if ratios else [math.nan, math.nan]})
+            for key in ("nominal", "corrected"):
+                name = f"pred_error_{key}_2s{suffix}"
+                out[name] = float(np.median([r[name] for r in rows]))
         keys = [k for k in rows[0] if k.startswith("curve_")]
         # Median over episodes at each step; NaN where fewer than half the episodes still ran.
         out["curves"] = {k[len("curve_"):]: [round(float(v), 6) if math.isfinite(v) else None

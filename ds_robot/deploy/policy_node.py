@@ -140,7 +140,8 @@ class PolicyNode(Node):
         # 1e-3 rad/s of noise: see sim2real/estimator.py).
         from ds_robot.sim2real.estimator import EstimatorConfig
 
-        filter_hz = float(p("correction_filter_hz", EstimatorConfig().filter_hz).value)
+        # checked whether or not correction is on: an impossible value is refused, not ignored
+        estimator = EstimatorConfig(filter_hz=float(p("correction_filter_hz", EstimatorConfig().filter_hz).value) or None)
         # trigger "joint_states": a control step runs as each joint state arrives (the driver
         # publishes at the control rate), the timer only covers silence (watchdog). "timer":
         # steps on the timer alone, one executor round after the state arrived.
@@ -154,8 +155,7 @@ class PolicyNode(Node):
             raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
                               "torques it sends")
 
-        estimator = EstimatorConfig(filter_hz=filter_hz or None) if correction else None
-        self.controller = self._controller(kind, policy, runtime, correction, estimator)
+        self.controller = self._controller(kind, policy, runtime, correction, estimator if correction else None)
         self.corrected = self.controller if correction else None
         self.idle = kind == "none"
         self.core = ControlCore(self.config, self.controller)

@@ -107,15 +107,84 @@ class EstimatorConfig:
             raise ConfigError(f"estimator filter_hz must be a positive frequency (or None: no filter), got {self.filter_hz!r}")
 
 
+def _gate(theta: np.ndarray, P: np.ndarray, phi: np.ndarray, y: np.ndarray, r: float, sigma: float):
+    """Filters stacked on the first axis: a-priori innovations ``(L, k)``, ``phi P`` ``(L, k, n)``,
+    and which rows pass the innovation gate ``(L, k)``."""
+    e = y - np.einsum("lkn,ln->lk", phi, theta)
+    ph = phi @ P
+    return e, ph, e * e <= (sigma ** 2) * (np.einsum("lkn,lkn->lk", ph, phi) + r)
+
+
+class RLSBank:
+    """RLS filters with the same prior (one per latency candidate) stacked in one array each, so
+    that one step's updates of all of them are one set of batched NumPy operations: forgetting,
+    innovation gating (a gated row is zeroed, which removes it exactly), the block update.
+    ``filters[i]`` (:class:`RLS`) are the filters themselves, living in the stack."""
+
+    def __init__(self, count: int, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig,
+                 members: bool = True):
+        n = len(theta0)
+        self.theta, self.P = np.empty((count, n)), np.empty((count, n, n))
+        self.P0_diag = p0_std.astype(float) ** 2
+        self.config = config
+        self.filters = [RLS(theta0, p0_std, config, self, i) for i in range(count)] if members else []
+
+    def forget(self, which: np.ndarray) -> None:
+        """Exponential forgetting, bounded: no parameter's variance may grow past its prior's
+        (otherwise an unexcited direction winds up and then jumps on the next disturbance); the
+        covariances kept symmetric."""
+        P = (0.5 / self.config.forgetting) * (self.P[which] + self.P[which].transpose(0, 2, 1))
+        ratio = np.diagonal(P, axis1=1, axis2=2) / self.P0_diag
+        if (ratio > 1.0).any():
+            scale = np.where(ratio > 1.0, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
+            P *= scale[:, :, None] * scale[:, None, :]
+        self.P[which] = P
+
+    def update(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Filters ``which`` (indices), their rows ``phi (len(which), k, n)``, the shared
+        measurements ``y (k,)``; returns their a-priori innovations ``(len(which), k)``, all rows."""
+        cfg, r = self.config, self.config.noise_std_nm ** 2
+        theta, P = self.theta[which], self.P[which]
+        e, ph, keep = _gate(theta, P, phi, y, r, cfg.outlier_sigma)
+        for row, i in enumerate(which):  # the restart rule per filter (rare)
+            rls = self.filters[i]
+            if rls.record_rejections(keep[row]):
+                rls.restart()
+                theta[row], P[row] = self.theta[i], self.P[i]
+                e_i, ph_i, keep_i = _gate(theta[row:row + 1], P[row:row + 1], phi[row:row + 1], y, r, cfg.outlier_sigma)
+                e[row], ph[row], keep[row] = e_i[0], ph_i[0], keep_i[0]
+        mask = keep[:, :, None]
+        phi_k, ph_k = phi * mask, ph * mask
+        s = ph_k @ phi_k.transpose(0, 2, 1)
+        s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += r
+        gain_t = np.linalg.solve(s, ph_k)  # (P phi^T S^-1)^T
+        self.theta[which] = theta + np.einsum("lkn,lk->ln", gain_t, e * keep)
+        self.P[which] = P - np.einsum("lkn,lkm->lnm", gain_t, ph_k)
+        for row, i in enumerate(which):
+            if keep[row].any():
+                self.filters[i].updates += 1
+        return e
+
+    def step(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Forget, then update (one control step)."""
+        self.forget(which)
+        return self.update(which, phi, y)
+
+
 class RLS:
-    """RLS with forgetting, a prior and innovation gating; the 6 rows of one step in one block
-    update (rows whose innovation fails the gate are dropped first)."""
+    """One RLS filter with forgetting, a prior and innovation gating; the 6 rows of one step in
+    one block update (rows whose innovation fails the gate are dropped first). Its arithmetic is
+    its :class:`RLSBank`'s (a bank of one when built alone); it keeps its own record of rejected
+    rows and restarts."""
 
     def __init__(self, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig,
-                 storage: tuple[np.ndarray, np.ndarray] | None = None):
-        # storage: (theta, P) arrays to live in (a RLSBank's rows); updated in place only
-        self.theta, self.P = storage if storage is not None else (np.empty(len(theta0)), np.empty((len(theta0),) * 2))
-        self.P0_diag = p0_std.astype(float) ** 2
+                 bank: RLSBank | None = None, index: int = 0):
+        if bank is None:
+            bank = RLSBank(1, theta0, p0_std, config, members=False)
+            bank.filters.append(self)
+        self._bank, self._index = bank, np.array([index])
+        self.theta, self.P = bank.theta[index], bank.P[index]  # views into the stack: updated in place only
+        self.P0_diag = bank.P0_diag
         self.theta0 = theta0.astype(float).copy()
         self.theta[:] = self.theta0
         self.P[:] = np.diag(self.P0_diag)
@@ -133,13 +202,6 @@ class RLS:
         self._recent_count = 0
         self.restarts += 1
 
-    def _gate(self, phi: np.ndarray, y: np.ndarray, r: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A-priori innovations, ``phi P``, and which rows pass the innovation gate."""
-        e = y - phi @ self.theta
-        ph = phi @ self.P
-        s_diag = np.einsum("ij,ij->i", ph, phi) + r
-        return e, ph, e * e <= (self.config.outlier_sigma ** 2) * s_diag
-
     def record_rejections(self, keep: np.ndarray) -> bool:
         """Count this step's gated rows; True if the filter must restart (most of a joint's rows
         rejected over the window)."""
@@ -155,78 +217,10 @@ class RLS:
     def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
         """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
         innovations (all rows, gated or not)."""
-        r = self.config.noise_std_nm ** 2
-        e, ph, keep = self._gate(phi, y, r)
-        n_bad = len(keep) - int(keep.sum())
-        if self.record_rejections(keep):
-            self.restart()
-            e, ph, keep = self._gate(phi, y, r)
-            n_bad = len(keep) - int(keep.sum())
-        if n_bad < len(keep):
-            phi_k, ph_k, e_k = (phi, ph, e) if n_bad == 0 else (phi[keep], ph[keep], e[keep])
-            s = ph_k @ phi_k.T
-            s.flat[:: len(s) + 1] += r
-            gain = np.linalg.solve(s, ph_k).T  # P phi^T S^-1
-            self.theta += gain @ e_k
-            self.P -= gain @ ph_k
-            self.updates += 1
-        return e
+        return self._bank.update(self._index, phi[None], y)[0]
 
     def forget(self) -> None:
-        """Exponential forgetting, bounded: no parameter's variance may grow past its prior's
-        (otherwise an unexcited direction winds up and then jumps on the next disturbance)."""
-        self.P[:] = (0.5 / self.config.forgetting) * (self.P + self.P.T)  # and kept symmetric
-        ratio = self.P.diagonal() / self.P0_diag
-        over = ratio > 1.0
-        if over.any():
-            scale = np.where(over, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
-            self.P *= np.outer(scale, scale)
-
-
-class RLSBank:
-    """Several :class:`RLS` filters with the same prior (one per latency candidate) stacked in one
-    array each, so that one step's updates of all of them are one set of batched NumPy operations
-    (the same arithmetic as each filter's own ``forget`` and ``update``; a gated row is zeroed,
-    which removes it exactly). ``filters[i]`` are the filters themselves, living in the stack."""
-
-    def __init__(self, count: int, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig):
-        n = len(theta0)
-        self.theta, self.P = np.empty((count, n)), np.empty((count, n, n))
-        self.filters = [RLS(theta0, p0_std, config, (self.theta[i], self.P[i])) for i in range(count)]
-        self.P0_diag = self.filters[0].P0_diag
-        self.config = config
-
-    def step(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Forget, then update filters ``which`` (indices) with their rows ``phi (len(which), k, n)``
-        and the shared measurements ``y (k,)``; returns their a-priori innovations ``(len(which), k)``."""
-        cfg, r = self.config, self.config.noise_std_nm ** 2
-        P = (0.5 / cfg.forgetting) * (self.P[which] + self.P[which].transpose(0, 2, 1))
-        ratio = np.diagonal(P, axis1=1, axis2=2) / self.P0_diag
-        if (ratio > 1.0).any():
-            scale = np.where(ratio > 1.0, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
-            P *= scale[:, :, None] * scale[:, None, :]
-        self.P[which] = P
-        theta = self.theta[which]
-        e = y - np.einsum("lkn,ln->lk", phi, theta)
-        ph = phi @ P
-        keep = e * e <= (cfg.outlier_sigma ** 2) * (np.einsum("lkn,lkn->lk", ph, phi) + r)
-        for row, i in enumerate(which):  # the restart rule per filter (rare: then its own path)
-            rls = self.filters[i]
-            if rls.record_rejections(keep[row]):
-                rls.restart()
-                e_i, ph_i, keep_i = rls._gate(phi[row], y, r)
-                theta[row], P[row], e[row], ph[row], keep[row] = rls.theta, rls.P, e_i, ph_i, keep_i
-        mask = keep[:, :, None]
-        phi_k, ph_k = phi * mask, ph * mask
-        s = ph_k @ phi_k.transpose(0, 2, 1)
-        s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += r
-        gain_t = np.linalg.solve(s, ph_k)  # (P phi^T S^-1)^T
-        self.theta[which] = theta + np.einsum("lkn,lk->ln", gain_t, e * keep)
-        self.P[which] = P - np.einsum("lkn,lkm->lnm", gain_t, ph_k)
-        for row, i in enumerate(which):
-            if keep[row].any():
-                self.filters[i].updates += 1
-        return e
+        self._bank.forget(self._index)
 
 
 class LowPass:
