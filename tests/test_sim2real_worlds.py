@@ -73,6 +73,69 @@ def test_friction_depends_on_speed_and_load_and_the_sensor_is_biased():
     np.testing.assert_allclose(readings["biased"] - readings["nominal"], physics.sensor_bias_nm, atol=1e-6)
 
 
+def _hold_pose(backend, steps=150):
+    """The arm held at its reset pose by the nominal model's gravity torque (fingers open)."""
+    env = UR5GraspEnv(backend=backend)
+    env.reset(seed=0)
+    model = RobotModel()
+    state = env.state
+    for _ in range(steps):
+        model.update(state.q_rad, state.qd_rad_s)
+        state = backend.step(model.bias_torque(), -1.0, env.control_dt_s)
+    return state
+
+
+def test_an_elastic_joint_carries_the_load_through_its_spring():
+    """Harmonic-drive elasticity on the shoulder/elbow joints: holding the arm still, each spring
+    is wound up by the joint's gravity torque over its stiffness (the rotor leads the link), the
+    motor's torque is reported where it acts (on the rotor) and the output-side torque is the
+    spring's. The wrists stay rigid; a rigid joint has no wind-up."""
+    k = (4.0e4, 2.0e4, 3.0e4, 0.0, 0.0, 0.0)
+    backend = UnmodelledMuJoCoBackend(physics=UnmodelledPhysics(stiffness_nm_rad=k, transmission_damping_ratio=(0.1,) * 6))
+    state = _hold_pose(backend)
+    d = backend.data
+    assert np.abs(state.qd_rad_s).max() < 1e-3  # settled
+    wind_up = d.qpos[backend._motor_qpos] - d.qpos[:6]
+    gravity = d.qfrc_bias[:6]
+    np.testing.assert_allclose(wind_up[:3], gravity[:3] / np.array(k[:3]), rtol=0.02, atol=1e-7)
+    assert np.abs(gravity[1]) > 15 and np.abs(wind_up[1]) > 5e-4  # the shoulder winds up ~0.9 mrad
+    np.testing.assert_array_equal(wind_up[3:], 0.0)
+    np.testing.assert_allclose(state.tau_applied_nm, state.tau_measured_nm, atol=0.05 * np.abs(gravity).max())
+
+
+def test_a_soft_joint_departs_from_the_rigid_arm_and_a_stiff_one_converges_to_it():
+    """On the same open-loop torques (gravity hold plus 20-30 N m at 3 Hz), the elastic arm's
+    trajectory approaches the rigid arm's as the springs stiffen (so it is a spring on the same
+    arm, not another arm), and a soft one departs by a visible amount. The rigid reference runs
+    at the elastic world's own step and integrator (0.5 ms, Euler)."""
+    import mujoco
+
+    from ds_robot.sim2real import unmodelled
+
+    def run(physics, rigid_at_elastic_step=False):
+        backend = UnmodelledMuJoCoBackend(physics=physics)
+        env = UR5GraspEnv(backend=backend)
+        env.reset(seed=0)
+        if rigid_at_elastic_step:
+            backend.model.opt.timestep = backend.physics_dt_s / unmodelled.ELASTIC_SUBSTEPS
+            backend.model.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER
+            backend._substeps = unmodelled.ELASTIC_SUBSTEPS
+        state, model, qs = env.state, RobotModel(), []
+        for k in range(40):
+            model.update(state.q_rad, np.zeros(6))
+            tau = model.gravity_torque() + np.array([20.0, 30, 20, 1, 1, 0.5]) * np.sin(0.2 * k)
+            state = backend.step(tau, -1.0, env.control_dt_s)
+            qs.append(state.q_rad)
+        return np.array(qs)
+
+    rigid = run(UnmodelledPhysics(), rigid_at_elastic_step=True)
+    errors = [np.abs(run(UnmodelledPhysics(stiffness_nm_rad=(k, k, k, 0.0, 0.0, 0.0),
+                                           transmission_damping_ratio=(0.1,) * 6)) - rigid).max()
+              for k in (5.0e3, 3.0e4, 2.0e5)]
+    assert errors[0] > errors[1] > errors[2], errors  # measured 3.5, 1.9, 1.1 mrad
+    assert errors[0] > 2.5e-3 and errors[2] < 0.4 * errors[0], errors
+
+
 def test_each_episode_draws_its_hidden_physics_and_seeded_worlds_repeat():
     drawn = []
     for _ in range(2):

@@ -33,7 +33,7 @@ class MuJoCoBackend(PhysicsBackend):
     def _load(self, obj: ObjectSpec) -> None:
         key = obj.geometry()  # mass and friction are written per episode: one model per shape and rest
         if key not in self._cache:
-            model = scene.build_scene(self.variant, obj, self.physics_dt_s)
+            model = self._build_model(obj)
             if self.model_hook is not None:
                 self.model_hook(model)
             body = model.body(scene.OBJECT_BODY).id
@@ -81,6 +81,10 @@ class MuJoCoBackend(PhysicsBackend):
         self._tcp_xpos, self._tcp_xmat = d.site_xpos[self._tcp], d.site_xmat[self._tcp]
         if not np.array_equal(self._arm_act, np.arange(N_ARM_JOINTS)):
             raise RuntimeError("scene layout changed: the arm's motors must be the first six actuators")
+
+    def _build_model(self, obj: ObjectSpec) -> mujoco.MjModel:
+        """The compiled scene for ``obj`` (a world with more bodies than the scene builds them here)."""
+        return scene.build_scene(self.variant, obj, self.physics_dt_s)
 
     # -- interface ---------------------------------------------------------------------
 

@@ -33,11 +33,11 @@ import numpy as np
 
 from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
-from ds_robot.envs.layout import ObservationLayout
+from ds_robot.envs.layout import OBS_SLICES, QD_SCALE, ObservationLayout
 from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
 from ds_robot.sim.scene import PAYLOAD_BODY
-from ds_robot.sim2real.estimator import EstimatorConfig, GripperState, OnlineEstimator
+from ds_robot.sim2real.estimator import EstimatorConfig, GripperState, ModelPredictor, OnlineEstimator
 
 PLAUSIBLE = {"gain": (0.75, 1.3), "payload_kg": (0.0, 1.0)}
 
@@ -49,7 +49,7 @@ class CorrectedController(Controller):
 
     def __init__(self, controller: Controller, variant: str = "ur5e", control_dt_s: float = 0.01, torque_limit_nm=None,
                  warmup_steps: int = 50, config: EstimatorConfig | None = None, track_prediction: bool = False,
-                 hold_while_grasping: bool = False, command_limit_nm=None):
+                 hold_while_grasping: bool = False, command_limit_nm=None, compensate_latency: bool = False):
         self.inner = controller
         self.name = f"{controller.name}+correction"
         self.variant, self.control_dt_s = variant, control_dt_s
@@ -61,6 +61,9 @@ class CorrectedController(Controller):
         self.warmup_steps = warmup_steps
         self.hold_while_grasping = hold_while_grasping
         self.track_prediction = track_prediction
+        self.compensate_latency = compensate_latency
+        self._sent: deque[np.ndarray] = deque(maxlen=8)  # the last commands sent (N m), newest last
+        self._ahead: ModelPredictor | None = None  # the model the latency compensation rolls forward
         gripper = default_description().gripper
         self._finger_travel_m = gripper.finger_travel_m
         self.layout = ObservationLayout(self.limit, gripper.max_opening_m)
@@ -102,6 +105,7 @@ class CorrectedController(Controller):
         self.estimator.set_torque_limit(self.command_limit)
         self._write(None)
         self._last_stamp = None
+        self._sent.clear()
         self.inner.reset(obs)
 
     def _write(self, estimate: dict | None) -> None:
@@ -124,6 +128,24 @@ class CorrectedController(Controller):
         known = 1.0 - np.clip(self.estimator.relative_std()["gain"], 0.0, 1.0)
         return 1.0 + (gain - 1.0) * known
 
+    def ahead(self, obs: np.ndarray, estimate: dict) -> np.ndarray:
+        """The observation with the arm's joint state replaced by where the corrected model puts it
+        when a command sent now comes into force: ``latency_steps`` control steps ahead, under the
+        commands already sent (a Smith predictor on the identified latency). The rest of the
+        observation (the perceived object, already older than that) is left as measured."""
+        lat = int(estimate["latency_steps"])
+        if lat == 0 or len(self._sent) < lat:
+            return obs
+        if self._ahead is None:
+            self._ahead = ModelPredictor(self.variant, self.control_dt_s)
+        q, qd = self.layout.joint_positions(obs), self.layout.joint_velocities(obs)
+        opening_m, speed_m_s = self.layout.gripper(obs)
+        gripper = GripperState(opening_m, speed_m_s, opening_m / 2.0)  # the fingers held where they are
+        q, qd = self._ahead.rollout(q, qd, list(self._sent)[-lat:], estimate, gripper)
+        out = obs.copy()
+        out[OBS_SLICES["q"]], out[OBS_SLICES["qd"]] = q, qd * QD_SCALE
+        return out
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         q = self.layout.joint_positions(obs)
@@ -131,14 +153,16 @@ class CorrectedController(Controller):
         active = self.estimator.steps >= self.warmup_steps
         estimate = self.estimator.estimate() if active else None
         self._write(estimate)
+        seen = self.ahead(obs, estimate) if (estimate is not None and self.compensate_latency) else obs
         overhead = time.perf_counter() - start
-        action = np.array(self.inner.act(obs), dtype=np.float32)
+        action = np.array(self.inner.act(seen), dtype=np.float32)
         start = time.perf_counter()
         tau = action[:6].astype(float) * self.limit
         if estimate is not None:
             gain = self.gain_to_apply(estimate)
-            moving = np.abs(qd) >= self.estimator.config.min_speed_for_friction
-            tau = (tau + estimate["damping"] * qd + estimate["friction"] * np.sign(qd) * moving) / gain
+            qd_then = qd if seen is obs else self.layout.joint_velocities(seen)  # when the command acts
+            moving = np.abs(qd_then) >= self.estimator.config.min_speed_for_friction
+            tau = (tau + estimate["damping"] * qd_then + estimate["friction"] * np.sign(qd_then) * moving) / gain
             tau = np.clip(tau, -self.limit, self.limit)
             action[:6] = tau / self.limit
         gripper = None
@@ -154,5 +178,6 @@ class CorrectedController(Controller):
         # Optionally freeze while closing on or holding the object (see the module docstring).
         learn = not (self.hold_while_grasping and action[6] > 0.0)
         self.estimator.update(q, qd, tau, gripper, interval, learn)
+        self._sent.append(np.clip(tau, -self.command_limit, self.command_limit))
         self.cost_s.append(overhead + time.perf_counter() - start)
         return action

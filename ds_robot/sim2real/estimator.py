@@ -327,6 +327,23 @@ class ModelPredictor:
         mujoco.mj_step(m, d, self.substeps)
         return d.qvel[:N_ARM_JOINTS].copy()
 
+    def rollout(self, q, qd, commands, estimate: dict | None, gripper: GripperState | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Joint positions and velocities after ``len(commands)`` control steps, each command held
+        for one step, oldest first (the commands already sent and not yet in force, when the
+        loop has latency). No commands: ``(q, qd)`` as given."""
+        q, qd = np.asarray(q, dtype=float), np.asarray(qd, dtype=float)
+        if not len(commands):
+            return q.copy(), qd.copy()
+        d = self.data
+        for i, tau in enumerate(commands):
+            if i == 0:
+                self.predict(q, qd, tau, estimate, gripper)
+            else:  # on from where the last step left the model (fingers included)
+                d.ctrl[:N_ARM_JOINTS] = tau
+                mujoco.mj_step(self.model, d, self.substeps)
+        return d.qpos[:N_ARM_JOINTS].copy(), d.qvel[:N_ARM_JOINTS].copy()
+
 
 class OnlineEstimator:
     """Feed ``update(q, qd, tau_cmd)`` once per control step, in order; read ``estimate()``."""

@@ -34,6 +34,7 @@ another integrator or timestep than the controller's model.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ from ds_robot.physics.backend import EpisodeSetup, RobotState
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
 from ds_robot.sim import scene
 
+STIFFNESS_LOW, STIFFNESS_HIGH = 2.0e4, 1.0e5  # N m / rad; sources in the module docstring
 BIG, WRIST = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 # (low, high) per joint: shoulder/elbow joints first, then the wrists
 PER_JOINT_RANGES = {
@@ -58,10 +60,16 @@ PER_JOINT_RANGES = {
     "sensor_bias_nm": ((-1.5, 1.5), (-0.3, 0.3)),
     "sensor_scale": ((0.95, 1.05), (0.95, 1.05)),
     "sensor_noise_nm": ((0.2, 0.8), (0.05, 0.15)),
+    # joint elasticity (harmonic drive + shaft), shoulder/elbow joints only; the wrists stay rigid
+    # (see ELASTICITY below)
+    "stiffness_nm_rad": ((STIFFNESS_LOW, STIFFNESS_HIGH), (0.0, 0.0)),
+    "transmission_damping_ratio": ((0.05, 0.2), (0.0, 0.0)),
 }
 SCALAR_RANGES = {"latency_s": (0.0, 0.016), "payload_kg": (0.0, 0.6), "payload_offset_m": (0.0, 0.05),
                  "payload_depth_m": (0.0, 0.08), "object_mass_scale": (0.5, 2.0), "object_friction_scale": (0.7, 1.3)}
-SMOOTH_SPEED_RAD_S = 0.05  # the friction terms' sign function, tanh(v / this)
+SMOOTH_SPEED_RAD_S = 0.05
+ROTOR_PREFIX, SPRING_PREFIX = "rotor/", "spring/"
+ELASTIC_SUBSTEPS = 4  # physics steps of 0.5 ms while a joint is elastic (the spring is explicit in MuJoCo)  # the friction terms' sign function, tanh(v / this)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,8 @@ class UnmodelledPhysics:
     sensor_bias_nm: tuple[float, ...] = (0.0,) * N_ARM_JOINTS
     sensor_scale: tuple[float, ...] = (1.0,) * N_ARM_JOINTS
     sensor_noise_nm: tuple[float, ...] = (0.0,) * N_ARM_JOINTS
+    stiffness_nm_rad: tuple[float, ...] = (0.0,) * N_ARM_JOINTS  # 0: a rigid joint
+    transmission_damping_ratio: tuple[float, ...] = (0.0,) * N_ARM_JOINTS
     latency_s: float = 0.0
     payload_kg: float = 0.0
     payload_com_m: tuple[float, float, float] = (0.0, 0.0, 0.0)  # from the gripper body's centre of mass
@@ -112,11 +122,28 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         super().__init__(variant, physics_dt_s)
         self.seed = seed
         self._fixed = physics
+        self._substeps = 1
         self._set_physics(physics or UnmodelledPhysics())
         self._nominal: dict[int, dict[str, np.ndarray]] = {}
         self._commands: deque = deque()
         self._torque = np.zeros(N_ARM_JOINTS)
         self._noise = np.random.default_rng(seed)
+
+    def _build_model(self, obj) -> mujoco.MjModel:
+        """The scene plus one rotor per arm joint: a body of its own (at the end of the tree, so
+        the scene's joints keep their addresses) whose hinge carries the motor's reflected
+        inertia, coupled to its link joint by a spring-damper (a fixed tendon, length
+        ``q_link - q_rotor``). A rigid joint leaves its rotor unactuated and uncoupled."""
+        spec = scene.scene_spec(self.variant, obj, self.physics_dt_s)
+        for joint in scene.ARM_JOINTS:
+            body = spec.worldbody.add_body(name=ROTOR_PREFIX + joint, pos=[0.0, 0.0, -1.0])
+            body.explicitinertial = True
+            body.mass, body.inertia = 1e-3, [1e-6, 1e-6, 1e-6]  # the hinge's armature holds the inertia
+            body.add_joint(name=ROTOR_PREFIX + joint, type=mujoco.mjtJoint.mjJNT_HINGE, axis=[0.0, 0.0, 1.0])
+            spring = spec.add_tendon(name=SPRING_PREFIX + joint)
+            spring.wrap_joint(joint, 1.0)
+            spring.wrap_joint(ROTOR_PREFIX + joint, -1.0)
+        return scene.compile_spec(spec)
 
     # -- per episode -------------------------------------------------------------------
 
@@ -136,8 +163,7 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         self.physics = p
         self._stribeck, self._stribeck_speed = np.array(p.stribeck_nm), np.array(p.stribeck_speed_rad_s)
         self._load_friction, self._gain = np.array(p.load_friction), np.array(p.gain)
-        lag = np.array(p.torque_lag_s)
-        self._alpha = np.where(lag > 0, 1.0 - np.exp(-self.physics_dt_s / np.maximum(lag, 1e-12)), 1.0)
+        self._elastic = np.array(p.stiffness_nm_rad) > 0
         self._sensor = (np.array(p.sensor_scale), np.array(p.sensor_bias_nm), np.array(p.sensor_noise_nm))
 
     def _apply(self, p: UnmodelledPhysics) -> None:
@@ -146,10 +172,13 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         obj = m.body(scene.OBJECT_BODY).id
         obj_geoms = np.flatnonzero(m.geom_bodyid == obj)
         if id(m) not in self._nominal:
+            self._integrator = m.opt.integrator
             self._nominal[id(m)] = {"damping": m.dof_damping[:N_ARM_JOINTS].copy(), "mass": m.body_mass[payload].copy(),
-                                    "ipos": m.body_ipos[payload].copy(), "inertia": m.body_inertia[payload].copy()}
+                                    "ipos": m.body_ipos[payload].copy(), "inertia": m.body_inertia[payload].copy(),
+                                    "armature": m.dof_armature[:N_ARM_JOINTS].copy()}
         n = self._nominal[id(m)]
         m.dof_damping[:N_ARM_JOINTS] = n["damping"] * np.array(p.damping_scale)
+        self._elasticity(m, p, n["armature"])
         m.dof_frictionloss[:N_ARM_JOINTS] = p.coulomb_nm
         # the gripper body and a payload box (8 x 8 x 4 cm) at an offset: the combined mass, centre of
         # mass and the inertia about it (parallel axes; the body's principal axes are kept, which is
@@ -173,11 +202,51 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
         m.geom_friction[obj_geoms, 0] *= p.object_friction_scale
         mujoco.mj_setConst(m, self.data)  # the solver's constants from the new masses
 
+    def _elasticity(self, m: mujoco.MjModel, p: UnmodelledPhysics, armature: np.ndarray) -> None:
+        """Elastic joints: the motor drives the rotor, the rotor carries the reflected inertia (the
+        link's armature moves onto it) and the spring-damper carries the torque to the link;
+        rigid joints: the motor drives the link as in the nominal scene."""
+        rotor = np.array([m.joint(ROTOR_PREFIX + j).id for j in scene.ARM_JOINTS])
+        spring = np.array([m.tendon(SPRING_PREFIX + j).id for j in scene.ARM_JOINTS])
+        link_dof = np.arange(N_ARM_JOINTS)
+        rotor_dof = m.jnt_dofadr[rotor]
+        stiffness = np.array(p.stiffness_nm_rad)
+        elastic = self._elastic
+        # the physics step: the spring is explicit, so the rotor's mode (sqrt(k / J) with the link
+        # held; up to ~1.2x that with the link free, the link at least as heavy as the rotor) is
+        # kept at <= 0.6 rad per step, and no fewer than ELASTIC_SUBSTEPS steps per 2 ms
+        fastest = float(np.sqrt(1.5 * stiffness / armature).max())
+        self._substeps = max(ELASTIC_SUBSTEPS, math.ceil(self.physics_dt_s * fastest / 0.6)) if elastic.any() else 1
+        self._dt = self.physics_dt_s / self._substeps
+        lag = np.array(p.torque_lag_s)
+        self._alpha = np.where(lag > 0, 1.0 - np.exp(-self._dt / np.maximum(lag, 1e-12)), 1.0)
+        m.actuator_trnid[:N_ARM_JOINTS, 0] = np.where(elastic, rotor, link_dof)  # the arm joints are joints 0-5
+        m.dof_armature[link_dof] = np.where(elastic, 0.0, armature)
+        m.dof_armature[rotor_dof] = armature
+        m.tendon_stiffness[spring] = stiffness
+        # damping ratio of the rotor on the spring (the link held still): c = 2 zeta sqrt(k J)
+        m.tendon_damping[spring] = 2.0 * np.array(p.transmission_damping_ratio) * np.sqrt(stiffness * armature)
+        m.opt.timestep = self._dt
+        # MuJoCo's implicitfast integrator (the scene's, and the controller model's) bends a damped
+        # tendon spring: at 1e5 N m/rad and damping ratio 0.05 the stiff arm departs from the rigid
+        # one by 1.6 mrad in 0.4 s where Euler and RK4 agree with it to 0.04 mrad; the elastic
+        # world steps with (semi-implicit) Euler, another integrator than the controller's model.
+        m.opt.integrator = mujoco.mjtIntegrator.mjINT_EULER if elastic.any() else self._integrator
+        self._motor_dof = np.where(elastic, rotor_dof, link_dof)
+        self._motor_qpos = np.where(elastic, m.jnt_qposadr[rotor], link_dof)
+        self._stiffness = np.where(elastic, stiffness, 1.0)
+
     # -- stepping ----------------------------------------------------------------------
 
     def reset(self, setup: EpisodeSetup) -> RobotState:
-        state = super().reset(setup)
-        return self._sensed(state)
+        super().reset(setup)
+        # the springs start loaded with the arm's weight (as an arm that was holding this pose):
+        # rotor = link + gravity torque / stiffness on the elastic joints
+        d = self.data
+        d.qpos[self._motor_qpos] = np.where(self._elastic, d.qpos[:N_ARM_JOINTS]
+                                            + d.qfrc_bias[:N_ARM_JOINTS] / self._stiffness, d.qpos[self._motor_qpos])
+        mujoco.mj_forward(self.model, d)
+        return self._sensed(self._read(0.0))
 
     def _friction(self, qd: np.ndarray, load: np.ndarray) -> np.ndarray:
         sign = np.tanh(qd / SMOOTH_SPEED_RAD_S)
@@ -190,7 +259,8 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
                                                -self.joint_torque_limit_nm, self.joint_torque_limit_nm),
                                float(gripper_command)))
         work = 0.0
-        for _ in range(max(1, round(duration_s / self.physics_dt_s))):
+        motor_qpos, motor_dof = self._motor_qpos, self._motor_dof
+        for _ in range(max(1, round(duration_s / self.physics_dt_s)) * self._substeps):
             # the newest command sent at least latency_s ago (the first one until then)
             while len(self._commands) > 1 and self._commands[1][0] <= d.time - latency_s + 1e-9:
                 self._commands.popleft()
@@ -199,10 +269,17 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
             self._arm_ctrl[:] = self._torque * self._gain
             d.ctrl[self._grip_act] = self.finger_travel_m * (1.0 - gripper) / 2.0
             d.qfrc_applied[:N_ARM_JOINTS] = self._friction(d.qvel[:N_ARM_JOINTS], d.qfrc_bias[:N_ARM_JOINTS])
-            q_before = d.qpos[:N_ARM_JOINTS].copy()
+            q_before = d.qpos[motor_qpos]
             mujoco.mj_step(m, d)
-            work += float(np.abs((d.qpos[:N_ARM_JOINTS] - q_before) * self._arm_qfrc_actuator).sum())
+            work += float(np.abs((d.qpos[motor_qpos] - q_before) * d.qfrc_actuator[motor_dof]).sum())
         return self._sensed(self._read(work))
+
+    def _read(self, work_j: float) -> RobotState:
+        """The nominal reading, with the motor torque taken where the motor acts (the rotor of an
+        elastic joint). The output-side torque needs no change: the spring's torque on the link
+        is part of the link's passive force, and the link has no armature of its own."""
+        state = super()._read(work_j)
+        return dataclasses.replace(state, tau_applied_nm=self.data.qfrc_actuator[self._motor_dof].copy())
 
     def _sensed(self, state: RobotState) -> RobotState:
         """The state as the arm's torque sensing reports it: the unmodelled friction is part of the
