@@ -91,7 +91,8 @@ def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
         result = run_episode(env, controller, episode_seed,
                              on_step=_TruthScoredFlush(controller) if mode in ("correction", "both") else None)
         row = {"success": result.success, "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
-               "control_step_us": result.control_step_us}
+               "control_step_us": result.control_step_us,
+               "unstable": bool(getattr(env.backend, "instabilities", 0))}  # MuJoCo blew up and restarted it
         if mode in ("correction", "both"):
             est = controller.estimator
             pe = est.pred_error
@@ -152,7 +153,8 @@ def _summarise(kind: str, world: str, mode: str, rows: list[dict]) -> dict[str, 
                            "success_rate": rate, "success_rate_ci95": ci,
                            "time_to_lift_s": float(np.mean(lifts)) if lifts else math.nan,
                            "energy_j": energy, "energy_j_ci95": energy_ci,
-                           "control_step_us": float(np.mean([r["control_step_us"] for r in rows]))}
+                           "control_step_us": float(np.mean([r["control_step_us"] for r in rows])),
+                           "unstable_episodes": int(sum(r["unstable"] for r in rows))}
     if mode in ("correction", "both"):
         out.update({"estimator_us": float(np.mean([r["estimator_us"] for r in rows])),
                     "estimator_us_p99": float(np.percentile([r["estimator_us_p99"] for r in rows], 99))})
@@ -214,6 +216,9 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     print(format_table(["variant", "episodes", "success [95% CI]", "lift s", "energy J", "step us",
                         "estimator us mean / P99",
                         "pred err rad/s nom / corr", "ratio 2s measured", "ratio 2s true state"], table))
+    unstable = {r["name"]: r["unstable_episodes"] for r in results if r["unstable_episodes"]}
+    if unstable:
+        print(f"episodes whose simulation blew up (MuJoCo restarted it; counted as run): {unstable}")
     for line in verdict(results):
         print(line)
     if json_path:

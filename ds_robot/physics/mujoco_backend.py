@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mujoco
 import numpy as np
 
@@ -27,6 +29,8 @@ class MuJoCoBackend(PhysicsBackend):
         self._cache: dict[ObjectSpec, tuple[mujoco.MjModel, mujoco.MjData]] = {}
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
+        self.instabilities = 0  # MuJoCo's restarts after blow-ups, this episode (_check_stable)
+        self._badqacc = 0
 
     # -- model bookkeeping -------------------------------------------------------------
 
@@ -93,6 +97,7 @@ class MuJoCoBackend(PhysicsBackend):
         self._episode_model(setup)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
+        self._badqacc = int(d.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
         d.qpos[self._arm_qpos] = setup.arm_qpos_rad
         finger = float(np.clip(setup.gripper_opening_m / 2, 0.0, self.finger_travel_m))
         d.qpos[self._finger_qpos] = finger
@@ -101,7 +106,19 @@ class MuJoCoBackend(PhysicsBackend):
         d.qpos[o : o + 3] = (setup.object_x_m, setup.object_y_m, setup.obj.resting_height_m)
         d.qpos[o + 3 : o + 7] = scene.object_quat(setup.object_yaw_rad)
         mujoco.mj_forward(m, d)
+        self.instabilities = 0
         return self._read(0.0)
+
+    def _check_stable(self) -> None:
+        """MuJoCo, when the accelerations blow up, resets the simulation to its initial state and
+        carries on: an episode would then silently go on from its start. Counted per episode
+        (``instabilities``) and warned about, so a result that is not physics is not taken for it."""
+        count = int(self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number)
+        if count > self._badqacc:
+            self.instabilities += count - self._badqacc
+            warnings.warn(f"MuJoCo went unstable at t={self.data.time:.3f} s and restarted the simulation: "
+                          "this episode's result is not physics", RuntimeWarning, stacklevel=3)
+        self._badqacc = count
 
     def _episode_model(self, setup: EpisodeSetup) -> None:
         """Change the loaded model for this episode (after ``_load`` wrote the object's values;
@@ -113,6 +130,7 @@ class MuJoCoBackend(PhysicsBackend):
         n_steps = max(1, round(duration_s / self.physics_dt_s))
         q_before = self._qpos[:N_ARM_JOINTS].copy()
         mujoco.mj_step(self.model, self.data, n_steps)
+        self._check_stable()
         # The motor torques are held over the step, so each joint's work is exactly tau_j * dq_j;
         # |tau_j * dq_j| equals the integral of |tau_j * qd_j| dt unless the joint reverses
         # within the step (then it is a slight underestimate).

@@ -22,13 +22,25 @@ holds the truth for scoring):
   white noise (a UR arm's joint torques come from motor currents, not torque sensors);
 - **an off-centre payload with its own inertia**: a box of drawn mass whose centre of mass is
   off the flange axis, not a point mass at the gripper's centre;
+- **joint elasticity** on the shoulder pan, shoulder lift and elbow joints (the harmonic drive
+  and shaft between motor and link): each motor drives a rotor of its own, a hinge carrying
+  the reflected rotor inertia (the link's armature moves onto it), coupled to its link by a
+  spring-damper (a fixed tendon on ``q_link - q_rotor``), so each elastic joint adds a degree
+  of freedom the controller's rigid model does not have. Stiffness is drawn per joint
+  (``STIFFNESS_LOW``-``STIFFNESS_HIGH``), the spring's damping as a damping ratio against the
+  rotor. The springs start wound up by the arm's weight. The wrists stay rigid: their link
+  inertia about the joint (down to 0.001 kg m^2 at wrist 3) would need a step of a few
+  microseconds at harmonic-drive stiffness;
+- **another integrator and timestep than the controller's model** while a joint is elastic: the
+  tendon spring is explicit in MuJoCo, so the world steps at ``ELASTIC_SUBSTEPS`` or more steps
+  per 2 ms (the rotor mode at <= 0.6 rad per step) with semi-implicit Euler (implicitfast, the
+  model's, bends a damped tendon spring: see ``_elasticity``);
 - the object's mass and friction scaled as in the shifted world.
 
 The magnitudes (``PER_JOINT_RANGES``) are assumptions of the right order for a UR-class arm, not
 identified values: no public source gives per-joint friction curves for the UR5e, so they are
 stated here and reported with every result, and the estimator never reads them (issue 15).
-Not modelled yet: joint elasticity (the harmonic drives' spring between motor and link) and
-another integrator or timestep than the controller's model.
+Not modelled: elasticity of the wrist joints and of the links themselves, backlash, temperature.
 """
 
 from __future__ import annotations
@@ -46,7 +58,7 @@ from ds_robot.physics.backend import EpisodeSetup, RobotState
 from ds_robot.physics.mujoco_backend import MuJoCoBackend
 from ds_robot.sim import scene
 
-STIFFNESS_LOW, STIFFNESS_HIGH = 2.0e4, 1.0e5  # N m / rad; sources in the module docstring
+STIFFNESS_LOW, STIFFNESS_HIGH = 3.1e4, 1.2e5  # N m / rad; sources in the module docstring
 BIG, WRIST = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
 # (low, high) per joint: shoulder/elbow joints first, then the wrists
 PER_JOINT_RANGES = {
@@ -272,6 +284,7 @@ class UnmodelledMuJoCoBackend(MuJoCoBackend):
             q_before = d.qpos[motor_qpos]
             mujoco.mj_step(m, d)
             work += float(np.abs((d.qpos[motor_qpos] - q_before) * d.qfrc_actuator[motor_dof]).sum())
+        self._check_stable()
         return self._sensed(self._read(work))
 
     def _read(self, work_j: float) -> RobotState:
