@@ -66,7 +66,7 @@ def _rms(values) -> float:
 
 
 def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
-         task: str | None = None) -> list[dict[str, Any]]:
+         task: str | None = None, compensate_latency: bool = True) -> list[dict[str, Any]]:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.grasp_env import UR5GraspEnv
@@ -84,7 +84,8 @@ def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
     corrected = mode in ("correction", "both")
     policy = {"policy": policies_dir() / policy_file} if kind == "hier" else {}
     controller = controller_for_env(kind, env, correction=corrected, **policy,
-                                    **({"track_prediction": True} if corrected else {}))
+                                    **({"track_prediction": True, "compensate_latency": compensate_latency}
+                                       if corrected else {}))
     rows = []
     for episode_seed in episode_seeds(seed, episodes):
         # The one-step predictions (benchmark only) run between control steps, untimed.
@@ -181,7 +182,7 @@ def _summarise(kind: str, world: str, mode: str, rows: list[dict]) -> dict[str, 
 
 def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
                            seeds: int = 3, episodes: int | None = None, workers: int = 2,
-                           task: str | None = "realistic") -> int:
+                           task: str | None = "realistic", compensate_latency: bool = True) -> int:
     episodes = episodes or (5 if quick else 200)
     seeds = 1 if quick else seeds
     if episodes < 1 or seeds < 1 or workers < 1:
@@ -196,10 +197,11 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     jobs = [(k, w, m, s) for k, w, m in cells for s in range(seeds)]
     print(f"bench sim2real: {len(BENCH_CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
           f"controller: none and correction) x {seeds} seeds x {episodes} episodes, "
-          f"{'task ' + str(task) + ', test set' if task else 'the env default objects'}, {workers} processes")
+          f"{'task ' + str(task) + ', test set' if task else 'the env default objects'}, {workers} processes"
+          + ("" if compensate_latency else ", latency compensation off"))
     rows: dict[tuple[str, str, str], list] = {cell: [] for cell in cells}
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(_job, w, m, s, episodes, k, task): (k, w, m) for k, w, m, s in jobs}
+        futures = {pool.submit(_job, w, m, s, episodes, k, task, compensate_latency): (k, w, m) for k, w, m, s in jobs}
         for future in tqdm(futures, desc="bench sim2real", unit="job"):
             rows[futures[future]].extend(future.result())
     results = [_summarise(*cell, rows[cell]) for cell in cells]
@@ -223,6 +225,7 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
         print(line)
     if json_path:
         write_json(json_path, "sim2real", {"episodes_per_seed": episodes, "seeds": seeds, "controllers": list(BENCH_CONTROLLERS), "task": task,
+                                           "latency_compensation": compensate_latency,
                                            "object_set": "test" if task else "env default",
                                            "window_s": [1.5, 2.0]}, results)
         print(f"wrote {json_path}")

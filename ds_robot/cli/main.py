@@ -328,7 +328,8 @@ def cmd_bench(args) -> int:
 
         return run_sim2real_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                       seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
-                                      workers=args.workers, task=args.task_preset)
+                                      workers=args.workers, task=args.task_preset,
+                                      compensate_latency=not args.no_latency_compensation)
     if args.name == "node":
         from ds_robot.bench.node import run_node_benchmark
 
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
+    p.add_argument("--no-latency-compensation", action="store_true",
+                   help="sim2real: corrected rows without the identified latency's compensation (the ablation)")
     _add_task_arg(p, "realistic")
     p.set_defaults(func=cmd_bench)
 

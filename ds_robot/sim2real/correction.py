@@ -23,10 +23,12 @@ Correction starts after ``warmup_steps`` (the estimate needs some motion first).
 identified latency is compensated (``compensate_latency``, on by default; :meth:`CorrectedController.ahead`):
 a command sent now acts ``L`` steps later, so the wrapped controller is shown the joint state
 the corrected model predicts for then, rolled forward from the measurement under the ``L``
-commands already in flight (a Smith predictor). Measured on 30 realistic test-set episodes of
-the shifted world (hier): energy 113 J -> 45 J at the same success (0.933); with every episode
-at 20 ms latency, 0.767 -> 0.900 and 178 J -> 48 J (scripted: 0.800 -> 0.900, 131 J -> 39 J);
-no change in the unmodelled world, whose latency is a fraction of a period (BENCHMARKS.md).
+commands already in flight (a Smith predictor). Measured by ``bench sim2real`` against
+``--no-latency-compensation`` (60 realistic test-set episodes per row; BENCHMARKS.md, part 3):
+hier success 0.883 -> 0.933 (shifted), 0.917 -> 0.933 (unmodelled), 0.933 -> 1.000 (pybullet),
+energy 128 -> 45, 57 -> 43, 235 -> 43 J; the price: the corrected model's one-step prediction
+ratio falls (true state, shifted 5.4x -> 3.5x) and on the nominal world one hier episode of 60
+shakes (1.000 / 40 J -> 0.967 / 58 J): a latency misidentified there is compensated too.
 Cost per step: the estimator's update plus a few NumPy operations (``cost_s``), and ``L``
 control periods of the arm model's ``mj_step`` for the compensation.
 """

@@ -26,9 +26,15 @@ holds the truth for scoring):
   and shaft between motor and link): each motor drives a rotor of its own, a hinge carrying
   the reflected rotor inertia (the link's armature moves onto it), coupled to its link by a
   spring-damper (a fixed tendon on ``q_link - q_rotor``), so each elastic joint adds a degree
-  of freedom the controller's rigid model does not have. Stiffness is drawn per joint
-  (``STIFFNESS_LOW``-``STIFFNESS_HIGH``), the spring's damping as a damping ratio against the
-  rotor. The springs start wound up by the arm's weight. The wrists stay rigid: their link
+  of freedom the controller's rigid model does not have. Stiffness is drawn per joint,
+  3.1e4-1.2e5 N m/rad (``STIFFNESS_LOW``-``STIFFNESS_HIGH``): the Harmonic Drive catalogue's
+  torsional stiffness for sizes 25-32 at ratios above 50, from K1 of size 25 to K3 of size 32
+  (Harmonic Drive CHA actuator manual 1018854, table 50.4; the CSF/CSG catalogue, tables 41-42,
+  agrees). The UR5e's base, shoulder and elbow are UR "size 3" joints (150 N m; UR's
+  max-joint-torques article as quoted in ros-industrial/universal_robot PR 513); which gear size
+  they hold is not published, so the range spans the two sizes that carry that torque. The
+  rotor inertia is the model's armature (0.1 kg m^2, no published source); the spring's damping
+  is a damping ratio against the rotor, 0.05-0.2 (assumed). The springs start wound up by the arm's weight. The wrists stay rigid: their link
   inertia about the joint (down to 0.001 kg m^2 at wrist 3) would need a step of a few
   microseconds at harmonic-drive stiffness;
 - **another integrator and timestep than the controller's model** while a joint is elastic: the
