@@ -482,7 +482,7 @@ def test_latency_compensation_calms_a_delayed_grasp():
     20 ms of command latency and no other difference: compensating the identified latency (the
     default) spends less energy on the same 8 episodes, loses no grasp and makes no episode
     costlier (measured 383 J -> 290 J in all; the two shaking episodes 74 -> 65 J, 116 -> 49 J).
-    Fails for a compensation that changes nothing or acts on the wrong latency."""
+    Fails for a compensation that changes nothing."""
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.envs.presets import load_task
     from ds_robot.evaluate import episode_seeds, run_episode

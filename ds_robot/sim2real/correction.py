@@ -27,8 +27,8 @@ commands already in flight (a Smith predictor). Measured by ``bench sim2real`` a
 ``--no-latency-compensation`` (60 realistic test-set episodes per row; BENCHMARKS.md, part 3):
 hier success 0.883 -> 0.933 (shifted), 0.917 -> 0.933 (unmodelled), 0.933 -> 1.000 (pybullet),
 energy 128 -> 45, 57 -> 43, 235 -> 43 J; the price: the corrected model's one-step prediction
-ratio falls (true state, shifted 5.4x -> 3.5x) and on the nominal world one hier episode of 60
-shakes (1.000 / 40 J -> 0.967 / 58 J): a latency misidentified there is compensated too.
+ratio falls (true state, shifted 5.4x -> 3.5x) and on the nominal world two hier episodes of 60
+are lost (1.000 / 40 J -> 0.967 / 58 J): a latency misidentified there is compensated too.
 Cost per step: the estimator's update plus a few NumPy operations (``cost_s``), and ``L``
 control periods of the arm model's ``mj_step`` for the compensation.
 """

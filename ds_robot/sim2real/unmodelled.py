@@ -79,15 +79,15 @@ PER_JOINT_RANGES = {
     "sensor_scale": ((0.95, 1.05), (0.95, 1.05)),
     "sensor_noise_nm": ((0.2, 0.8), (0.05, 0.15)),
     # joint elasticity (harmonic drive + shaft), shoulder/elbow joints only; the wrists stay rigid
-    # (see ELASTICITY below)
+    # (the module docstring)
     "stiffness_nm_rad": ((STIFFNESS_LOW, STIFFNESS_HIGH), (0.0, 0.0)),
     "transmission_damping_ratio": ((0.05, 0.2), (0.0, 0.0)),
 }
 SCALAR_RANGES = {"latency_s": (0.0, 0.016), "payload_kg": (0.0, 0.6), "payload_offset_m": (0.0, 0.05),
                  "payload_depth_m": (0.0, 0.08), "object_mass_scale": (0.5, 2.0), "object_friction_scale": (0.7, 1.3)}
-SMOOTH_SPEED_RAD_S = 0.05
+SMOOTH_SPEED_RAD_S = 0.05  # the friction terms' sign function, tanh(v / this)
 ROTOR_PREFIX, SPRING_PREFIX = "rotor/", "spring/"
-ELASTIC_SUBSTEPS = 4  # physics steps of 0.5 ms while a joint is elastic (the spring is explicit in MuJoCo)  # the friction terms' sign function, tanh(v / this)
+ELASTIC_SUBSTEPS = 4  # at least this many physics steps per 2 ms while a joint is elastic (the spring is explicit in MuJoCo)
 
 
 @dataclass(frozen=True)

@@ -123,19 +123,18 @@ class ShiftedMuJoCoBackend(MuJoCoBackend):
         # the object's own values: the base class wrote this episode's into the model at _load
         n = {**n, "object": m.body_mass[obj].copy(), "object_inertia": m.body_inertia[obj].copy(),
              "object_friction": m.geom_friction[obj_geoms, 0].copy()}
-        # The object's new mass first, then the solver's constants for it (left at another mass's,
-        # a heavy object's contacts go unstable: one shifted episode in 30 with an object x1.8
-        # blew up, and MuJoCo restarted it from the initial state mid-episode), from the arm's
-        # nominal values: the arm's shift below is written without them, as the estimate is
-        # written into the predictor's model, so a predictor with the true shift stays exact.
+        # The object's new mass first, then the solver's constants for it, every episode (left at
+        # another mass's, a heavy object's contacts go unstable: one shifted episode in 30 with an
+        # object x1.8 blew up, and MuJoCo restarted it from the initial state mid-episode), from
+        # the arm's nominal values: the arm's shift below is written without them, as the estimate
+        # is written into the predictor's model, so a predictor with the true shift stays exact.
         m.dof_damping[:N_ARM_JOINTS], m.dof_armature[:N_ARM_JOINTS] = n["damping"], n["armature"]
         m.dof_frictionloss[:N_ARM_JOINTS], m.actuator_gear[:N_ARM_JOINTS, 0] = n["friction"], n["gear"]
         m.body_mass[payload] = n["payload"]
         m.body_mass[obj] = n["object"] * shift.object_mass_scale
         m.body_inertia[obj] = n["object_inertia"] * shift.object_mass_scale
         m.geom_friction[obj_geoms, 0] = n["object_friction"] * shift.object_friction_scale
-        if shift.object_mass_scale != 1.0:
-            mujoco.mj_setConst(m, self.data)
+        mujoco.mj_setConst(m, self.data)  # also after an x1 episode: the last one's may be scaled
         m.dof_damping[:N_ARM_JOINTS] = n["damping"] * np.array(shift.damping_scale)
         m.dof_armature[:N_ARM_JOINTS] = n["armature"] * np.array(shift.armature_scale)
         m.dof_frictionloss[:N_ARM_JOINTS] = n["friction"] + np.array(shift.friction_add_nm)
