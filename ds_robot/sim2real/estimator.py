@@ -121,15 +121,16 @@ class EstimatorConfig:
 def _gate(theta: np.ndarray, P: np.ndarray, phi: np.ndarray, y: np.ndarray, r: float, sigma: float):
     """Filters stacked on the first axis: a-priori innovations ``(L, k)``, ``phi P`` ``(L, k, n)``,
     and which rows pass the innovation gate ``(L, k)``."""
-    e = y - np.einsum("lkn,ln->lk", phi, theta)
+    e = y - (phi @ theta[:, :, None])[:, :, 0]
     ph = phi @ P
-    return e, ph, e * e <= (sigma ** 2) * (np.einsum("lkn,lkn->lk", ph, phi) + r)
+    return e, ph, e * e <= (sigma ** 2) * ((ph * phi).sum(axis=2) + r)
 
 
 class RLSBank:
     """RLS filters with the same prior (one per latency candidate) stacked in one array each, so
     that one step's updates of all of them are one set of batched NumPy operations: forgetting,
-    innovation gating (a gated row is zeroed, which removes it exactly), the block update.
+    innovation gating (a gated row is zeroed, which removes it exactly), the block update, and
+    the restart rule's record of rejected rows (a ring buffer per filter).
     ``filters[i]`` (:class:`RLS`) are the filters themselves, living in the stack."""
 
     def __init__(self, count: int, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig,
@@ -138,13 +139,51 @@ class RLSBank:
         self.theta, self.P = np.empty((count, n)), np.empty((count, n, n))
         self.P0_diag = p0_std.astype(float) ** 2
         self.config = config
+        self._all = np.arange(count)
+        # Per filter: rows rejected and steps with a row accepted (totals), and the rejections of
+        # the last restart_window_steps steps per row (ring buffer, its running sum, steps recorded).
+        self.rejected, self.updates = np.zeros(count, dtype=int), np.zeros(count, dtype=int)
+        self._window: np.ndarray | None = None  # (count, window, rows): sized by the first update
+        self._recent = np.zeros((count, 1), dtype=int)
+        self._recorded = np.zeros(count, dtype=int)
         self.filters = [RLS(theta0, p0_std, config, self, i) for i in range(count)] if members else []
+
+    def clear_record(self, i: int) -> None:
+        """Filter ``i``'s window of rejections starts empty (a restart)."""
+        if self._window is not None:
+            self._window[i] = False
+        self._recent[i] = 0
+        self._recorded[i] = 0
+
+    def record_rejections(self, which: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Count one step's gated rows ``keep (len(which), k)``; which of the filters must restart
+        (most of a joint's rows rejected over a full window)."""
+        window = self.config.restart_window_steps
+        bad = ~keep
+        if self._window is None or self._window.shape[2] != bad.shape[1]:
+            self._window = np.zeros((len(self._all), window, bad.shape[1]), dtype=bool)
+            self._recent = np.zeros((len(self._all), bad.shape[1]), dtype=int)
+            self._recorded[:] = 0
+        slot = self._recorded[which] % window
+        self.rejected[which] += bad.sum(axis=1)
+        cells = (self._all[which], slot)  # each filter's oldest entry
+        self._recent[which] += bad.astype(int) - self._window[cells]
+        self._window[cells] = bad
+        self._recorded[which] += 1
+        return (self._recorded[which] >= window) & (2 * self._recent[which] > window).any(axis=1)
+
+    def _select(self, which: np.ndarray) -> np.ndarray | slice:
+        """``which`` (increasing indices) as an index: a slice when it is every filter (the
+        estimator's usual step; basic indexing instead of gathering copies)."""
+        return slice(None) if len(which) == len(self._all) else which
 
     def forget(self, which: np.ndarray) -> None:
         """Exponential forgetting, bounded: no parameter's variance may grow past its prior's
         (otherwise an unexcited direction winds up and then jumps on the next disturbance); the
         covariances kept symmetric."""
-        P = (0.5 / self.config.forgetting) * (self.P[which] + self.P[which].transpose(0, 2, 1))
+        which = self._select(which)
+        P = self.P[which]
+        P = (0.5 / self.config.forgetting) * (P + P.transpose(0, 2, 1))
         ratio = np.diagonal(P, axis1=1, axis2=2) / self.P0_diag
         if (ratio > 1.0).any():
             scale = np.where(ratio > 1.0, 1.0 / np.sqrt(np.maximum(ratio, 1e-300)), 1.0)
@@ -152,28 +191,27 @@ class RLSBank:
         self.P[which] = P
 
     def update(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Filters ``which`` (indices), their rows ``phi (len(which), k, n)``, the shared
+        """Filters ``which`` (increasing indices), their rows ``phi (len(which), k, n)``, the shared
         measurements ``y (k,)``; returns their a-priori innovations ``(len(which), k)``, all rows."""
         cfg, r = self.config, self.config.noise_std_nm ** 2
+        which = self._select(which)
         theta, P = self.theta[which], self.P[which]
         e, ph, keep = _gate(theta, P, phi, y, r, cfg.outlier_sigma)
-        for row, i in enumerate(which):  # the restart rule per filter (rare)
-            rls = self.filters[i]
-            if rls.record_rejections(keep[row]):
-                rls.restart()
-                theta[row], P[row] = self.theta[i], self.P[i]
-                e_i, ph_i, keep_i = _gate(theta[row:row + 1], P[row:row + 1], phi[row:row + 1], y, r, cfg.outlier_sigma)
-                e[row], ph[row], keep[row] = e_i[0], ph_i[0], keep_i[0]
+        restart = self.record_rejections(which, keep)
+        for row in np.flatnonzero(restart):  # the restart rule per filter (rare)
+            i = self._all[which][row]
+            self.filters[i].restart()
+            theta[row], P[row] = self.theta[i], self.P[i]
+            e_i, ph_i, keep_i = _gate(theta[row:row + 1], P[row:row + 1], phi[row:row + 1], y, r, cfg.outlier_sigma)
+            e[row], ph[row], keep[row] = e_i[0], ph_i[0], keep_i[0]
         mask = keep[:, :, None]
         phi_k, ph_k = phi * mask, ph * mask
         s = ph_k @ phi_k.transpose(0, 2, 1)
         s[:, np.arange(s.shape[1]), np.arange(s.shape[1])] += r
         gain_t = np.linalg.solve(s, ph_k)  # (P phi^T S^-1)^T
-        self.theta[which] = theta + np.einsum("lkn,lk->ln", gain_t, e * keep)
-        self.P[which] = P - np.einsum("lkn,lkm->lnm", gain_t, ph_k)
-        for row, i in enumerate(which):
-            if keep[row].any():
-                self.filters[i].updates += 1
+        self.theta[which] = theta + ((e * keep)[:, None, :] @ gain_t)[:, 0]
+        self.P[which] = P - gain_t.transpose(0, 2, 1) @ ph_k
+        self.updates[which] += keep.any(axis=1)
         return e
 
     def step(self, which: np.ndarray, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -184,9 +222,8 @@ class RLSBank:
 
 class RLS:
     """One RLS filter with forgetting, a prior and innovation gating; the 6 rows of one step in
-    one block update (rows whose innovation fails the gate are dropped first). Its arithmetic is
-    its :class:`RLSBank`'s (a bank of one when built alone); it keeps its own record of rejected
-    rows and restarts."""
+    one block update (rows whose innovation fails the gate are dropped first). Its arithmetic and
+    its record of rejected rows are its :class:`RLSBank`'s (a bank of one when built alone)."""
 
     def __init__(self, theta0: np.ndarray, p0_std: np.ndarray, config: EstimatorConfig,
                  bank: RLSBank | None = None, index: int = 0):
@@ -200,30 +237,23 @@ class RLS:
         self.theta[:] = self.theta0
         self.P[:] = np.diag(self.P0_diag)
         self.config = config
-        self.rejected = 0
-        self.updates = 0
         self.restarts = 0
-        self._recent: deque[np.ndarray] = deque(maxlen=config.restart_window_steps)  # rejected rows per step
-        self._recent_count: np.ndarray | int = 0  # their sum per row
+
+    @property
+    def rejected(self) -> int:
+        """Rows gated out so far."""
+        return int(self._bank.rejected[self._index[0]])
+
+    @property
+    def updates(self) -> int:
+        """Steps in which at least one row was accepted."""
+        return int(self._bank.updates[self._index[0]])
 
     def restart(self) -> None:
         self.theta[:] = self.theta0
         self.P[:] = np.diag(self.P0_diag)
-        self._recent.clear()
-        self._recent_count = 0
+        self._bank.clear_record(self._index[0])
         self.restarts += 1
-
-    def record_rejections(self, keep: np.ndarray) -> bool:
-        """Count this step's gated rows; True if the filter must restart (most of a joint's rows
-        rejected over the window)."""
-        bad = (~keep).astype(int)
-        self.rejected += int(bad.sum())
-        # Rejections per row over the window, kept as a running count (this is the control loop).
-        if len(self._recent) == self._recent.maxlen:
-            self._recent_count = self._recent_count - self._recent[0]
-        self._recent.append(bad)
-        self._recent_count = self._recent_count + bad
-        return len(self._recent) == self._recent.maxlen and bool((2 * self._recent_count > len(self._recent)).any())
 
     def update(self, phi: np.ndarray, y: np.ndarray) -> np.ndarray:
         """One block of rows ``phi (k x n)``, measurements ``y (k,)``; returns the a-priori
