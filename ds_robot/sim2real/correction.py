@@ -23,7 +23,9 @@ Correction starts after ``warmup_steps`` (the estimate needs some motion first).
 identified latency is compensated (``compensate_latency``, on by default; :meth:`CorrectedController.ahead`):
 a command sent now acts ``L`` steps later, so the wrapped controller is shown the joint state
 the corrected model predicts for then, rolled forward from the measurement under the ``L``
-commands already in flight (a Smith predictor). Measured by ``bench sim2real`` against
+commands already in flight (a Smith predictor). Only a latency the data are clear about is
+compensated (:meth:`CorrectedController.latency_to_compensate`): under velocity noise the
+estimator names 1 or 2 steps in most steps of a world without latency. Measured, before that gate by ``bench sim2real`` against
 ``--no-latency-compensation`` (60 realistic test-set episodes per row; BENCHMARKS.md, part 3):
 hier success 0.883 -> 0.933 (shifted), 0.917 -> 0.933 (unmodelled), 0.933 -> 1.000 (pybullet),
 energy 128 -> 45, 57 -> 43, 235 -> 43 J; the price: the corrected model's one-step prediction
