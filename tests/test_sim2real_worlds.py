@@ -197,10 +197,11 @@ def test_the_estimator_helps_outside_its_class_but_is_not_exact_there(world):
     seeds, noise-free velocities and the finite-difference regressor. In the shifted world with the
     true parameters the model is exact to ~1e-6 (test_sim2real); in these worlds no parameter value
     of the estimator's class is (another engine, or physics the class lacks), so the ratio is
-    finite: measured 3.1, 2.7, 3.5 (unmodelled) and 3.2, 4.0, 2.1 (pybullet); issue 15's goal,
-    >= 3x, is for bench sim2real."""
+    finite: measured with the published-magnitude priors (estimator.PRIOR_STD) 3.1, 2.7, 3.5
+    (unmodelled) and 2.0, 4.0, 2.1 (pybullet; 3.2, 4.0, 2.1 with the earlier, narrower damping and
+    friction priors); issue 15's goal, >= 3x, is for bench sim2real."""
     ratios = [_prediction_ratio(seed, world=world, config=EstimatorConfig(filter_hz=None)) for seed in range(3)]
-    assert min(ratios) > 1.8 and np.median(ratios) > 2.3, ratios
+    assert min(ratios) > 1.8 and np.median(ratios) > 2.0, ratios
     assert max(ratios) < 20, ratios  # an in-class world reaches 28.8 on this motion (shifted, no latency)
 
 
@@ -208,10 +209,12 @@ def test_the_estimator_helps_outside_its_class_but_is_not_exact_there(world):
 def test_with_noisy_velocities_the_filtered_estimator_still_helps(world):
     """The same motion with 0.01 rad/s of velocity noise on what the estimator sees (the realistic
     task's joint sensors), the models scored on the clean velocities. The default low-pass
-    regressor keeps its noise-free quality (measured 2.3, 2.7, 2.8 unmodelled; 2.1, 2.8, 1.6
-    pybullet; noise-free with the filter: 2.3, 2.8, 2.7 and 2.2, 2.8, 1.6)."""
+    regressor keeps most of its noise-free quality. Measured with the published-magnitude priors
+    (estimator.PRIOR_STD): unmodelled 2.3, 3.3, 2.0 (2.3, 2.7, 2.8 with the earlier,
+    narrower damping and friction priors), pybullet 1.7, 2.7, 1.1 (earlier 2.1, 2.8, 1.6): the wider
+    friction prior costs the third seed most of its gain. The do-nothing estimator is 1 on every seed."""
     ratios = [_prediction_ratio(seed, world=world, noise_std=0.01) for seed in range(3)]
-    assert min(ratios) > 1.4 and np.median(ratios) > 2.0, ratios
+    assert min(ratios) > 1.1 and np.median(ratios) > 1.6, ratios
 
 
 def test_with_noisy_velocities_finite_differences_do_worse_than_nothing():

@@ -80,7 +80,24 @@ GRAVITY_UP = np.array([0.0, 0.0, 9.81])
 N_PARAMS = 4 * N_ARM_JOINTS + 1
 SLICES = {"gain": slice(0, 6), "damping": slice(6, 12), "friction": slice(12, 18), "armature": slice(18, 24),
           "payload_kg": slice(24, 25)}
-PRIOR_STD = {"gain": 0.2, "damping": 1.5, "friction": 0.6, "armature": 0.08, "payload_kg": 0.4}
+# Prior standard deviations (per joint where a list), from what is published about arms of this
+# class, not from the simulated worlds' ranges:
+# - gain 0.2: the current-to-torque path of a joint: a servo motor's torque constant has a +-10%
+#   datasheet tolerance (e.g. Beckhoff AM8100 technical data) and drops 0.1-0.2 %/K with magnet
+#   temperature (FANUC alpha-i descriptions, B-65262EN/03 sec. 3), and a harmonic drive's efficiency
+#   moves with load, speed and temperature (Harmonic Drive CSD-2A engineering data, sec. 4.3.1:
+#   78% at rated torque, 73% at 57% of it);
+# - damping (N m s/rad) and friction (N m): the friction a torque command meets on a UR e-Series
+#   is what the controller's own compensation leaves: by default it compensates 80-90% of the
+#   viscous and 70-80% of the Coulomb friction (ur_msgs/FrictionModelParameters, docs.ros.org,
+#   the UR ROS 2 driver's defaults), of joint friction identified on a UR10e at fv 21/20/10/3.6/2.5/3.0
+#   N m s/rad and fc 12.6/13.3/5.0/2.0/2.7/2.3 N m (Mamedov et al., Front. Robot. AI 2020; code
+#   shamilmamedov/dynamic_calibration, UR10E_parameters.txt; the UR5e's joints are a size smaller,
+#   so these are an upper side): 10-20% and 20-30% of those;
+# - armature 0.08 kg m^2 and payload 0.4 kg: no public per-unit source found (the payload's range is
+#   the tool's, not the 5 kg rated payload: a datasheet-wide payload prior was measured worse, BENCHMARKS.md).
+PRIOR_STD = {"gain": 0.2, "damping": [3.0, 3.0, 2.0, 0.7, 0.5, 0.6], "friction": [3.0, 3.0, 1.5, 0.6, 0.8, 0.7],
+             "armature": 0.08, "payload_kg": 0.4}
 # The object in the hand (``OnlineEstimator.load``): from nothing to the arm's rated payload
 # (UR5e: 5 kg, UR5e datasheet), so a wide prior around 0.
 LOAD_PRIOR_STD_KG = 1.5
@@ -404,7 +421,8 @@ class OnlineEstimator:
         self._mass, self._bias = np.zeros((m.nv, m.nv)), np.zeros(m.nv)
         theta0 = np.zeros(N_PARAMS)
         theta0[SLICES["gain"]] = 1.0
-        p0 = np.concatenate([np.full(s.stop - s.start, PRIOR_STD[k]) for k, s in SLICES.items()])
+        p0 = np.concatenate([np.broadcast_to(np.asarray(PRIOR_STD[k], dtype=float), (s.stop - s.start,))
+                             for k, s in SLICES.items()])
         self.bank = RLSBank(len(self.config.latencies), theta0, p0, self.config)
         self.filters = dict(zip(self.config.latencies, self.bank.filters, strict=True))
         # the load in the hand: a point mass on the payload column, on the residual of the arm's
