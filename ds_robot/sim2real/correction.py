@@ -25,12 +25,22 @@ a command sent now acts ``L`` steps later, so the wrapped controller is shown th
 the corrected model predicts for then, rolled forward from the measurement under the ``L``
 commands already in flight (a Smith predictor). Only a latency the data are clear about is
 compensated (:meth:`CorrectedController.latency_to_compensate`): under velocity noise the
-estimator names 1 or 2 steps in most steps of a world without latency. Measured, before that gate by ``bench sim2real`` against
-``--no-latency-compensation`` (60 realistic test-set episodes per row; BENCHMARKS.md, part 3):
-hier success 0.883 -> 0.933 (shifted), 0.917 -> 0.933 (unmodelled), 0.933 -> 1.000 (pybullet),
-energy 128 -> 45, 57 -> 43, 235 -> 43 J; the price: the corrected model's one-step prediction
-ratio falls (true state, shifted 5.4x -> 3.5x) and on the nominal world two hier episodes of 60
-are lost (1.000 / 40 J -> 0.967 / 58 J): a latency misidentified there is compensated too.
+estimator names 1 or 2 steps in most steps of a world without latency, and compensating that
+cost nominal-world grasps. Measured by ``bench sim2real`` (60 realistic test-set episodes per
+row; BENCHMARKS.md, parts 3 and 4), hier with correction, success / energy:
+
+=============  =================  ===================  ==============================
+world          no compensation    compensation         compensation gated (shipped)
+=============  =================  ===================  ==============================
+nominal        1.000 / 40 J       0.967 / 58 J         0.983-1.000 / 39-40 J
+shifted        0.883 / 128 J      0.933 / 45 J         0.900-0.917 / 50-52 J
+unmodelled     0.917 / 57 J       0.933 / 43 J         0.950-0.967 / 43-44 J
+pybullet       0.933 / 235 J      1.000 / 43 J         0.983 / 47-53 J
+=============  =================  ===================  ==============================
+
+and the corrected model's one-step prediction ratio (true state, 1.5-2 s) on unmodelled /
+pybullet: 4.29x / 3.23x without compensation, 2.92x / 2.68x ungated, 3.21-3.24x / 3.13-3.14x gated
+(the two gated runs: before and after the estimator's published-magnitude priors).
 Cost per step: the estimator's update plus a few NumPy operations (``cost_s``), and ``L``
 control periods of the arm model's ``mj_step`` for the compensation.
 """
