@@ -379,7 +379,8 @@ def test_node_refuses_bad_parameters(ros):
                         (["-p", "rate_hz:=50.0"], "policy_rate_hz"),
                         (["-p", "command_interface:=velocity", "-p", "correction:=true"], "needs command_interface effort"),
                         (["-p", "controller:=none", "-p", "correction:=true"], "correction needs a controller"),
-                        (["-p", "diagnostics_period_s:=0.0"], "diagnostics_period_s must be > 0")):
+                        (["-p", "diagnostics_period_s:=0.0"], "diagnostics_period_s must be > 0"),
+                        (["-p", "correction_latency_evidence:=0.5"], "latency_evidence_ratio must be")):
         proc = ros.start("policy_node", *args)
         assert proc.wait(timeout=60) == 2
         assert match in ros.log(proc), ros.log(proc)

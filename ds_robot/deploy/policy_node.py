@@ -15,7 +15,9 @@ arm's motor gains, damping, friction, armature and payload from the measured joi
 the torques sent, written into the controller's MuJoCo model every policy step. The estimate
 restarts from the nominal model on ``~/reset``. ``correction_filter_hz`` (default 4.0) is the
 estimator's low-pass for noisy joint velocities; 0.0 selects finite differences, for
-noise-free velocities only (a simulated arm).
+noise-free velocities only (a simulated arm). ``correction_latency_evidence`` (default 1.25) is
+how much better the identified command latency must explain the data than no latency before it
+is compensated (1.0: always; sim2real/correction.py).
 
 Parameters are checked when set: a ``ros2 param set`` of a safety limit or timeout
 (``max_torque_fraction``, ``max_velocity_rad_s``, ``joint_limit_margin_rad``,
@@ -142,6 +144,10 @@ class PolicyNode(Node):
 
         # checked whether or not correction is on: an impossible value is refused, not ignored
         estimator = EstimatorConfig(filter_hz=float(p("correction_filter_hz", EstimatorConfig().filter_hz).value) or None)
+        from ds_robot.sim2real.correction import LATENCY_EVIDENCE_RATIO, check_latency_evidence_ratio
+
+        latency_evidence = check_latency_evidence_ratio(float(p("correction_latency_evidence",
+                                                                LATENCY_EVIDENCE_RATIO).value))
         # trigger "joint_states": a control step runs as each joint state arrives (the driver
         # publishes at the control rate), the timer only covers silence (watchdog). "timer":
         # steps on the timer alone, one executor round after the state arrived.
@@ -155,7 +161,8 @@ class PolicyNode(Node):
             raise ConfigError("correction needs command_interface effort: it identifies the arm from the "
                               "torques it sends")
 
-        self.controller = self._controller(kind, policy, runtime, correction, estimator if correction else None)
+        self.controller = self._controller(kind, policy, runtime, correction, estimator if correction else None,
+                                           latency_evidence)
         self.corrected = self.controller if correction else None
         self.idle = kind == "none"
         self.core = ControlCore(self.config, self.controller)
@@ -220,7 +227,7 @@ class PolicyNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     def _controller(self, kind: str, policy: str, runtime: str, correction: bool,
-                    estimator=None) -> Controller:
+                    estimator=None, latency_evidence: float | None = None) -> Controller:
         if kind not in NODE_CONTROLLERS:
             raise ConfigError(f"controller {kind!r}: choose {', '.join(NODE_CONTROLLERS)}")
         if kind == "none":
@@ -230,7 +237,7 @@ class PolicyNode(Node):
         hier = {"policy": policy, "runtime": runtime} if kind == "hier" else {}  # scripted: no policy to run
         return build_controller(kind, variant=self.config.ur_type, control_dt_s=1.0 / self.config.policy_rate_hz,
                                 correction=correction, max_torque_fraction=self.config.max_torque_fraction, **hier,
-                                **({"config": estimator} if estimator else {}))
+                                **({"config": estimator, "latency_evidence_ratio": latency_evidence} if estimator else {}))
 
     def now_s(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9

@@ -72,6 +72,14 @@ HOLD_MIN_OPENING_M, HOLD_SQUEEZE_M = 0.004, 0.001
 LATENCY_EVIDENCE_RATIO = 1.25
 
 
+def check_latency_evidence_ratio(ratio: float) -> float:
+    """``ratio`` if it can be a latency evidence ratio (finite, >= 1), else ``ConfigError``."""
+    if not (isinstance(ratio, int | float) and math.isfinite(ratio) and ratio >= 1.0):
+        raise ConfigError(f"latency_evidence_ratio must be a finite ratio >= 1 (1: compensate whatever latency is "
+                          f"identified), got {ratio!r}")
+    return float(ratio)
+
+
 class CorrectedController(Controller):
     """``controller`` under online correction: it must declare the ``robot_model`` it computes
     its torques with (the scripted and hierarchical controllers do; a model-free one cannot be
@@ -93,10 +101,7 @@ class CorrectedController(Controller):
         self.hold_while_grasping = hold_while_grasping
         self.track_prediction = track_prediction
         self.compensate_latency = compensate_latency
-        if not (math.isfinite(latency_evidence_ratio) and latency_evidence_ratio >= 1.0):
-            raise ConfigError(f"latency_evidence_ratio must be a finite ratio >= 1 (1: compensate whatever latency is "
-                              f"identified), got {latency_evidence_ratio!r}")
-        self.latency_evidence_ratio = latency_evidence_ratio
+        self.latency_evidence_ratio = check_latency_evidence_ratio(latency_evidence_ratio)
         self._sent: deque[np.ndarray] = deque(maxlen=8)  # the last commands sent (N m), newest last
         self._ahead: ModelPredictor | None = None  # the model the latency compensation rolls forward
         gripper = default_description().gripper
