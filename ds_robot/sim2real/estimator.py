@@ -80,6 +80,11 @@ GRAVITY_UP = np.array([0.0, 0.0, 9.81])
 N_PARAMS = 4 * N_ARM_JOINTS + 1
 SLICES = {"gain": slice(0, 6), "damping": slice(6, 12), "friction": slice(12, 18), "armature": slice(18, 24),
           "payload_kg": slice(24, 25)}
+_ROWS = np.arange(N_ARM_JOINTS)
+_GAIN_COLS = SLICES["gain"].start + _ROWS
+# the filtered regressor's per-joint columns (damping, friction, armature), in one index
+_DIAG_ROWS = np.tile(_ROWS, 3)
+_DIAG_COLS = np.concatenate([SLICES[k].start + _ROWS for k in ("damping", "friction", "armature")])
 # Prior standard deviations (per joint where a list), from what is published about arms of this
 # class, not from the simulated worlds' ranges:
 # - gain 0.2: the current-to-torque path of a joint: a servo motor's torque constant has a +-10%
@@ -528,7 +533,6 @@ class OnlineEstimator:
             else:  # both sides of the dynamics through the same low-pass (see _step_filters)
                 phi, tau_nom = self._filtered_regressor()
                 commands, count, settle = self._filtered_commands, self._filtered_count, self._settle_filtered
-            rows, gain_cols = np.arange(N_ARM_JOINTS), SLICES["gain"].start + np.arange(N_ARM_JOINTS)
             # the applied command's index < settle steps: that candidate adds no rows yet
             which = [i for i, lat in enumerate(self.config.latencies) if count > lat + settle]
             if holding:
@@ -537,8 +541,8 @@ class OnlineEstimator:
                     self._update_load(phi, tau_nom, commands[-1 - lat], self.filters[lat].theta)
             elif which:
                 phis = np.repeat(phi[None], len(which), axis=0)
-                for row, i in enumerate(which):  # only the command column differs
-                    phis[row][rows, gain_cols] = commands[-1 - self.config.latencies[i]]
+                # only the command column differs: each candidate's applied command
+                phis[:, _ROWS, _GAIN_COLS] = [commands[-1 - self.config.latencies[i]] for i in which]
                 restarts = [self.bank.filters[i].restarts for i in which]
                 errors = np.sum(self.bank.step(np.array(which), phis, tau_nom) ** 2, axis=1)
                 for row, i in enumerate(which):
@@ -648,10 +652,8 @@ class OnlineEstimator:
         n, f = N_ARM_JOINTS, self._lowpass
         y, dy = f.y, f.dy
         phi = np.zeros((n, N_PARAMS))
-        rows = np.arange(n)
-        phi[rows, SLICES["damping"].start + rows] = -y[2 * n:3 * n]
-        phi[rows, SLICES["friction"].start + rows] = -y[3 * n:4 * n]
-        phi[rows, SLICES["armature"].start + rows] = -dy[2 * n:3 * n]
+        # damping: filtered qd; friction: filtered sign; armature: filtered qdd (all negated)
+        phi[_DIAG_ROWS, _DIAG_COLS] = -np.concatenate([y[2 * n:4 * n], dy[2 * n:3 * n]])
         phi[:, SLICES["payload_kg"].start] = -(dy[4 * n:5 * n] + y[5 * n:6 * n])
         return phi, dy[:n] + y[n:2 * n]
 
