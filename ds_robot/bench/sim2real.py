@@ -7,7 +7,9 @@ Per world (``nominal``, ``shifted``, ``unmodelled``: physics outside the estimat
 randomisation, ``models/policies/grasp_hier_dr.npz``; ``both``), ``seeds`` x
 ``episodes`` episodes (the same episode seeds, hence the same hidden shifts, for every mode):
 success (Wilson 95% CI), time to lift, energy, control-step time; with correction also the
-estimator's cost per step (``estimator_us``), the one-step joint-velocity prediction error of
+estimator's cost per step (``estimator_us``, mean and P99 pooled over the row's steps; the
+whole correction's, ``correction_us``; and the same for a row ``hier_shifted_correction_alone``
+run after the others with nothing else on the machine, which the cost goals are judged on), the one-step joint-velocity prediction error of
 the nominal model against the corrected one (``pred_error_ratio_2s``: RMS over 1.5–2.0 s of
 each episode, nominal / corrected, median over episodes; > 1 means the correction predicts
 better), and on the shifted world the estimate's error against the hidden truth at 2 s, before

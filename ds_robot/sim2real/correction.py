@@ -27,20 +27,21 @@ commands already in flight (a Smith predictor). Only a latency the data are clea
 compensated (:meth:`CorrectedController.latency_to_compensate`): under velocity noise the
 estimator names 1 or 2 steps in most steps of a world without latency, and compensating that
 cost nominal-world grasps. Measured by ``bench sim2real`` (60 realistic test-set episodes per
-row; BENCHMARKS.md, parts 3 and 4), hier with correction, success / energy:
+row; BENCHMARKS.md, part 4), hier with correction, on the same code and episodes
+(``--no-latency-compensation`` for the first column), success / energy / one-step prediction
+ratio from the true state (1.5-2 s):
 
-=============  =================  ===================  ==============================
-world          no compensation    compensation         compensation gated (shipped)
-=============  =================  ===================  ==============================
-nominal        1.000 / 40 J       0.967 / 58 J         0.983-1.000 / 39-40 J
-shifted        0.883 / 128 J      0.933 / 45 J         0.900-0.917 / 50-52 J
-unmodelled     0.917 / 57 J       0.933 / 43 J         0.950-0.967 / 43-44 J
-pybullet       0.933 / 235 J      1.000 / 43 J         0.983 / 47-53 J
-=============  =================  ===================  ==============================
+=============  ========================  ===========================
+world          no compensation           gated compensation (shipped)
+=============  ========================  ===========================
+nominal        0.983 / 40 J              0.983 / 40 J
+shifted        0.867 / 111 J / 5.48x     0.900 / 50 J / 3.89x
+unmodelled     0.883 / 93 J / 4.07x      0.950 / 44 J / 3.21x
+pybullet       0.967 / 257 J / 3.15x     0.983 / 53 J / 3.14x
+=============  ========================  ===========================
 
-and the corrected model's one-step prediction ratio (true state, 1.5-2 s) on unmodelled /
-pybullet: 4.29x / 3.23x without compensation, 2.92x / 2.68x ungated, 3.21-3.24x / 3.13-3.14x gated
-(the two gated runs: before and after the estimator's published-magnitude priors).
+Ungated (part 3, older code): nominal 0.967 / 58 J, and ratios of 2.92x / 2.68x on unmodelled /
+pybullet.
 Cost per step: the estimator's update plus a few NumPy operations (``cost_s``), and ``L``
 control periods of the arm model's ``mj_step`` for the compensation.
 """

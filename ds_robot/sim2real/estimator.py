@@ -690,9 +690,10 @@ class OnlineEstimator:
         return {k: rel[s] for k, s in SLICES.items()}
 
     def estimate(self) -> dict:
-        theta = self.filters[self.latency_steps].theta
+        latency = self.latency_steps
+        theta = self.filters[latency].theta
         out = {k: theta[s].copy() for k, s in SLICES.items()}
         out["payload_kg"] = float(out["payload_kg"][0])
-        out["latency_steps"] = self.latency_steps
+        out["latency_steps"] = latency
         out["load_kg"] = float(self.load.theta[0]) if self.holding else 0.0
         return out
