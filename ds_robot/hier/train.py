@@ -9,7 +9,8 @@ Two learners share one stream of experience from ``HierGraspEnv`` (``n_envs`` en
   decision kept: the reward from the decision to the next one (without the skills' residual
   regulariser; undiscounted inside the episode) plus the best option's value there, or to the
   episode's end after the last (Q-learning over options; ``update_planner`` says why not the
-  Monte-Carlo return or PPO); it explores with
+  Monte-Carlo return or PPO), the mean of ``planner_heads`` independently initialised value
+  networks; it explores with
   ``(1 - eps) softmax(Q / T) + eps / k`` and the exported policy's logits are ``Q / T`` (the run
   time takes the argmax). One decision per attempt: the first, and each re-plan after a missed
   grasp or an empty lifted hand;
@@ -96,6 +97,9 @@ class HierTrainConfig:
     # plus the best option's value there (Q-learning over options); "mc", the return to the
     # episode's end under the exploring policy (runs before round 6)
     planner_target: str = "q"
+    # independently initialised value networks trained on the same decisions (each its own
+    # minibatches); the planner's value is their mean (a deep ensemble: Update_planner says why)
+    planner_heads: int = 1
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
@@ -124,7 +128,8 @@ class HierTrainConfig:
                   "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
-                  "planner_steps": self.planner_steps >= 1, "planner_minibatch": self.planner_minibatch >= 1,
+                  "planner_steps": self.planner_steps >= 1,
+                  "planner_heads": 1 <= self.planner_heads <= 32, "planner_minibatch": self.planner_minibatch >= 1,
                   "planner_buffer": self.planner_buffer >= self.planner_batch,
                   "planner_temperature": self.planner_temperature > 0, "planner_epsilon": 0 <= self.planner_epsilon < 1,
                   "total_steps": self.total_steps >= 1,
@@ -148,21 +153,32 @@ class HierTrainConfig:
 
 class Planner(nn.Module):
     """The value of each option, ``Q(s, o)``: the return expected from choosing ``o`` in ``s`` (and
-    acting as the current policy does afterwards). Inputs are scaled by ``feature_scale`` first
-    (the export folds the scales into the first layer: ``x diag(s) W = x (diag(s) W)``)."""
+    acting as the current policy does afterwards), the mean of ``heads`` independently
+    initialised MLPs. Inputs are scaled by ``feature_scale`` first (the export folds the scales
+    into the first layer: ``x diag(s) W = x (diag(s) W)``, and the heads into one wider MLP)."""
 
-    def __init__(self, obs_dim: int, n_options: int, fields=PLANNER_FIELDS):
+    def __init__(self, obs_dim: int, n_options: int, fields=PLANNER_FIELDS, heads: int = 1):
         super().__init__()
-        self.q = mlp([obs_dim, 64, 64, n_options], out_gain=0.01)
+        self.heads = nn.ModuleList(mlp([obs_dim, 64, 64, n_options], out_gain=0.01) for _ in range(heads))
         self.register_buffer("scale", torch.as_tensor(feature_scale(fields)))
 
+    def all_heads(self, obs: torch.Tensor) -> torch.Tensor:
+        """Every head's values, ``(..., heads, options)``."""
+        x = obs * self.scale
+        return torch.stack([head(x) for head in self.heads], dim=-2)
+
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.q(obs * self.scale)
+        return self.all_heads(obs).mean(dim=-2)
 
     def behaviour(self, obs: torch.Tensor, temperature: float, epsilon: float) -> Categorical:
         """The exploring policy: ``(1 - eps) softmax(Q / T) + eps / k``."""
         probs = torch.softmax(self(obs) / temperature, dim=-1)
         return Categorical(probs=(1 - epsilon) * probs + epsilon / probs.shape[-1])
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        # checkpoints from before the heads hold one network under "q."
+        state = {("heads.0." + k[2:] if k.startswith("q.") else k): v for k, v in state.items()}
+        return super().load_state_dict(state, strict=strict, assign=assign)
 
 
 def _decision(d) -> tuple:
@@ -182,6 +198,32 @@ def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None, output
         weights[0] *= np.asarray(input_scale, dtype=np.float64)[:, None]
     weights[-1] *= output_scale
     biases[-1] *= output_scale
+    return NumpyMLP(weights, biases)
+
+
+def _ensemble_numpy_mlp(heads, input_scale: np.ndarray, output_scale: float = 1.0) -> NumpyMLP:
+    """The mean of ``heads`` (same-shaped ``nn.Sequential`` MLPs) as one wider MLP: the first layers
+    side by side, the hidden ones block-diagonal, the last ones stacked and averaged. One head
+    gives that head's MLP exactly."""
+    parts = [_numpy_mlp(h, input_scale, output_scale) for h in heads]
+    k, n = len(parts), len(parts[0].weights)
+    weights, biases = [], []
+    for i in range(n):
+        ws, bs = [p.weights[i] for p in parts], [p.biases[i] for p in parts]
+        if i == n - 1:
+            weights.append(np.vstack(ws) / k)
+            biases.append(np.mean(bs, axis=0))
+        elif i == 0:
+            weights.append(np.hstack(ws))
+            biases.append(np.concatenate(bs))
+        else:
+            block = np.zeros((sum(w.shape[0] for w in ws), sum(w.shape[1] for w in ws)))
+            r = c = 0
+            for w in ws:
+                block[r:r + w.shape[0], c:c + w.shape[1]] = w
+                r, c = r + w.shape[0], c + w.shape[1]
+            weights.append(block)
+            biases.append(np.concatenate(bs))
     return NumpyMLP(weights, biases)
 
 
@@ -217,7 +259,7 @@ class HierTrainer:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
                                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
         box = gym.spaces.Box(-1.0, 1.0, shape=(RESIDUAL_SIZE,), dtype=np.float32)
-        self.planner = Planner(HIER_OBS_SIZE, len(self.options), cfg.planner_fields)
+        self.planner = Planner(HIER_OBS_SIZE, len(self.options), cfg.planner_fields, cfg.planner_heads)
         self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
         with torch.no_grad():
             for skill in self.skills:
@@ -383,7 +425,16 @@ class HierTrainer:
         decisions, ~1.7 a second on 2 cores, and on-policy updates use each once (A2C) or for a
         few epochs (PPO); four runs of those collapsed onto one option within minutes, the same
         for every object. Regressing option values on every decision kept, many times over, uses
-        each many times."""
+        each many times.
+
+        With ``planner_heads`` > 1 every head regresses on its own minibatches, toward the reward
+        to the next decision plus its own value, there, of the option the ensemble's mean would
+        choose (selection by the mean, evaluation by each head, as in double Q-learning); the
+        planner's value is the heads' mean. One network's option values swing between episodes
+        of the same object by more than the gap between its best two options (``planner_spread``)
+        and its training seed decided 5-7 points on the test set (round 7); independently
+        initialised heads disagree where the decisions do not pin the values down, and their
+        mean is steadier there (a deep ensemble, Lakshminarayanan et al. 2017)."""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
@@ -394,25 +445,35 @@ class HierTrainer:
         features = torch.as_tensor(np.stack([d[0] for d in buffer]))
         options = torch.as_tensor([d[1] for d in buffer])
         returns = torch.as_tensor([d[2] for d in buffer], dtype=torch.float32)
-        targets = returns
+        heads = len(self.planner.heads)
+        targets = returns[:, None].repeat(1, heads)  # (decisions, heads)
         if cfg.planner_target == "q":
-            targets = torch.as_tensor([d[3] for d in buffer], dtype=torch.float32)
+            targets = torch.as_tensor([d[3] for d in buffer], dtype=torch.float32)[:, None].repeat(1, heads)
             later = [k for k, d in enumerate(buffer) if d[4] is not None]
             if later:
-                with torch.no_grad():
-                    best = self.planner(torch.as_tensor(np.stack([buffer[k][4] for k in later]))).max(dim=1).values
+                with torch.no_grad():  # each head's value of the option the ensemble would choose there
+                    after = self.planner.all_heads(torch.as_tensor(np.stack([buffer[k][4] for k in later])))
+                    greedy = after.mean(dim=1).argmax(dim=1)
+                    best = after.gather(2, greedy[:, None, None].expand(-1, heads, 1)).squeeze(2)
+                    # no value beyond the returns seen: unvisited options' extrapolated values
+                    # (+1.25 and -5.9 where a return lies in about [-1.5, 1]) would propagate back
+                    best = best.clamp(float(returns.min()), float(returns.max()))
                 targets[torch.as_tensor(later)] += best
         params = list(self.planner.parameters())
+        scaled = features * self.planner.scale
         stats: dict = {}
         for _ in range(cfg.planner_steps):
-            idx = torch.as_tensor(self.rng.integers(0, len(targets), min(cfg.planner_minibatch, len(targets))))
+            # each head its own minibatch: the heads see the same decisions in different orders
+            idx = torch.as_tensor(self.rng.integers(0, len(targets), (heads, min(cfg.planner_minibatch, len(targets)))))
 
             def loss_fn(idx=idx):
-                q = self.planner(features[idx]).gather(1, options[idx, None]).squeeze(1)
-                loss = ((q - targets[idx]) ** 2).mean()
-                return loss, {"planner_q_error": loss.item()}
+                loss = sum(((head(scaled[idx[k]]).gather(1, options[idx[k], None]).squeeze(1) - targets[idx[k], k]) ** 2).mean()
+                           for k, head in enumerate(self.planner.heads))
+                return loss, {"planner_q_error": loss.item() / heads}
 
-            stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler, cfg.max_grad_norm, cfg.amp)
+            # the heads' gradients are independent: the norm bound grows as the root of their number
+            stats = optimize_step(loss_fn, self.planner_opt, params, self.planner_scaler,
+                                  cfg.max_grad_norm * math.sqrt(heads), cfg.amp)
         with torch.no_grad():
             recent = features[-cfg.planner_batch:]
             entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon).entropy().mean()
@@ -476,8 +537,8 @@ class HierTrainer:
 
     def export(self, meta: dict | None = None) -> HierPolicy:
         # logits Q / T: the run time's argmax picks the highest-valued option
-        return HierPolicy(planner=_numpy_mlp(self.planner.q, self.planner.scale.numpy(),
-                                             1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
+        return HierPolicy(planner=_ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
+                                                      1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
@@ -559,6 +620,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("object_variation", False)  # and before the training variation, the sets as listed
         saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
         saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
+        saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}
