@@ -262,8 +262,9 @@ def test_the_shipped_planner_ends_on_a_gentle_grip_for_a_fragile_object_and_a_fi
     """The shipped policy on the realistic task, 6 episode seeds per object: the 0.15 kg peach
     (breaks above 6-9 N per pad) and the 1.3 kg dumbbell lifted in at least 5 of 6, each
     success ending on a grip that differs between them (gentle for the peach, firm for the
-    dumbbell). A constant planner crushes the one or slips the other every time; the shipped
-    one (runs/r7/q_s1) crushes the peach on seed 0 (probe, then the full grip) and lifts the rest."""
+    dumbbell). A constant planner crushes the one or slips the other every time; the round-7
+    planner (runs/r7/q_s1) crushed the peach on seed 0 (probe, then the full grip); the shipped
+    one (runs/r9/h1_s1) lifts all 12."""
     from ds_robot.deploy.controllers import controller_for_env
     from ds_robot.paths import policies_dir
 
