@@ -409,3 +409,20 @@ def test_the_in_hand_choice_follows_the_weighed_payload(heads, fields):
         assert right >= 0.95 if fields is None else right < 0.7, right
     finally:
         trainer.close()
+
+
+def test_a_planner_saved_before_the_value_heads_loads_into_one_head():
+    """Checkpoints from before ``planner_heads`` hold the planner's one network under ``q.``: it
+    loads as head 0 and values every state as before."""
+    import torch
+
+    from ds_robot.hier.train import Planner
+
+    old = Planner(HIER_OBS_SIZE, 10)
+    state = {("q." + k[len("heads.0."):] if k.startswith("heads.0.") else k): v for k, v in old.state_dict().items()}
+    assert any(k.startswith("q.") for k in state)
+    new = Planner(HIER_OBS_SIZE, 10)
+    new.load_state_dict(state)
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(4, HIER_OBS_SIZE)).astype(np.float32))
+    with torch.no_grad():
+        assert torch.allclose(new(x), old(x))

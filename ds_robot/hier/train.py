@@ -98,7 +98,8 @@ class HierTrainConfig:
     # episode's end under the exploring policy (runs before round 6)
     planner_target: str = "q"
     # independently initialised value networks trained on the same decisions (each its own
-    # minibatches); the planner's value is their mean (a deep ensemble: Update_planner says why)
+    # minibatches); the planner's value is their mean (a deep ensemble: update_planner says why
+    # and what it measured)
     planner_heads: int = 1
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
@@ -413,8 +414,8 @@ class HierTrainer:
 
         The target ``y`` (``planner_target``): ``"q"`` (default), the reward from the decision to
         the next one plus ``max_o' Q(s', o')`` there (the network as it stood at the start of this
-        update; the reward to the episode's end after the last decision): Q-learning over the
-        options, so a decision's value is what the greedy run-time planner will get after it, not
+        update, clamped to the returns seen; the reward to the episode's end after the last
+        decision): Q-learning over the options, so a decision's value is what the greedy run-time planner will get after it, not
         what the exploring one got. With the Monte-Carlo return (``"mc"``, rounds 1-5), every
         decision before a probe's in-hand decision paid for that decision's exploration: 10%
         uniform choices there picked a full grip for a fragile object often enough that the
@@ -434,7 +435,14 @@ class HierTrainer:
         of the same object by more than the gap between its best two options (``planner_spread``)
         and its training seed decided 5-7 points on the test set (round 7); independently
         initialised heads disagree where the decisions do not pin the values down, and their
-        mean is steadier there (a deep ensemble, Lakshminarayanan et al. 2017)."""
+        mean is steadier there (a deep ensemble, Lakshminarayanan et al. 2017). Measured: no
+        better than one head (5 heads, seed 1: 0.925 / 0.967 on the training / test set against
+        0.983 / 0.975; BENCHMARKS.md issue 16 round 8), so the default is 1.
+
+        In the Q target, the next decision's value is clamped to the range of the returns kept:
+        an option rarely tried in some state gets whatever value the network extrapolates there
+        (the round-7 planner valued a gentle grip after weighing a 40 g box at -5.9, where no
+        return is below about -1.5), and the max over options would carry it back."""
         cfg = self.config
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
