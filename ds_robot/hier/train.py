@@ -101,6 +101,9 @@ class HierTrainConfig:
     # minibatches); the planner's value is their mean (a deep ensemble: update_planner says why
     # and what it measured)
     planner_heads: int = 1
+    # clamp the bootstrapped next-decision value to the returns kept (update_planner); False: the
+    # round-7 target, for the ablation
+    planner_value_clamp: bool = True
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     amp: bool = False  # bf16 autocast with the dynamic loss scaler (rl.amp), as the other trainers
@@ -465,7 +468,8 @@ class HierTrainer:
                     best = after.gather(2, greedy[:, None, None].expand(-1, heads, 1)).squeeze(2)
                     # no value beyond the returns seen: unvisited options' extrapolated values
                     # (+1.25 and -5.9 where a return lies in about [-1.5, 1]) would propagate back
-                    best = best.clamp(float(returns.min()), float(returns.max()))
+                    if cfg.planner_value_clamp:
+                        best = best.clamp(float(returns.min()), float(returns.max()))
                 targets[torch.as_tensor(later)] += best
         params = list(self.planner.parameters())
         scaled = features * self.planner.scale
@@ -629,6 +633,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
         saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
         saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
+        saved["config"].setdefault("planner_value_clamp", False)  # and before the clamped target
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}
