@@ -435,8 +435,9 @@ class HierTrainer:
         to the next decision plus its own value, there, of the option the ensemble's mean would
         choose (selection by the mean, evaluation by each head, as in double Q-learning); the
         planner's value is the heads' mean. One network's option values swing between episodes
-        of the same object by more than the gap between its best two options (``planner_spread``)
-        and its training seed decided 5-7 points on the test set (round 7); independently
+        of the same object by more than the gap between its best two options
+        (``bench.grasp.planner_value_spread``) and its training seed moved the test set by about 5
+        points (rounds 6 and 7); independently
         initialised heads disagree where the decisions do not pin the values down, and their
         mean is steadier there (a deep ensemble, Lakshminarayanan et al. 2017). Measured: no
         better than one head (5 heads, seed 1: 0.925 / 0.967 on the training / test set against
@@ -457,9 +458,9 @@ class HierTrainer:
         options = torch.as_tensor([d[1] for d in buffer])
         returns = torch.as_tensor([d[2] for d in buffer], dtype=torch.float32)
         heads = len(self.planner.heads)
-        targets = returns[:, None].repeat(1, heads)  # (decisions, heads)
+        to_next = returns if cfg.planner_target == "mc" else torch.as_tensor([d[3] for d in buffer], dtype=torch.float32)
+        targets = to_next[:, None].repeat(1, heads)  # (decisions, heads)
         if cfg.planner_target == "q":
-            targets = torch.as_tensor([d[3] for d in buffer], dtype=torch.float32)[:, None].repeat(1, heads)
             later = [k for k, d in enumerate(buffer) if d[4] is not None]
             if later:
                 with torch.no_grad():  # each head's value of the option the ensemble would choose there
@@ -633,7 +634,8 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
         saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
         saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
-        saved["config"].setdefault("planner_value_clamp", False)  # and before the clamped target
+        # and before the clamped target; runs with planner_heads (round 8) clamped before the switch existed
+        saved["config"].setdefault("planner_value_clamp", "planner_heads" in saved["config"])
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
         changed = {k: v for k, v in overrides.items()
                    if k not in ("workers", "backend", "ray_address") and getattr(config, k) != v}
