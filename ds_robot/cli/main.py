@@ -202,7 +202,8 @@ def cmd_train_grasp(args) -> int:
                              objects=str(args.objects) if args.objects else None,
                              object_variation=False if args.no_object_variation else None,
                              planner_fields=tuple(args.planner_fields.split(",")) if args.planner_fields else None,
-                             attempt_penalty=args.attempt_penalty, planner_heads=args.planner_heads)
+                             attempt_penalty=args.attempt_penalty, planner_heads=args.planner_heads,
+                             energy_weight=args.energy_weight)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
           f"{args.out / 'checkpoint.pt'}, progress {args.out / 'progress.csv'}, TensorBoard {args.out / 'tb'}")
@@ -238,9 +239,11 @@ def cmd_train(args) -> int:
     if args.env is None:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
     if (args.no_torque_features or args.randomize_physics or args.no_object_variation or args.objects is not None
-            or args.planner_fields is not None or args.attempt_penalty is not None or args.planner_heads is not None):
+            or args.planner_fields is not None or args.attempt_penalty is not None or args.planner_heads is not None
+            or args.energy_weight is not None):
         raise ConfigError("--no-torque-features, --randomize-physics, --no-object-variation, --objects, "
-                          "--planner-fields, --attempt-penalty and --planner-heads apply to train grasp")
+                          "--planner-fields, --attempt-penalty, --energy-weight and --planner-heads apply to "
+                          "train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -445,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "last_load,last_end,in_hand; names from ds_robot.hier.features)")
     p.add_argument("--attempt-penalty", type=float, default=None, metavar="R",
                    help="grasp: reward charged for each new attempt after a failed grasp (default 0.3)")
+    p.add_argument("--energy-weight", type=float, default=None, metavar="W",
+                   help="grasp: reward per joule of arm work (default 0.005; rounds 1-8 trained at 0.02)")
     p.add_argument("--planner-heads", type=int, default=None, metavar="K",
                    help="grasp: independently initialised option-value networks the planner averages (default 1)")
     _add_task_arg(p, "realistic")

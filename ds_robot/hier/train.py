@@ -41,7 +41,7 @@ from torch.distributions import Categorical
 
 from ds_robot.envs.presets import load_task
 from ds_robot.errors import ConfigError
-from ds_robot.hier.env import RESIDUAL_WEIGHT
+from ds_robot.hier.env import ENERGY_WEIGHT, RESIDUAL_WEIGHT
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
     HIER_ACTION_SIZE,
@@ -120,6 +120,8 @@ class HierTrainConfig:
     # reward charged when a failed grasp starts a new attempt (hier.env): without it a 12 N grip
     # that slips and is recovered by a full-force re-grasp scores nearly as well as the full grip
     attempt_penalty: float = 0.3
+    # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
+    energy_weight: float = ENERGY_WEIGHT
     total_steps: int = 50_000_000
     checkpoint_every_s: float = 120.0
     snapshot_every_s: float = 300.0
@@ -130,6 +132,7 @@ class HierTrainConfig:
                   "skill_lr": self.skill_lr > 0, "planner_lr": self.planner_lr > 0,
                   "planner_weight_decay": self.planner_weight_decay >= 0,
                   "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
+                  "energy_weight": math.isfinite(self.energy_weight) and self.energy_weight >= 0,
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_steps": self.planner_steps >= 1,
@@ -241,7 +244,8 @@ class HierTrainer:
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
-                      "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty}
+                      "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty,
+                      "energy_weight": cfg.energy_weight}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -634,6 +638,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("attempt_penalty", 0.0)  # and before the re-grasp cost
         saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
         saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
+        saved["config"].setdefault("energy_weight", 0.02)  # and before the energy price was lowered (round 9)
         # and before the clamped target; runs with planner_heads (round 8) clamped before the switch existed
         saved["config"].setdefault("planner_value_clamp", "planner_heads" in saved["config"])
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
