@@ -426,3 +426,58 @@ def test_a_planner_saved_before_the_value_heads_loads_into_one_head():
     x = torch.as_tensor(np.random.default_rng(0).normal(size=(4, HIER_OBS_SIZE)).astype(np.float32))
     with torch.no_grad():
         assert torch.allclose(new(x), old(x))
+
+
+def _probe_loving_policy(probe_in_hand: bool) -> HierPolicy:
+    """An untrained policy whose planner ranks the narrow probe first everywhere, then the full grip."""
+    policy = _untrained_policy()
+    k = len(policy.options)
+    bias = np.zeros(k)
+    bias[policy.options.index(GraspOption(grip_force_n=4.0, probe=True))] = 2.0
+    bias[policy.options.index(GraspOption())] = 1.0
+    planner = type(policy.planner)([np.zeros((HIER_OBS_SIZE, k))], [bias])
+    return HierPolicy(planner=planner, skills=policy.skills, options=policy.options, torque_features=True,
+                      residual_scale=policy.residual_scale, gripper_scale=policy.gripper_scale,
+                      probe_in_hand=probe_in_hand)
+
+
+def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
+    """The probes' initiation set (hier.features.available_options): at the decision after a probe
+    the planner's best available option is taken, not a second probe, at run time, in the saved
+    file and in the trainer's exploration. A policy from before (no key in its file) keeps
+    choosing among all options, as it was trained."""
+    from ds_robot.hier.train import Planner
+
+    probe, full = DEFAULT_OPTIONS.index(GraspOption(grip_force_n=4.0, probe=True)), DEFAULT_OPTIONS.index(GraspOption())
+    empty, in_hand = np.zeros(HIER_OBS_SIZE), np.zeros(HIER_OBS_SIZE)
+    in_hand[H["in_hand"]] = 1.0
+    masked, free = _probe_loving_policy(False), _probe_loving_policy(True)
+    assert list(masked.choose(np.stack([empty, in_hand]))) == [probe, full]
+    assert list(free.choose(np.stack([empty, in_hand]))) == [probe, probe]
+
+    # through the run-time controller, on an episode: the probe weighs the 60 g cube, then the full grip
+    env = UR5GraspEnv()
+    for policy, expected in ((masked, [probe, full]), (free, [probe, probe])):
+        controller = controller_for_env("hier", env, policy=policy)
+        run_episode(env, controller, 0)
+        assert controller.chosen[:2] == expected, controller.chosen
+
+    masked.save(tmp_path / "masked.npz")
+    assert HierPolicy.load(tmp_path / "masked.npz").probe_in_hand is False
+    with np.load(tmp_path / "masked.npz") as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(str(arrays.pop("header")))
+    del header["probe_in_hand"]
+    np.savez(tmp_path / "before.npz", header=np.array(json.dumps(header)), **arrays)
+    assert HierPolicy.load(tmp_path / "before.npz").probe_in_hand is True
+
+    import torch
+
+    planner = Planner(HIER_OBS_SIZE, len(DEFAULT_OPTIONS))
+    obs = np.stack([empty, in_hand]).astype(np.float32)
+    available = planner.available(obs, DEFAULT_OPTIONS, probe_in_hand=False)
+    probs = planner.behaviour(torch.as_tensor(obs), 0.1, 0.2, available).probs.detach().numpy()
+    probes = [i for i, o in enumerate(DEFAULT_OPTIONS) if o.probe]
+    assert probs[0, probes].min() > 0.01 and probs[1, probes].max() == 0.0
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    assert planner.available(obs, DEFAULT_OPTIONS, probe_in_hand=True) is None

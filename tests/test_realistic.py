@@ -316,3 +316,42 @@ def test_a_failed_grasp_that_starts_a_new_attempt_costs_the_attempt_penalty_once
     assert one_info["success"] and one_info["attempts"] == 1 and one_charged == pytest.approx(one_free, abs=1e-6)
     with pytest.raises(ValueError, match="attempt_penalty"):
         HierGraspEnv(attempt_penalty=float("nan"), **load_task("realistic").env_kwargs("train"))
+
+
+def test_weighing_a_fragile_plausible_object_first_pays_under_the_planners_reward():
+    """The planner's reward must not sell success for energy. A tool-box-sized object is fragile
+    in ~16% of training episodes (the task's training_variation); gripping it at full force
+    without weighing it wins a probe's time and energy and breaks it then. On the same episode of
+    the listed 1.2 kg tool box (no perception noise in the way: the probe, then the full grip,
+    both succeed), weighing first must return more than the full-grip gamble's best case:
+    (1 - p) x its success return - p x the drop penalty. At the rounds-1-8 energy price
+    (0.02 per J) it did not (the negative control), and trained planners gambled."""
+    from ds_robot.hier.env import ENERGY_WEIGHT, HierGraspEnv
+    from ds_robot.hier.options import DEFAULT_OPTIONS
+
+    task = load_task("realistic")
+    tool_box = next(o for o in load_object_set(task.object_set("train")).objects if o.name == "tool_box")
+    rng = np.random.default_rng(0)
+    p = np.mean([math.isfinite(task.training_variation.apply(tool_box, rng).crush_force_n) for _ in range(20_000)])
+    assert 0.1 < p < 0.25
+    probe, full = DEFAULT_OPTIONS.index(GraspOption(grip_force_n=4.0, probe=True)), DEFAULT_OPTIONS.index(GraspOption())
+
+    def episode(energy_weight: float, first: int):
+        env = HierGraspEnv(energy_weight=energy_weight, attempt_penalty=0.3, **task.env_kwargs("train"))
+        env.reset(seed=3, options={"object": "tool_box"})
+        total, done, info = 0.0, False, {}
+        while not done:
+            k = first if not env.decisions else full
+            _, reward, terminated, truncated, info = env.step(np.array([k] + [0.0] * 7, np.float32))
+            total, done = total + reward, terminated or truncated
+        assert info["success"], (energy_weight, first, info)
+        return total, env.decisions
+
+    def weighing_pays(energy_weight: float) -> bool:
+        weighed, decisions = episode(energy_weight, probe)
+        assert decisions == [probe, full]
+        gamble, _ = episode(energy_weight, full)
+        return weighed > (1 - p) * gamble - p * 1.0
+
+    assert weighing_pays(ENERGY_WEIGHT)
+    assert not weighing_pays(0.02)

@@ -85,7 +85,7 @@ def agreement(fp32, other, features: np.ndarray, decisions: np.ndarray) -> dict[
             b = np.clip(other.skills[k](features[rows]), -1, 1)
             err[rows] = np.abs(a - b)
     torque_err = err[:, :6] * fp32.residual_scale * limit
-    planner_same = (fp32.planner(features[decisions]).argmax(1) == other.planner(features[decisions]).argmax(1))
+    planner_same = fp32.choose(features[decisions]) == other.choose(features[decisions])
     # "accuracy": the share of control steps whose whole command (6 torques + gripper) is within
     # 1% of each action's range ([-1, 1] -> 0.02) of fp32's.
     within = np.all(err <= 0.02, axis=1)

@@ -52,7 +52,7 @@ class HierarchicalController(Controller):
 
     def _choose(self, obs: np.ndarray, attempt: int):
         start = time.perf_counter()
-        index = int(np.argmax(self.policy.planner(self.features)))
+        index = int(self.policy.choose(self.features))
         self.planning_latency_s.append(time.perf_counter() - start)
         self.chosen.append(index)
         return self.policy.options[index]

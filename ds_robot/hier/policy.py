@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ds_robot.errors import ConfigError
-from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS
+from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS, available_options, best_available
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
 from ds_robot.hier.quantize import dequantize, quantize
 
@@ -72,6 +72,9 @@ class HierPolicy:
     variant: str = "ur5e"
     meta: dict = field(default_factory=dict)  # how it was trained: command, steps, metrics
     quantization: str = "fp32"  # how the file it came from stored the weights
+    # False: a probe starts only with an empty hand (hier.features.available_options); True: any
+    # option at any decision, as the policies trained before round 9 (files without the key)
+    probe_in_hand: bool = True
 
     def __post_init__(self):
         self.options = validate_options(self.options)
@@ -85,6 +88,14 @@ class HierPolicy:
             if skill.in_size != HIER_OBS_SIZE or skill.out_size != 7:
                 raise PolicyFileError(f"skill {name} maps {skill.in_size} -> {skill.out_size}; needs "
                                       f"{HIER_OBS_SIZE} -> 7")
+
+    def choose(self, features: np.ndarray) -> np.ndarray:
+        """The planner's option for each row of ``features`` (or one row): the highest logit
+        among the options available there."""
+        values = self.planner(features)
+        if self.probe_in_hand:
+            return np.argmax(values, axis=-1)
+        return best_available(values, available_options(features, self.options))
 
     # -- file io --------------------------------------------------------------------------------
 
@@ -128,7 +139,8 @@ class HierPolicy:
     def header(self, arrays: dict[str, np.ndarray], quantization: str = "fp32", table: list | None = None) -> dict:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "obs_layout": [list(f) for f in HIER_FIELDS],
                 "variant": self.variant, "options": options_to_list(self.options),
-                "torque_features": self.torque_features, "residual_scale": self.residual_scale,
+                "torque_features": self.torque_features, "probe_in_hand": self.probe_in_hand,
+                "residual_scale": self.residual_scale,
                 "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
                 "obs_normalization": "none: hier_observation scales every feature to about unit range",
                 "sha256": _digest(arrays), "meta": self.meta}
@@ -195,7 +207,7 @@ class HierPolicy:
                    options=options_from_list(header["options"]), torque_features=bool(header["torque_features"]),
                    residual_scale=float(header["residual_scale"]), gripper_scale=float(header["gripper_scale"]),
                    variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})),
-                   quantization=quantization)
+                   quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)))
 
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:

@@ -52,6 +52,7 @@ from ds_robot.hier.features import (
     RESIDUAL_SIZE,
     SKILLS,
     H,
+    available_options,
     feature_scale,
     skill_of,
 )
@@ -120,6 +121,9 @@ class HierTrainConfig:
     # reward charged when a failed grasp starts a new attempt (hier.env): without it a 12 N grip
     # that slips and is recovered by a full-force re-grasp scores nearly as well as the full grip
     attempt_penalty: float = 0.3
+    # False: a probe starts only with an empty hand (hier.features.available_options), in
+    # exploration, in the value target's max and at run time; True: the runs before round 9
+    probe_in_hand: bool = False
     # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
     energy_weight: float = ENERGY_WEIGHT
     total_steps: int = 50_000_000
@@ -177,10 +181,22 @@ class Planner(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.all_heads(obs).mean(dim=-2)
 
-    def behaviour(self, obs: torch.Tensor, temperature: float, epsilon: float) -> Categorical:
-        """The exploring policy: ``(1 - eps) softmax(Q / T) + eps / k``."""
-        probs = torch.softmax(self(obs) / temperature, dim=-1)
-        return Categorical(probs=(1 - epsilon) * probs + epsilon / probs.shape[-1])
+    def behaviour(self, obs: torch.Tensor, temperature: float, epsilon: float,
+                  available: torch.Tensor | None = None) -> Categorical:
+        """The exploring policy: ``(1 - eps) softmax(Q / T) + eps / k``, over the ``available``
+        options only where given (``(..., k)`` booleans)."""
+        values = self(obs) / temperature
+        if available is None:
+            available = torch.ones_like(values, dtype=torch.bool)
+        probs = torch.softmax(values.masked_fill(~available, -math.inf), dim=-1)
+        uniform = available.float() / available.sum(dim=-1, keepdim=True)
+        return Categorical(probs=(1 - epsilon) * probs + epsilon * uniform)
+
+    def available(self, obs, options, probe_in_hand: bool) -> torch.Tensor | None:
+        """The options available at each row of ``obs`` (None: all, ``probe_in_hand``)."""
+        if probe_in_hand:
+            return None
+        return torch.as_tensor(available_options(np.asarray(obs), options))
 
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         # checkpoints from before the heads hold one network under "q."
@@ -310,7 +326,9 @@ class HierTrainer:
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
                 cfg = self.config
-                chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon).sample().numpy()
+                available = self.planner.available(obs[due], self.options, cfg.probe_in_hand)
+                chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon,
+                                                available).sample().numpy()
                 actions[due, 0] = chosen
                 for i, option in zip(due, chosen, strict=True):
                     if self._open[i]:  # the previous decision's next one
@@ -468,8 +486,13 @@ class HierTrainer:
             later = [k for k, d in enumerate(buffer) if d[4] is not None]
             if later:
                 with torch.no_grad():  # each head's value of the option the ensemble would choose there
-                    after = self.planner.all_heads(torch.as_tensor(np.stack([buffer[k][4] for k in later])))
-                    greedy = after.mean(dim=1).argmax(dim=1)
+                    nxt = np.stack([buffer[k][4] for k in later])
+                    after = self.planner.all_heads(torch.as_tensor(nxt))
+                    mean = after.mean(dim=1)
+                    available = self.planner.available(nxt, self.options, cfg.probe_in_hand)
+                    if available is not None:
+                        mean = mean.masked_fill(~available, -math.inf)
+                    greedy = mean.argmax(dim=1)
                     best = after.gather(2, greedy[:, None, None].expand(-1, heads, 1)).squeeze(2)
                     # no value beyond the returns seen: unvisited options' extrapolated values
                     # (+1.25 and -5.9 where a return lies in about [-1.5, 1]) would propagate back
@@ -493,7 +516,9 @@ class HierTrainer:
                                   cfg.max_grad_norm * math.sqrt(heads), cfg.amp)
         with torch.no_grad():
             recent = features[-cfg.planner_batch:]
-            entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon).entropy().mean()
+            available = self.planner.available(recent.numpy(), self.options, cfg.probe_in_hand)
+            entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon,
+                                             available).entropy().mean()
         return {"planner_entropy": float(entropy), "planner_return": returns[-cfg.planner_batch:].mean().item(),
                 "planner_q_error": stats["planner_q_error"], "planner_buffer": len(returns)}
 
@@ -557,7 +582,7 @@ class HierTrainer:
         return HierPolicy(planner=_ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
                                                       1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
-                          residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
+                          probe_in_hand=self.config.probe_in_hand, residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
 
@@ -639,6 +664,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("planner_target", "mc")  # and before the Q-learning target
         saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
         saved["config"].setdefault("energy_weight", 0.02)  # and before the energy price was lowered (round 9)
+        saved["config"].setdefault("probe_in_hand", True)  # and before the probes' initiation set (round 9)
         # and before the clamped target; runs with planner_heads (round 8) clamped before the switch existed
         saved["config"].setdefault("planner_value_clamp", "planner_heads" in saved["config"])
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
