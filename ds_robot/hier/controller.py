@@ -17,7 +17,7 @@ import numpy as np
 from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.control.scripted import ScriptedConfig, ScriptedGraspController
-from ds_robot.hier.features import RESIDUAL_SIZE, compose_action, hier_observation, skill_of
+from ds_robot.hier.features import RESIDUAL_SIZE, compose_action, hier_observation, residual_acts, skill_of
 from ds_robot.hier.policy import HierPolicy
 
 
@@ -65,12 +65,12 @@ class HierarchicalController(Controller):
     def act(self, obs: np.ndarray) -> np.ndarray:
         features = hier_observation(obs, self.machine, self.policy.torque_features)
         self.features = features
-        if self.residual:
-            residual = np.clip(self.policy.skills[int(skill_of(features))](features), -1.0, 1.0)
-        else:
-            residual = np.zeros(RESIDUAL_SIZE)
         torque, gripper = self.machine.command(obs)  # plans through _choose when an attempt starts
         p = self.policy
+        if self.residual and residual_acts(self.machine, p.probe_residual):
+            residual = np.clip(p.skills[int(skill_of(features))](features), -1.0, 1.0)
+        else:
+            residual = np.zeros(RESIDUAL_SIZE)
         action = compose_action(torque, gripper, residual, self.limit, p.residual_scale, p.gripper_scale)
         self._residual_abs += float(np.abs(p.residual_scale * residual[:6] * self.limit).sum())
         self._torque_abs += float(np.abs(action[:6] * self.limit).sum())

@@ -33,6 +33,7 @@ from ds_robot.hier.features import (
     RESIDUAL_SCALE,
     compose_action,
     hier_observation,
+    residual_acts,
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, validate_options
 
@@ -52,7 +53,7 @@ class HierGraspEnv(gym.Env):
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = ENERGY_WEIGHT, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
-                 attempt_penalty: float = 0.0, **env_kwargs):
+                 attempt_penalty: float = 0.0, probe_residual: bool = True, **env_kwargs):
         if not (np.isfinite(attempt_penalty) and attempt_penalty >= 0):
             raise ValueError(f"attempt_penalty must be a finite value >= 0, got {attempt_penalty!r}")
         self.env = UR5GraspEnv(**env_kwargs)
@@ -62,6 +63,7 @@ class HierGraspEnv(gym.Env):
         self.success_reward, self.drop_penalty = success_reward, drop_penalty
         self.energy_weight, self.time_weight, self.residual_weight = energy_weight, time_weight, residual_weight
         self.attempt_penalty = float(attempt_penalty)
+        self.probe_residual = probe_residual  # False: no residual during a probe (features.residual_acts)
         self.machine = ScriptedGraspController.for_env(self.env)
         self.machine.option_chooser = self._chosen
         self.machine.torque_available = torque_features  # the payload check reads the measured torques
@@ -95,6 +97,8 @@ class HierGraspEnv(gym.Env):
         residual = np.clip(action[1:], -1.0, 1.0)
         attempt = self.machine.attempt
         torque, gripper = self.machine.command(self._obs)
+        if not residual_acts(self.machine, self.probe_residual):
+            residual = np.zeros_like(residual)
         env_action = compose_action(torque, gripper, residual, self.limit, self.residual_scale, self.gripper_scale)
         obs, _, terminated, truncated, info = self.env.step(env_action)
         step_energy = info["energy_j"] - self._energy

@@ -128,6 +128,17 @@ def available_options(hier_obs: np.ndarray, options) -> np.ndarray:
     return ~(in_hand & probe)
 
 
+def residual_acts(machine: ScriptedGraspController, probe_residual: bool) -> bool:
+    """Whether the skills' residual torque acts this step. Not during a probe (unless
+    ``probe_residual``, the policies before round 9): the probe is a measurement, a 2 cm lift at
+    4 N whose outcome (held or slipped, the weighed payload) the next decision reads. With the
+    residual on, the round-9 energy-only planner's probes of an unseen 40 g paper box and an egg
+    read "slipped", the planner chose 12 N for a heavy object and crushed them; the same
+    episodes with the residual off during the probe read "probed" and succeeded (BENCHMARKS.md,
+    issue 16 round 9)."""
+    return probe_residual or not machine.probing
+
+
 def best_available(values: np.ndarray, available: np.ndarray) -> np.ndarray:
     """The argmax of ``values`` (``(..., k)``) over the available options only."""
     return np.argmax(np.where(available, values, -np.inf), axis=-1)

@@ -75,6 +75,9 @@ class HierPolicy:
     # False: a probe starts only with an empty hand (hier.features.available_options); True: any
     # option at any decision, as the policies trained before round 9 (files without the key)
     probe_in_hand: bool = True
+    # False: the skills' residual is off during a probe (hier.features.residual_acts); True: on,
+    # as the policies trained before round 9 (files without the key)
+    probe_residual: bool = True
 
     def __post_init__(self):
         self.options = validate_options(self.options)
@@ -140,7 +143,7 @@ class HierPolicy:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "obs_layout": [list(f) for f in HIER_FIELDS],
                 "variant": self.variant, "options": options_to_list(self.options),
                 "torque_features": self.torque_features, "probe_in_hand": self.probe_in_hand,
-                "residual_scale": self.residual_scale,
+                "probe_residual": self.probe_residual,                 "residual_scale": self.residual_scale,
                 "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
                 "obs_normalization": "none: hier_observation scales every feature to about unit range",
                 "sha256": _digest(arrays), "meta": self.meta}
@@ -207,7 +210,8 @@ class HierPolicy:
                    options=options_from_list(header["options"]), torque_features=bool(header["torque_features"]),
                    residual_scale=float(header["residual_scale"]), gripper_scale=float(header["gripper_scale"]),
                    variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})),
-                   quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)))
+                   quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)),
+                   probe_residual=bool(header.get("probe_residual", True)))
 
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:

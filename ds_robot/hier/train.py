@@ -124,6 +124,9 @@ class HierTrainConfig:
     # False: a probe starts only with an empty hand (hier.features.available_options), in
     # exploration, in the value target's max and at run time; True: the runs before round 9
     probe_in_hand: bool = False
+    # False: the skills' residual is off during a probe (hier.features.residual_acts), in training
+    # and at run time; True: the runs before round 9
+    probe_residual: bool = False
     # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
     energy_weight: float = ENERGY_WEIGHT
     total_steps: int = 50_000_000
@@ -261,7 +264,7 @@ class HierTrainer:
         self.options = options_from_list(cfg.options)
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
                       "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty,
-                      "energy_weight": cfg.energy_weight}
+                      "energy_weight": cfg.energy_weight, "probe_residual": cfg.probe_residual}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -582,7 +585,8 @@ class HierTrainer:
         return HierPolicy(planner=_ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
                                                       1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
-                          probe_in_hand=self.config.probe_in_hand, residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
+                          probe_in_hand=self.config.probe_in_hand, probe_residual=self.config.probe_residual,
+                          residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
 
@@ -665,6 +669,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("planner_heads", 1)  # and before the ensemble of value heads
         saved["config"].setdefault("energy_weight", 0.02)  # and before the energy price was lowered (round 9)
         saved["config"].setdefault("probe_in_hand", True)  # and before the probes' initiation set (round 9)
+        saved["config"].setdefault("probe_residual", True)  # and before the residual-free probe (round 9)
         # and before the clamped target; runs with planner_heads (round 8) clamped before the switch existed
         saved["config"].setdefault("planner_value_clamp", "planner_heads" in saved["config"])
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
