@@ -481,3 +481,42 @@ def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
     assert probs[0, probes].min() > 0.01 and probs[1, probes].max() == 0.0
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert planner.available(obs, DEFAULT_OPTIONS, probe_in_hand=True) is None
+
+
+def test_the_skill_residual_is_off_during_a_probe():
+    """A probe is a measurement (hier.features.residual_acts): with ``probe_residual`` off, a
+    residual of any size changes nothing until the probe has weighed the object, in training
+    (HierGraspEnv) and at run time (the controller); with it on (the policies before round 9) it
+    does."""
+    probe = DEFAULT_OPTIONS.index(GraspOption(grip_force_n=4.0, probe=True))
+
+    def until_weighed(probe_residual: bool, residual: float) -> np.ndarray:
+        env = HierGraspEnv(probe_residual=probe_residual)
+        obs, _ = env.reset(seed=0)
+        action = np.array([probe] + [residual] * 6 + [0.0], np.float32)
+        for _ in range(2000):
+            obs, _, terminated, truncated, _ = env.step(action)
+            if env.machine.phase == "decide" or terminated or truncated:
+                break
+        assert env.machine.phase == "decide"
+        return obs
+
+    assert np.array_equal(until_weighed(False, 1.0), until_weighed(False, 0.0))
+    assert not np.allclose(until_weighed(True, 1.0), until_weighed(True, 0.0))
+
+    env = UR5GraspEnv()
+    for probe_residual in (False, True):
+        policy = _probe_loving_policy(probe_in_hand=False)
+        policy.skills = [type(s)([np.zeros((HIER_OBS_SIZE, 7))], [np.full(7, 0.5)]) for s in policy.skills]
+        policy.probe_residual = probe_residual
+        controller = controller_for_env("hier", env, policy=policy)
+        obs, _ = env.reset(seed=0)
+        controller.reset(obs)
+        in_probe = []
+        for _ in range(400):
+            before = controller._residual_abs
+            obs, *_ = env.step(controller.act(obs))
+            if controller.machine.probing:
+                in_probe.append(controller._residual_abs - before)
+        assert len(in_probe) > 100
+        assert (max(in_probe) == 0.0) != probe_residual, (probe_residual, max(in_probe))
