@@ -143,7 +143,7 @@ class HierPolicy:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "obs_layout": [list(f) for f in HIER_FIELDS],
                 "variant": self.variant, "options": options_to_list(self.options),
                 "torque_features": self.torque_features, "probe_in_hand": self.probe_in_hand,
-                "probe_residual": self.probe_residual,                 "residual_scale": self.residual_scale,
+                "probe_residual": self.probe_residual, "residual_scale": self.residual_scale,
                 "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
                 "obs_normalization": "none: hier_observation scales every feature to about unit range",
                 "sha256": _digest(arrays), "meta": self.meta}
