@@ -14,7 +14,7 @@ from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.evaluate import run_episode
 from ds_robot.hier.env import HierGraspEnv
-from ds_robot.hier.features import HIER_OBS_SIZE, H
+from ds_robot.hier.features import HIER_OBS_SIZE, H, available_options
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
 from ds_robot.hier.policy import HierPolicy, PolicyFileError, _digest
 from ds_robot.hier.train import HierTrainConfig, HierTrainer, train_grasp
@@ -475,12 +475,12 @@ def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
 
     planner = Planner(HIER_OBS_SIZE, len(DEFAULT_OPTIONS))
     obs = np.stack([empty, in_hand]).astype(np.float32)
-    available = planner.available(obs, DEFAULT_OPTIONS, probe_in_hand=False)
+    available = torch.as_tensor(available_options(obs, DEFAULT_OPTIONS))
     probs = planner.behaviour(torch.as_tensor(obs), 0.1, 0.2, available).probs.detach().numpy()
     probes = [i for i, o in enumerate(DEFAULT_OPTIONS) if o.probe]
     assert probs[0, probes].min() > 0.01 and probs[1, probes].max() == 0.0
     assert np.allclose(probs.sum(axis=1), 1.0)
-    assert planner.available(obs, DEFAULT_OPTIONS, probe_in_hand=True) is None
+    assert available_options(obs, DEFAULT_OPTIONS, probe_in_hand=True).all()
 
 
 def test_the_skill_residual_is_off_during_a_probe():

@@ -41,9 +41,11 @@ RESIDUAL_WEIGHT = 0.01  # the skills' regulariser; the planner's return leaves i
 # Reward per joule of arm work. An episode's 30-45 J then cost 0.15-0.23, under the success
 # reward (1) and the drop penalty (1): energy breaks ties between grasps that succeed alike, it
 # does not buy risk. At 0.02 (rounds 1-8) the same episodes cost 0.6-0.9, a success netted ~0.1,
-# and weighing a tool-box-sized object first (12 J more) returned less than gripping it at full
-# force and crushing it in the 16% of training episodes where it was fragile (-0.40 vs -0.18
-# measured; BENCHMARKS.md, issue 16, round 9): the planner learned to gamble.
+# and with the round-8 planner deciding after it (its probe paths cost 12 J more), weighing a
+# tool-box-sized object first returned less than gripping it at full force and crushing it in
+# the 16% of training episodes where it was fragile (-0.40 vs -0.18; BENCHMARKS.md, issue 16,
+# round 9). Lowered alone, it did not measurably change the test set; with the residual-free
+# probe (hier.features.residual_acts) it did.
 ENERGY_WEIGHT = 0.005
 
 
@@ -53,7 +55,7 @@ class HierGraspEnv(gym.Env):
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = ENERGY_WEIGHT, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
-                 attempt_penalty: float = 0.0, probe_residual: bool = True, **env_kwargs):
+                 attempt_penalty: float = 0.0, probe_residual: bool = False, **env_kwargs):
         if not (np.isfinite(attempt_penalty) and attempt_penalty >= 0):
             raise ValueError(f"attempt_penalty must be a finite value >= 0, got {attempt_penalty!r}")
         self.env = UR5GraspEnv(**env_kwargs)

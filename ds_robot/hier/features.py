@@ -115,16 +115,17 @@ def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_f
     return out
 
 
-def available_options(hier_obs: np.ndarray, options) -> np.ndarray:
+def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False) -> np.ndarray:
     """Which of ``options`` may start where ``hier_obs`` (one row or a batch) was taken: each
     option's initiation set (the options framework, Sutton, Precup & Singh 1999), ``(..., k)``
-    booleans. A probe starts only with an empty hand. In the hand (the decision after a probe)
+    booleans. A probe starts only with an empty hand (every option anywhere with
+    ``probe_in_hand``, the policies before round 9). In the hand (the decision after a probe)
     it would continue as its own 4 N grip, the grip that just weighed the object: after a slip
     that slips again and wastes the attempt; held, the 5 N gentle options lift as gently. The
     round-8 planner valued that choice at 1.05 after a slipped probe of a 1.7 kg box (no return
     is above about 0.9: an extrapolated value for a rarely tried option) and took it."""
     in_hand = np.asarray(hier_obs)[..., H["in_hand"]] > 0.5  # (..., 1)
-    probe = np.array([bool(getattr(o, "probe", False)) for o in options])
+    probe = np.array([bool(getattr(o, "probe", False)) and not probe_in_hand for o in options])
     return ~(in_hand & probe)
 
 

@@ -95,10 +95,7 @@ class HierPolicy:
     def choose(self, features: np.ndarray) -> np.ndarray:
         """The planner's option for each row of ``features`` (or one row): the highest logit
         among the options available there."""
-        values = self.planner(features)
-        if self.probe_in_hand:
-            return np.argmax(values, axis=-1)
-        return best_available(values, available_options(features, self.options))
+        return best_available(self.planner(features), available_options(features, self.options, self.probe_in_hand))
 
     # -- file io --------------------------------------------------------------------------------
 

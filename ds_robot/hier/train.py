@@ -195,12 +195,6 @@ class Planner(nn.Module):
         uniform = available.float() / available.sum(dim=-1, keepdim=True)
         return Categorical(probs=(1 - epsilon) * probs + epsilon * uniform)
 
-    def available(self, obs, options, probe_in_hand: bool) -> torch.Tensor | None:
-        """The options available at each row of ``obs`` (None: all, ``probe_in_hand``)."""
-        if probe_in_hand:
-            return None
-        return torch.as_tensor(available_options(np.asarray(obs), options))
-
     def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         # checkpoints from before the heads hold one network under "q."
         state = {("heads.0." + k[2:] if k.startswith("q.") else k): v for k, v in state.items()}
@@ -329,7 +323,7 @@ class HierTrainer:
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
                 cfg = self.config
-                available = self.planner.available(obs[due], self.options, cfg.probe_in_hand)
+                available = torch.as_tensor(available_options(obs[due], self.options, cfg.probe_in_hand))
                 chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon,
                                                 available).sample().numpy()
                 actions[due, 0] = chosen
@@ -492,10 +486,8 @@ class HierTrainer:
                     nxt = np.stack([buffer[k][4] for k in later])
                     after = self.planner.all_heads(torch.as_tensor(nxt))
                     mean = after.mean(dim=1)
-                    available = self.planner.available(nxt, self.options, cfg.probe_in_hand)
-                    if available is not None:
-                        mean = mean.masked_fill(~available, -math.inf)
-                    greedy = mean.argmax(dim=1)
+                    available = torch.as_tensor(available_options(nxt, self.options, cfg.probe_in_hand))
+                    greedy = mean.masked_fill(~available, -math.inf).argmax(dim=1)
                     best = after.gather(2, greedy[:, None, None].expand(-1, heads, 1)).squeeze(2)
                     # no value beyond the returns seen: unvisited options' extrapolated values
                     # (+1.25 and -5.9 where a return lies in about [-1.5, 1]) would propagate back
@@ -519,7 +511,7 @@ class HierTrainer:
                                   cfg.max_grad_norm * math.sqrt(heads), cfg.amp)
         with torch.no_grad():
             recent = features[-cfg.planner_batch:]
-            available = self.planner.available(recent.numpy(), self.options, cfg.probe_in_hand)
+            available = torch.as_tensor(available_options(recent.numpy(), self.options, cfg.probe_in_hand))
             entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon,
                                              available).entropy().mean()
         return {"planner_entropy": float(entropy), "planner_return": returns[-cfg.planner_batch:].mean().item(),
