@@ -13,6 +13,7 @@ from ds_robot.deploy.controllers import controller_for_env
 from ds_robot.envs.grasp_env import UR5GraspEnv
 from ds_robot.errors import ActionError, ConfigError
 from ds_robot.evaluate import run_episode
+from ds_robot.hier.controller import HierarchicalController
 from ds_robot.hier.env import HierGraspEnv
 from ds_robot.hier.features import HIER_OBS_SIZE, H, available_options
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, validate_options
@@ -96,12 +97,15 @@ def _untrained_policy(torque_features=True) -> HierPolicy:
 
 def test_policy_file_round_trip_and_refusals(tmp_path):
     policy = _untrained_policy()
+    policy.palm_clearance_m = 0.01
     path = tmp_path / "p.npz"
     policy.save(path)
     loaded = HierPolicy.load(path)
     x = np.random.default_rng(0).normal(size=HIER_OBS_SIZE)
     np.testing.assert_allclose(loaded.planner(x), policy.planner(x), rtol=1e-5, atol=1e-6)
     assert loaded.options == policy.options and loaded.torque_features
+    assert loaded.palm_clearance_m == 0.01  # the machine it was trained with runs it
+    assert HierarchicalController(loaded).machine.config.palm_clearance_m == 0.01
 
     with pytest.raises(PolicyFileError, match="not found"):
         HierPolicy.load(tmp_path / "missing.npz")
@@ -125,6 +129,11 @@ def test_policy_file_round_trip_and_refusals(tmp_path):
         np.savez(out, header=np.array(json.dumps(header)), **arrays)
         return out
 
+    # a file from before round 10 was trained grasping at the object's centre and runs so
+    assert HierPolicy.load(rewrite("no_palm.npz", lambda h: h.pop("palm_clearance_m"))).palm_clearance_m is None
+    for bad in (-0.01, 0.5, "1cm", True, float("nan")):
+        with pytest.raises(PolicyFileError, match="palm_clearance_m"):
+            HierPolicy.load(rewrite("bad_palm.npz", lambda h, bad=bad: h.update(palm_clearance_m=bad)))
     other_layout = rewrite("layout.npz", lambda h: h["obs_layout"].append(["time", 1]))
     with pytest.raises(PolicyFileError, match="observation layout"):
         HierPolicy.load(other_layout)
@@ -176,7 +185,7 @@ def test_training_smoke_runs_and_resumes(tmp_path):
     assert summary["steps"] > 0
     assert (out / "checkpoint.pt").is_file() and (out / "policy.npz").is_file()
     first = trainer.steps
-    HierPolicy.load(out / "policy.npz")
+    assert HierPolicy.load(out / "policy.npz").palm_clearance_m == HierTrainConfig().palm_clearance_m == 0.01
     with pytest.raises(ConfigError, match="already exists"):
         train_grasp(out, budget_s=1.0, progress=False, **small)
     with pytest.raises(ConfigError, match="differ"):

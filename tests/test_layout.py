@@ -121,7 +121,7 @@ def test_training_env_and_runtime_controller_compose_the_same_commands():
     runtime_env = UR5GraspEnv()
     controller = controller_for_env("hier", runtime_env, policy=policy)
     train_env = HierGraspEnv(options=policy.options, torque_features=policy.torque_features,
-                             probe_residual=policy.probe_residual)
+                             probe_residual=policy.probe_residual, palm_clearance_m=policy.palm_clearance_m)
     sent = []
     inner_step = train_env.env.step
 

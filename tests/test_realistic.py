@@ -237,6 +237,34 @@ def test_a_probe_weighs_the_object_and_the_grip_chosen_in_the_hand_lifts_it_with
             assert load < 0.5 * env.setup.obj.mass_kg
 
 
+def test_the_palm_clears_a_tall_objects_top_so_that_a_probe_weighs_it():
+    """A grasp at the centre of an upright 20 cm bottle puts the palm (4.8 cm above the pad
+    centres) on its top and presses it into the table: the 4 N probe reads a slip and a weight of
+    about -7 kg. With the palm clear of the top (ScriptedConfig.palm_clearance_m) it holds the
+    0.3 kg bottle and weighs it; grasping at the centre (None, the machine before round 10) fails."""
+    env = _realistic_env([])
+    bottle = ObjectSpec("bottle_20cm", "cylinder", (0.028, 0.1), 0.3, 0.7, PLACE)
+    env.object_set = type(env.object_set)("tall", env.object_set.source, (bottle,))
+
+    def weighed(clearance, seed):
+        machine = ScriptedGraspController(env.control_dt_s, "ur5e", ScriptedConfig(
+            option=GraspOption(grip_force_n=4.0, probe=True), palm_clearance_m=clearance))
+        obs, _ = env.reset(seed=seed)
+        machine.reset(obs)
+        for _ in range(1500):
+            obs, _, terminated, truncated, _ = env.step(machine.act(obs))
+            if machine.phase == "decide" or terminated or truncated:
+                break
+        assert machine.phase == "decide"
+        return machine.last_outcome, machine.last_payload_kg
+
+    for seed in (0, 1, 2):
+        outcome, kg = weighed(0.01, seed)
+        assert outcome == "probed" and kg == pytest.approx(0.3, abs=0.08), (seed, outcome, kg)
+    at_centre = [weighed(None, seed) for seed in (0, 1, 2)]
+    assert any(outcome == "slipped" and kg < -1.0 for outcome, kg in at_centre), at_centre
+
+
 def test_a_probe_and_the_full_grip_in_the_hand_crushes_the_fragile_object_the_gentle_one_holds():
     # the decision in the hand matters: the same probe, then the full grip, breaks the peach
     env = _realistic_env(["peach"])

@@ -30,7 +30,8 @@ class HierarchicalController(Controller):
         self.residual = residual  # False: the planner's options on the bare model-based skills (an ablation)
         # replan False: an empty hand after the lift no longer starts a new decision (an ablation)
         self.machine = ScriptedGraspController(control_dt_s, variant,
-                                               ScriptedConfig(replan_on_empty=replan))
+                                               ScriptedConfig(replan_on_empty=replan,
+                                                              palm_clearance_m=policy.palm_clearance_m))
         self.machine.torque_available = policy.torque_features
         self.machine.option_chooser = self._choose
         self.limit = self.machine.torque_limit_nm

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from ds_robot.control.scripted import ScriptedGraspController
+from ds_robot.control.scripted import ScriptedConfig, ScriptedGraspController
 from ds_robot.envs.grasp_env import UR5GraspEnv, checked_action
 from ds_robot.hier.features import (
     GRIPPER_SCALE,
@@ -55,7 +55,8 @@ class HierGraspEnv(gym.Env):
     def __init__(self, options=None, torque_features: bool = True, residual_scale: float = RESIDUAL_SCALE,
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = ENERGY_WEIGHT, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
-                 attempt_penalty: float = 0.0, probe_residual: bool = False, **env_kwargs):
+                 attempt_penalty: float = 0.0, probe_residual: bool = False,
+                 palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m, **env_kwargs):
         if not (np.isfinite(attempt_penalty) and attempt_penalty >= 0):
             raise ValueError(f"attempt_penalty must be a finite value >= 0, got {attempt_penalty!r}")
         self.env = UR5GraspEnv(**env_kwargs)
@@ -66,7 +67,7 @@ class HierGraspEnv(gym.Env):
         self.energy_weight, self.time_weight, self.residual_weight = energy_weight, time_weight, residual_weight
         self.attempt_penalty = float(attempt_penalty)
         self.probe_residual = probe_residual  # False: no residual during a probe (features.residual_acts)
-        self.machine = ScriptedGraspController.for_env(self.env)
+        self.machine = ScriptedGraspController.for_env(self.env, ScriptedConfig(palm_clearance_m=palm_clearance_m))
         self.machine.option_chooser = self._chosen
         self.machine.torque_available = torque_features  # the payload check reads the measured torques
         self.limit = self.env.backend.joint_torque_limit_nm

@@ -78,9 +78,15 @@ class HierPolicy:
     # False: the skills' residual is off during a probe (hier.features.residual_acts); True: on,
     # as the policies trained before round 9 (files without the key)
     probe_residual: bool = True
+    # The machine's palm clearance over the object's top (ScriptedConfig.palm_clearance_m); None:
+    # the grasp at the object's centre, as the policies trained before round 10 (files without the key)
+    palm_clearance_m: float | None = None
 
     def __post_init__(self):
         self.options = validate_options(self.options)
+        c = self.palm_clearance_m
+        if c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 0.1):
+            raise PolicyFileError(f"palm_clearance_m must be null or a distance of 0-0.1 m, got {c!r}")
         if len(self.skills) != len(SKILLS):
             raise PolicyFileError(f"a hierarchical policy has {len(SKILLS)} skills ({', '.join(SKILLS)}), "
                                   f"got {len(self.skills)}")
@@ -140,7 +146,8 @@ class HierPolicy:
         return {"format": POLICY_FORMAT, "version": POLICY_VERSION, "obs_layout": [list(f) for f in HIER_FIELDS],
                 "variant": self.variant, "options": options_to_list(self.options),
                 "torque_features": self.torque_features, "probe_in_hand": self.probe_in_hand,
-                "probe_residual": self.probe_residual, "residual_scale": self.residual_scale,
+                "probe_residual": self.probe_residual, "palm_clearance_m": self.palm_clearance_m,
+                "residual_scale": self.residual_scale,
                 "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
                 "obs_normalization": "none: hier_observation scales every feature to about unit range",
                 "sha256": _digest(arrays), "meta": self.meta}
@@ -208,7 +215,8 @@ class HierPolicy:
                    residual_scale=float(header["residual_scale"]), gripper_scale=float(header["gripper_scale"]),
                    variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})),
                    quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)),
-                   probe_residual=bool(header.get("probe_residual", True)))
+                   probe_residual=bool(header.get("probe_residual", True)),
+                   palm_clearance_m=header.get("palm_clearance_m"))
 
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from ds_robot.control.scripted import ScriptedConfig
 from ds_robot.envs.presets import load_task
 from ds_robot.errors import ConfigError
 from ds_robot.hier.env import ENERGY_WEIGHT, RESIDUAL_WEIGHT
@@ -127,6 +128,9 @@ class HierTrainConfig:
     # False: the skills' residual is off during a probe (hier.features.residual_acts), in training
     # and at run time; True: the runs before round 9
     probe_residual: bool = False
+    # the machine's palm clearance over the object's top (control.scripted.ScriptedConfig), in
+    # training and at run time; None: the grasp at the object's centre, the runs before round 10
+    palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m
     # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
     energy_weight: float = ENERGY_WEIGHT
     total_steps: int = 50_000_000
@@ -140,6 +144,8 @@ class HierTrainConfig:
                   "planner_weight_decay": self.planner_weight_decay >= 0,
                   "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
                   "energy_weight": math.isfinite(self.energy_weight) and self.energy_weight >= 0,
+                  "palm_clearance_m": self.palm_clearance_m is None or (
+                      isinstance(self.palm_clearance_m, (int, float)) and 0.0 <= self.palm_clearance_m <= 0.1),
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_steps": self.planner_steps >= 1,
@@ -258,7 +264,8 @@ class HierTrainer:
         self.options = options_from_list(cfg.options)
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
                       "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty,
-                      "energy_weight": cfg.energy_weight, "probe_residual": cfg.probe_residual}
+                      "energy_weight": cfg.energy_weight, "probe_residual": cfg.probe_residual,
+                      "palm_clearance_m": cfg.palm_clearance_m}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -578,6 +585,7 @@ class HierTrainer:
                                                       1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           probe_in_hand=self.config.probe_in_hand, probe_residual=self.config.probe_residual,
+                          palm_clearance_m=self.config.palm_clearance_m,
                           residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
@@ -662,6 +670,7 @@ def train_grasp(out: str | Path, resume: bool = False, budget_s: float | None = 
         saved["config"].setdefault("energy_weight", 0.02)  # and before the energy price was lowered (round 9)
         saved["config"].setdefault("probe_in_hand", True)  # and before the probes' initiation set (round 9)
         saved["config"].setdefault("probe_residual", True)  # and before the residual-free probe (round 9)
+        saved["config"].setdefault("palm_clearance_m", None)  # and before the palm cleared the top (round 10)
         # and before the clamped target; runs with planner_heads (round 8) clamped before the switch existed
         saved["config"].setdefault("planner_value_clamp", "planner_heads" in saved["config"])
         config = HierTrainConfig(**{**saved["config"], "options": tuple(tuple(o) for o in saved["config"]["options"])})
