@@ -69,8 +69,12 @@ GRIPPER_SCALE = 0.0
 # start pose or the retreat pose, and the object's position and the goal are given in the TCP
 # frame, so they move with the start pose (+-0.12 rad per joint): with them in, the learned
 # option values for one object swung by ~5x the gap between options from episode to episode
-# (BENCHMARKS.md, issue 16) and the choice with them. The torques earn their place in the
-# machine's re-plan test and in the skills.
+# (BENCHMARKS.md, issue 16) and the choice with them. Whether the torques (here: last_load)
+# earn their place is the hier_no_torque ablation: over rounds 9 and 10, 3 training seeds each,
+# they showed no benefit on the unseen objects, and in round 10 the planners without them did
+# better (0.992 vs 0.931). Why is open: zeroing the payload read after a slip (the friction the
+# pads carried, not the weight) did not close the gap in a 2-seed check (BENCHMARKS.md, issue
+# 16 round 10).
 PLANNER_FIELDS = ("object_size", "attempt", "last_grip", "last_load", "last_end", "in_hand")
 # last_load: kg x 5, so that the weighed difference between a 40 g paper box and a 0.4 kg mug
 # (0.36 kg) reads 1.8, as far apart as a 9 cm size difference does; at x1 it read 0.36 against
