@@ -239,10 +239,16 @@ def test_malformed_messages_are_rejected_and_change_nothing(running):
                              ([0, 0, 0], [2, 0, 0, 0], "unit quaternion")):
         with pytest.raises(MessageError, match=match):
             core.on_object_pose(pos, quat, t)
-    with pytest.raises(MessageError, match="extents"):
-        core.on_object_extents([0.1, -0.1, 0.1])
+    extents = core.object_extents.copy()
+    # no real object: negative, infinite, or 60 cm / 2e30 m tall (the grasp height follows the top)
+    for bad in ([0.1, -0.1, 0.1], [0.02, np.inf, 0.02], [0.02, 0.02, 0.3], [0.02, 0.02, 1e30]):
+        with pytest.raises(MessageError, match="extents"):
+            core.on_object_extents(bad)
+    np.testing.assert_array_equal(core.object_extents, extents)
+    with pytest.raises(ConfigError, match="object_half_extents_m"):
+        NodeConfig(object_half_extents_m=(0.02, np.inf, 0.02))
     assert not core.tick(t).stop  # still running on the last good inputs
-    assert sum(core.stats.rejected.values()) == len(cases) + 4
+    assert sum(core.stats.rejected.values()) == len(cases) + 7
 
 
 def test_nan_policy_output_estop_and_reset(running):

@@ -263,6 +263,9 @@ def test_the_palm_clears_a_tall_objects_top_so_that_a_probe_weighs_it():
         assert outcome == "probed" and kg == pytest.approx(0.3, abs=0.08), (seed, outcome, kg)
     at_centre = [weighed(None, seed) for seed in (0, 1, 2)]
     assert any(outcome == "slipped" and kg < -1.0 for outcome, kg in at_centre), at_centre
+    for bad in (-0.01, 0.2, True, float("nan")):
+        with pytest.raises(ConfigError, match="palm_clearance_m"):
+            ScriptedConfig(palm_clearance_m=bad)
 
 
 def test_a_probe_and_the_full_grip_in_the_hand_crushes_the_fragile_object_the_gentle_one_holds():

@@ -42,6 +42,7 @@ import numpy as np
 from ds_robot.control.contract import Controller
 from ds_robot.control.robot_model import RobotModel
 from ds_robot.envs.layout import ACTION_SIZE, ObservationLayout
+from ds_robot.errors import ConfigError
 from ds_robot.model.params import default_description
 
 
@@ -122,6 +123,15 @@ class ScriptedConfig:
     replan_on_empty: bool = True
     payload_check_s: float = 0.2
     regrip_descend_s: float = 0.4  # after a probe that slipped: back down to the grasp pose to squeeze again
+
+    def __post_init__(self):
+        if not valid_palm_clearance(self.palm_clearance_m):
+            raise ConfigError(f"palm_clearance_m must be None or a distance of 0-0.1 m, got {self.palm_clearance_m!r}")
+
+
+def valid_palm_clearance(value) -> bool:
+    """None (the grasp at the object's centre) or a number of metres in 0-0.1."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 0.1)
 
 
 def min_jerk(s: float) -> float:

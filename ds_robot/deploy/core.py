@@ -99,6 +99,10 @@ JUMP_TOLERANCE_RAD = 0.02
 REFUSAL_WINDOW = 200  # joint states (0.4 s at 500 Hz)
 GRIPPER_GATE_M = 0.005  # a gripper opening this far outside 0..max_opening is no real reading
 REANCHOR_STATES = 3
+# An object's half-size beyond this is no object this arm grasps (a 50 cm object; the UR5e reaches
+# 850 mm, UR5e datasheet; the largest task object is 20 cm). The grasp height follows the
+# perceived top (ScriptedConfig.palm_clearance_m), so a hostile size would send the hand upward.
+MAX_OBJECT_HALF_EXTENT_M = 0.25
 
 # What may change while the node runs (a `ros2 param set` of these takes effect at the next tick).
 LIVE_FIELDS = ("max_torque_fraction", "max_velocity_rad_s", "joint_limit_margin_rad", "state_timeout_s",
@@ -107,6 +111,20 @@ LIVE_FIELDS = ("max_torque_fraction", "max_velocity_rad_s", "joint_limit_margin_
 
 class MessageError(ValueError):
     """An input message the core refuses (the reason is in the text); nothing was changed."""
+
+
+def checked_object_extents(extents) -> np.ndarray:
+    """``extents`` as 3 half-sizes in m, or a ``MessageError``: not 3 numbers, not finite, not
+    positive, or over ``MAX_OBJECT_HALF_EXTENT_M``."""
+    try:
+        extents = np.asarray(extents, dtype=float)
+    except (TypeError, ValueError):
+        raise MessageError(f"object extents must be 3 numbers, got {extents!r}") from None
+    if (extents.shape != (3,) or not np.all(np.isfinite(extents)) or not np.all(extents > 0)
+            or not np.all(extents <= MAX_OBJECT_HALF_EXTENT_M)):
+        raise MessageError(f"object extents must be 3 positive half-sizes of at most {MAX_OBJECT_HALF_EXTENT_M} m "
+                           f"(a {2 * MAX_OBJECT_HALF_EXTENT_M:g} m object), got {extents.tolist()}")
+    return extents
 
 
 @dataclass(frozen=True)
@@ -185,9 +203,11 @@ class NodeConfig:
             raise ConfigError("effort_kind current needs current_to_torque_nm_per_a: 6 positive factors (N m per A "
                               "at the joint output; UR publishes none for the UR5e: identify them on your arm, e.g. "
                               f"against gravity at rest), got {list(self.current_to_torque_nm_per_a)}")
-        if self.object_half_extents_m and (len(self.object_half_extents_m) != 3
-                                           or not all(e > 0 for e in self.object_half_extents_m)):
-            raise ConfigError(f"object_half_extents_m must be 3 positive numbers, got {self.object_half_extents_m}")
+        if self.object_half_extents_m:
+            try:
+                checked_object_extents(self.object_half_extents_m)
+            except MessageError as exc:
+                raise ConfigError(f"object_half_extents_m: {exc}") from None
 
     @property
     def arm_joints(self) -> tuple[str, ...]:
@@ -468,16 +488,9 @@ class ControlCore:
             raise
         self.object = ObjectPose(stamp_s, pos, quat / norm)
 
-    @staticmethod
-    def check_object_extents(extents) -> np.ndarray:
-        extents = np.asarray(extents, dtype=float)
-        if extents.shape != (3,) or not np.all(np.isfinite(extents)) or not np.all(extents > 0):
-            raise MessageError(f"object extents must be 3 positive half-sizes in m, got {extents.tolist()}")
-        return extents
-
     def on_object_extents(self, extents) -> None:
         try:
-            self.object_extents = self.check_object_extents(extents)
+            self.object_extents = checked_object_extents(extents)
         except MessageError:
             self.stats.reject("malformed object extents")
             raise

@@ -53,7 +53,7 @@ from std_srvs.srv import Trigger
 
 from ds_robot.control.contract import Controller
 from ds_robot.deploy.controllers import build_controller
-from ds_robot.deploy.core import LIVE_FIELDS, UR_TYPES, ControlCore, MessageError, NodeConfig
+from ds_robot.deploy.core import LIVE_FIELDS, UR_TYPES, ControlCore, MessageError, NodeConfig, checked_object_extents
 from ds_robot.deploy.loop_stats import LoopTimer, RunRecorder
 from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main, stamp_s
 from ds_robot.deploy.supervisor import PROCESS_TOPIC as SUPERVISOR_PROCESS_TOPIC
@@ -259,7 +259,7 @@ class PolicyNode(Node):
                                            "node to change it")
         try:
             if extents is not None:
-                self.core.check_object_extents(extents)
+                checked_object_extents(extents)
             config = self.core.reconfigure(**changes) if changes else self.config
         except (ConfigError, MessageError) as exc:
             self.get_logger().warning(f"parameter set refused: {exc}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ds_robot.control.scripted import valid_palm_clearance
 from ds_robot.errors import ConfigError
 from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS, available_options, best_available
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
@@ -84,9 +85,8 @@ class HierPolicy:
 
     def __post_init__(self):
         self.options = validate_options(self.options)
-        c = self.palm_clearance_m
-        if c is not None and not (isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 0.1):
-            raise PolicyFileError(f"palm_clearance_m must be null or a distance of 0-0.1 m, got {c!r}")
+        if not valid_palm_clearance(self.palm_clearance_m):
+            raise PolicyFileError(f"palm_clearance_m must be null or a distance of 0-0.1 m, got {self.palm_clearance_m!r}")
         if len(self.skills) != len(SKILLS):
             raise PolicyFileError(f"a hierarchical policy has {len(SKILLS)} skills ({', '.join(SKILLS)}), "
                                   f"got {len(self.skills)}")

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from ds_robot.control.scripted import ScriptedConfig
+from ds_robot.control.scripted import ScriptedConfig, valid_palm_clearance
 from ds_robot.envs.presets import load_task
 from ds_robot.errors import ConfigError
 from ds_robot.hier.env import ENERGY_WEIGHT, RESIDUAL_WEIGHT
@@ -144,8 +144,7 @@ class HierTrainConfig:
                   "planner_weight_decay": self.planner_weight_decay >= 0,
                   "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
                   "energy_weight": math.isfinite(self.energy_weight) and self.energy_weight >= 0,
-                  "palm_clearance_m": self.palm_clearance_m is None or (
-                      isinstance(self.palm_clearance_m, (int, float)) and 0.0 <= self.palm_clearance_m <= 0.1),
+                  "palm_clearance_m": valid_palm_clearance(self.palm_clearance_m),
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
                   "planner_steps": self.planner_steps >= 1,
