@@ -302,6 +302,51 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
     assert probe["episodes"] == 3 and probe["success_rate"] >= 2 / 3
 
 
+def _constant_planner(policy: HierPolicy, option: int) -> HierPolicy:
+    """``policy`` with a planner that picks ``option`` in every state (the trivial planner)."""
+    import dataclasses
+
+    from ds_robot.hier.policy import NumpyMLP
+
+    weights = [w.copy() for w in policy.planner.weights]
+    biases = [b.copy() for b in policy.planner.biases]
+    weights[-1][:] = 0.0
+    biases[-1][:] = 0.0
+    biases[-1][option] = 1.0
+    return dataclasses.replace(policy, planner=NumpyMLP(weights, biases))
+
+
+def test_grasp_select_chooses_on_the_validation_set_and_groups_by_feature_set(tmp_path):
+    from ds_robot.bench.grasp_select import run_grasp_select, select
+
+    # the trivial candidate: the shipped policy with a planner that always grips narrow at 5 N
+    # (heavy validation objects slip out of it); listed first, so "the first" would pick it
+    constant = tmp_path / "constant.npz"
+    _constant_planner(HierPolicy.load(SHIPPED), 2).save(constant)
+    out = tmp_path / "select.json"
+    run_grasp_select([constant, SHIPPED], seeds=1, episodes=8, json_path=out, workers=2)
+    doc = json.loads(out.read_text())
+    rows = {r["name"]: r for r in doc["results"]}
+    assert doc["config"]["split"] == "val" and doc["config"]["object_set"].endswith("val.yaml")
+    assert rows[str(constant)]["success_rate"] < rows[str(SHIPPED)]["success_rate"]
+    assert doc["config"]["selected"] == str(SHIPPED)
+    assert all(r["object_set"] == "val" and r["episodes"] == 8 for r in rows.values())
+    groups = doc["config"]["feature_groups"]
+    assert [g["torque_features"] for g in groups] == [True] and groups[0]["candidates"] == 2
+    # equal success: the faster one; a candidate that never lifted counts as the slowest
+    a = {"success_rate": 0.9, "time_to_lift_s": 4.0}
+    b = {"success_rate": 0.9, "time_to_lift_s": 3.5}
+    assert select([a, b]) is b and select([b, {"success_rate": 0.95, "time_to_lift_s": 9.0}])["success_rate"] == 0.95
+    assert select([{"success_rate": 0.0, "time_to_lift_s": float("nan")}, {"success_rate": 0.0,
+                                                                          "time_to_lift_s": 5.0}])["time_to_lift_s"] == 5.0
+    with pytest.raises(ConfigError, match="test set"):
+        run_grasp_select([SHIPPED], split="test")
+    with pytest.raises(ConfigError, match="no policy file"):
+        run_grasp_select([tmp_path])
+    with pytest.raises(ConfigError, match="listed twice"):
+        run_grasp_select([SHIPPED, SHIPPED])
+
+
 def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_values():
     import torch
 

@@ -88,6 +88,17 @@ def test_presets_load_and_bad_presets_are_refused(tmp_path):
     realistic = load_task("realistic")
     train, test = (load_object_set(realistic.object_set(s)) for s in ("train", "test"))
     assert len(train.objects) >= 24 and len(test.objects) >= 8 and not set(train.names()) & set(test.names())
+    # the validation set (for choosing among trained policies) shares no object with either, by
+    # name or by what an object is (shape and size)
+    val = load_object_set(realistic.object_set("val"))
+    kinds = {s: {(o.shape, tuple(o.size_m)) for o in objs.objects} for s, objs in
+             (("train", train), ("val", val), ("test", test))}
+    assert len(val.objects) >= 8 and not set(val.names()) & (set(train.names()) | set(test.names()))
+    assert not kinds["val"] & (kinds["train"] | kinds["test"])
+    with pytest.raises(ConfigError, match="no 'val' object set"):
+        load_task("nominal").object_set("val")
+    with pytest.raises(ConfigError, match="object split 'hidden'"):
+        realistic.object_set("hidden")
     with pytest.raises(ConfigError, match="no such|presets"):
         load_task("nonsense")
     bad = tmp_path / "bad.yaml"

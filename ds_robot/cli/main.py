@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ds_robot.deploy.controllers import CONTROLLERS, controller_for_env
+from ds_robot.envs.presets import SPLITS
 from ds_robot.errors import ConfigError, DsRobotError
 from ds_robot.sim2real import WORLDS
 
@@ -21,7 +22,8 @@ ALGOS = ("a2c", "ppo", "sac")
 OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "gymnasium": "sim", "tqdm": "sim", "matplotlib": "sim",
                     "imageio": "sim", "stable_baselines3": "bench", "cpprb": "bench", "pybullet": "bench",
                     "envpool": "bench", "ale_py": "bench", "ray": "dist", "rclpy": "ros"}
-BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "node", "sim2real",
+BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "grasp-select", "node",
+              "sim2real",
               "supervisor", "robot-install")
 
 
@@ -79,8 +81,9 @@ def _add_env_args(p: argparse.ArgumentParser, many_seeds: bool) -> None:
     p.add_argument("--option", type=int, default=None,
                    help="fixed: the option index K (ds_robot/hier/options.py: DEFAULT_OPTIONS)")
     _add_task_arg(p, "realistic")
-    p.add_argument("--split", choices=("train", "test"), default="train",
-                   help="the preset's training or test object set (default: train)")
+    p.add_argument("--split", choices=SPLITS, default="train",
+                   help="the preset's training, validation (for choosing among policies) or test object set "
+                        "(default: train)")
     p.add_argument("--policy", type=Path, default=None,
                    help="hier: a policy .npz, flat: a ppo checkpoint (default: the one shipped in models/policies)")
     p.add_argument("--objects", type=Path, default=None,
@@ -326,6 +329,15 @@ def cmd_bench(args) -> int:
             raise ConfigError("bench grasp-curve needs --run DIR (a train grasp run directory)")
         return run_grasp_curve(args.run, args.episodes or (10 if args.quick else 100), args.json, args.plot,
                                workers=args.workers, task=args.task_preset)
+    if args.name == "grasp-select":
+        from ds_robot.bench.grasp_select import run_grasp_select
+
+        if not args.run:
+            raise ConfigError("bench grasp-select needs --run PATH for every candidate (a train grasp run directory "
+                              "or a policy .npz)")
+        return run_grasp_select(args.run, seeds=args.seeds if args.seeds != 5 else 2,
+                                episodes=args.episodes or (6 if args.quick else 60), json_path=args.json,
+                                workers=args.workers, task=args.task_preset)
     if args.name == "sim2real":
         from ds_robot.bench.sim2real import run_sim2real_benchmark
 
@@ -412,12 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "needs the right to: root or an rtprio limit); 0: normal scheduling (default)")
     p.add_argument("--seeds", type=positive_int, default=5,
                    help="cartpole/humanoid/grasp: seeds per variant (default: 5 for cartpole, 3 for humanoid "
-                        "and grasp)")
+                        "and grasp, 2 for grasp-select)")
     p.add_argument("--steps", type=positive_int, default=None, help="humanoid: step budget per run (default 20000)")
     p.add_argument("--workers", type=positive_int, default=2,
                    help="humanoid/grasp: runs in parallel processes (default: 2)")
     p.add_argument("--run", type=Path, action="append", default=None,
-                   help="grasp-curve: a train grasp run directory (repeat for several training seeds)")
+                   help="grasp-curve: a train grasp run directory (repeat for several training seeds); "
+                        "grasp-select: a candidate, a run directory or a policy .npz (repeat for each)")
     p.add_argument("--episodes", type=positive_int, default=None,
                    help="grasp: episodes per seed and variant; node: offline grasp episodes per runtime "
                         "(default: 200; --quick: 10)")

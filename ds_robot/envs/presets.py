@@ -5,7 +5,7 @@ of ``train grasp`` and of ``make demo``; ``nominal.yaml``, the ground-truth sett
 first releases, kept for regression). Format::
 
     name: realistic
-    objects: {train: train.yaml, test: test.yaml}   # files in sim/objects/
+    objects: {train: train.yaml, val: val.yaml, test: test.yaml}  # files in sim/objects/; val optional
     episode_s: 12.0                                  # default 8
     start_qpos_noise_rad: 0.12                       # each joint uniform +- around home
     joint_sensors: {q_rad: 1.0e-4, qd_rad_s: 0.01, tau_fraction_of_limit: 0.01, delay_steps: 0}
@@ -13,9 +13,13 @@ first releases, kept for regression). Format::
     training_variation: {mass_scale: [lo, hi], ...}  # ds_robot.sim.objects.ObjectVariation; training only
 
 ``env_kwargs(split)`` gives the ``UR5GraspEnv`` keyword arguments of the preset for the
-``train`` or ``test`` object set (plain, picklable values: rollout workers build their own envs);
+``train``, ``val`` or ``test`` object set (plain, picklable values: rollout workers build their own envs);
 ``env_kwargs("train", training=True)`` adds the training variation of the objects (what
 ``train grasp`` runs on; every benchmark and evaluation uses the sets as listed).
+
+The ``val`` set (optional; the realistic preset has one) holds objects in neither of the
+others. It is for choosing among trained policies (``ds-robot bench grasp-select``: training
+seeds, feature sets), so that the test set is never used to choose what it then measures.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from ds_robot.sim.objects import ObjectVariation
 from ds_robot.yamlio import Fields, load_yaml
 
 TASKS = ("realistic", "nominal")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+OPTIONAL_SPLITS = ("val",)
 DEFAULT_TASK = "realistic"
 
 
@@ -49,7 +54,9 @@ class TaskPreset:
 
     def object_set(self, split: str) -> Path:
         if split not in SPLITS:
-            raise ConfigError(f"object split {split!r}: choose {' or '.join(SPLITS)}")
+            raise ConfigError(f"object split {split!r}: choose {', '.join(SPLITS)}")
+        if split not in self.objects:
+            raise ConfigError(f"task preset {self.name!r} ({self.source}) has no {split!r} object set")
         return self.objects[split]
 
     def env_kwargs(self, split: str = "train", training: bool = False) -> dict:
@@ -73,6 +80,8 @@ def load_task(name: str | Path) -> TaskPreset:
     objects = f.sub("objects")
     sets = {}
     for split in SPLITS:
+        if split in OPTIONAL_SPLITS and objects.raw(split, None) is None:
+            continue
         file = Path(objects.string(split))
         sets[split] = file if file.is_absolute() else sim_dir() / "objects" / file
         if not sets[split].is_file():
