@@ -108,8 +108,18 @@ def test_bad_arguments_are_refused_by_the_parser():
     assert result.returncode == 2 and ".mp4, .gif or .png" in result.stderr
 
 
+def test_ensemble_writes_one_policy_from_training_seeds_and_refuses_mixed_members(tmp_path):
+    seeds = project_root() / "models" / "policies" / "seeds"
+    out = tmp_path / "ens.npz"
+    result = run_cli("ensemble", str(seeds / "grasp_hier_s0.npz"), str(seeds / "grasp_hier_s2.npz"), "--out", str(out))
+    assert result.returncode == 0 and "mean of 2 planners" in result.stdout and out.is_file()
+    result = run_cli("ensemble", str(seeds / "grasp_hier_s0.npz"), str(seeds / "grasp_hier_no_torque_s1.npz"),
+                     "--out", str(tmp_path / "mixed.npz"))
+    assert result.returncode == 2 and "torque_features" in result.stderr and not (tmp_path / "mixed.npz").exists()
+
+
 def test_help_everywhere():
-    for args in ([], ["eval"], ["render"], ["bench"], ["model"], ["quantize"], ["train"]):
+    for args in ([], ["eval"], ["render"], ["bench"], ["model"], ["quantize"], ["ensemble"], ["train"]):
         result = run_cli(*args, "--help")
         assert result.returncode == 0 and "usage: ds-robot" in result.stdout
 

@@ -347,6 +347,47 @@ def test_grasp_select_chooses_on_the_validation_set_and_groups_by_feature_set(tm
         run_grasp_select([SHIPPED, SHIPPED])
 
 
+def test_an_ensemble_chooses_by_the_mean_of_its_members_values_and_refuses_mismatched_members(tmp_path):
+    from ds_robot.bench.grasp import _ensembles
+    from ds_robot.hier.policy import ensemble
+
+    seeds = sorted((policies_dir() / "seeds").glob("grasp_hier_s*.npz"))[:3]
+    members = [HierPolicy.load(f) for f in seeds]
+    ens = ensemble(seeds)
+    x = np.random.default_rng(0).normal(size=(64, HIER_OBS_SIZE))
+    mean = np.mean([m.planner(x) for m in members], axis=0)
+    np.testing.assert_allclose(ens.planner(x), mean, atol=1e-9)  # exactly the mean, as one wider MLP
+    assert ens.options == members[0].options
+    for mine, first in zip(ens.skills, members[0].skills, strict=True):  # the first member's skills
+        np.testing.assert_array_equal(mine(x), first(x))
+    # two constant planners: the mean follows the one that values its option more, not the first
+    shipped = HierPolicy.load(seeds[0])
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    _constant_planner(shipped, 2).save(a)
+    strong = _constant_planner(shipped, 5)
+    strong.planner.biases[-1][5] = 3.0
+    strong.save(b)
+    both = ensemble([a, b])
+    assert (both.choose(x) == 5).all() and (HierPolicy.load(a).choose(x) == 2).all()
+    # saved, loaded, int8-quantized: the same decisions, the members recorded
+    path = tmp_path / "ens.npz"
+    ens.save(path)
+    loaded = HierPolicy.load(path)
+    assert (loaded.choose(x) == ens.choose(x)).all()
+    assert [m["file"] for m in loaded.meta["ensemble"]["members"]] == list(map(str, seeds))
+    assert _ensembles({"hier": path, "hier_no_torque": seeds[0]}, ["hier", "hier_no_torque"]) == {"hier": 3}
+    ens.save(tmp_path / "ens_int8.npz", quantization="int8_channel")
+    assert (HierPolicy.load(tmp_path / "ens_int8.npz").choose(x) == ens.choose(x)).mean() > 0.9
+    with pytest.raises(PolicyFileError, match="at least 2"):
+        ensemble([seeds[0]])
+    with pytest.raises(PolicyFileError, match="listed twice"):
+        ensemble([seeds[0], seeds[0]])
+    with pytest.raises(PolicyFileError, match="torque_features"):
+        ensemble([seeds[0], policies_dir() / "seeds" / "grasp_hier_no_torque_s1.npz"])
+    with pytest.raises(PolicyFileError, match="quantization"):
+        ensemble([path, tmp_path / "ens_int8.npz"])
+
+
 def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_values():
     import torch
 

@@ -243,6 +243,20 @@ def _trained_on(policies: dict[str, Path], variants) -> dict[str, str]:
     return out
 
 
+def _ensembles(policies: dict[str, Path], variants) -> dict[str, int]:
+    """The hierarchical variants whose policy is an ensemble (``ds-robot ensemble``): its member count."""
+    from ds_robot.hier.policy import HierPolicy
+
+    out = {}
+    for variant in variants:
+        path = policies.get(variant)
+        if path is not None and str(path).endswith(".npz") and Path(path).is_file():
+            members = HierPolicy.load(path).meta.get("ensemble", {}).get("members")
+            if members:
+                out[variant] = len(members)
+    return out
+
+
 def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
                         seeds: int = 3, episodes: int | None = None, workers: int | None = None,
                         policies: dict[str, Path] | None = None, variants=VARIANTS, sets=SETS,
@@ -294,6 +308,7 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     results = [summarise_jobs(v, s, [j for j in done if j["variant"] == v and j["set"] == s])
                for s in sets for v in runnable]
     trained_on = _trained_on(policies, runnable)
+    ensembles = _ensembles(policies, runnable)
     for row in results:
         if row["name"] in trained_on:
             row["policy_trained_on"] = trained_on[row["name"]]
@@ -302,12 +317,15 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
             row["option"] = {"index": k, "describe": DEFAULT_OPTIONS[k].describe()}
         files = training_seeds.get(row["name"])
         if files:
-            rates = [row["success_rate"]] + [
+            # an ensemble of the training seeds (ds-robot ensemble) is not one of them: the spread is over the members
+            shipped = [] if row["name"] in ensembles else [row["success_rate"]]
+            rates = shipped + [
                 float(np.mean([e["success"] for (j, job) in zip(seed_done, seed_jobs, strict=True)
                                if job[0] == row["name"] and job[1] == row["object_set"] and job[4][job[0]] == f
                                for e in j["episodes"]])) for f in files]
             mean, ci = mean_ci95(rates)
-            row["training_seeds"] = {"policies": [str(policies[row["name"]]), *map(str, files)],
+            row["training_seeds"] = {"ensemble": not shipped,
+                                     "policies": [str(policies[row["name"]])] * bool(shipped) + [*map(str, files)],
                                      "success_rate": rates, "mean": mean, "ci95": list(ci)}
     options_rows = [summarise_jobs(v, "train", [j for j in search if j["variant"] == v])
                     for v in dict.fromkeys(j["variant"] for j in search)]
@@ -397,8 +415,9 @@ def verdict(results: list[dict]) -> list[str]:
         seeds = row.get("training_seeds")
         if seeds:
             lo, hi = seeds["ci95"]
-            lines.append(f"{row['name']} on the {row['object_set']} set over {len(seeds['success_rate'])} training "
-                         f"seeds: {seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
+            what = "its ensemble's members alone" if seeds.get("ensemble") else "training seeds"
+            lines.append(f"{row['name']} on the {row['object_set']} set over {len(seeds['success_rate'])} {what}: "
+                         f"{seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
                          + ", ".join(f"{r:.3f}" for r in seeds["success_rate"]) + ")")
     non_learned = [by[("test", n)] for n in NON_LEARNED if ("test", n) in by]
     if hier and non_learned:

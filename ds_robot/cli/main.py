@@ -378,6 +378,17 @@ def cmd_quantize(args) -> int:
                            task=args.task_preset)
 
 
+def cmd_ensemble(args) -> int:
+    from ds_robot.hier.policy import ensemble
+
+    policy = ensemble(args.policies)
+    policy.save(args.out)
+    members = policy.meta["ensemble"]["members"]
+    print(f"wrote {args.out}: the planner is the mean of {len(members)} planners ("
+          + ", ".join(f"{m['file']} seed {m['seed']}" for m in members) + f"), the skills are {members[0]['file']}'s")
+    return 0
+
+
 def cmd_model(args) -> int:
     from ds_robot.model import generate
 
@@ -506,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON")
     _add_task_arg(p, "realistic")
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("ensemble", help="combine hierarchical policies (.npz, e.g. training seeds) into one whose "
+                                        "planner chooses by the mean of their option values")
+    p.add_argument("policies", type=Path, nargs="+", help="fp32 policy files with the same options and features")
+    p.add_argument("--out", type=Path, required=True, help="the policy file to write")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")
     p.add_argument("action", choices=("generate",))

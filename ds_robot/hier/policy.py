@@ -62,6 +62,38 @@ class NumpyMLP:
         return self.weights[-1].shape[1]
 
 
+def mean_mlp(parts: list[NumpyMLP]) -> NumpyMLP:
+    """The mean of same-shaped MLPs' outputs as one wider MLP, exactly: the first layers side by
+    side, the hidden ones block-diagonal, the last ones stacked and averaged. The planner heads of
+    one run (``HierTrainConfig.planner_heads``) and the planners of several training seeds
+    (``ds-robot ensemble``) are exported this way, so the run time, int8 and the ROS node need
+    nothing new."""
+    if not parts:
+        raise PolicyFileError("an ensemble needs at least one network")
+    shapes = [[w.shape for w in p.weights] for p in parts]
+    if any(s != shapes[0] for s in shapes):
+        raise PolicyFileError(f"ensemble members differ in shape: {shapes}")
+    k, n = len(parts), len(parts[0].weights)
+    weights, biases = [], []
+    for i in range(n):
+        ws, bs = [p.weights[i] for p in parts], [p.biases[i] for p in parts]
+        if i == n - 1:
+            weights.append(np.vstack(ws) / k)
+            biases.append(np.mean(bs, axis=0))
+        elif i == 0:
+            weights.append(np.hstack(ws))
+            biases.append(np.concatenate(bs))
+        else:
+            block = np.zeros((sum(w.shape[0] for w in ws), sum(w.shape[1] for w in ws)))
+            r = c = 0
+            for w in ws:
+                block[r:r + w.shape[0], c:c + w.shape[1]] = w
+                r, c = r + w.shape[0], c + w.shape[1]
+            weights.append(block)
+            biases.append(np.concatenate(bs))
+    return NumpyMLP(weights, biases)
+
+
 @dataclass
 class HierPolicy:
     planner: NumpyMLP
@@ -217,6 +249,44 @@ class HierPolicy:
                    quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)),
                    probe_residual=bool(header.get("probe_residual", True)),
                    palm_clearance_m=header.get("palm_clearance_m"))
+
+
+# what every member of an ensemble must share: the planner's choices mean the same thing only
+# over the same options, features and machine
+ENSEMBLE_SHARED = ("options", "torque_features", "residual_scale", "gripper_scale", "variant", "probe_in_hand",
+                   "probe_residual", "palm_clearance_m", "quantization")
+
+
+def ensemble(paths) -> HierPolicy:
+    """The policies in ``paths`` (e.g. the training seeds of one recipe) as one: the planner
+    chooses by the mean of the members' option values (``mean_mlp``, one wider MLP), the skills
+    are the first member's. A trained planner's mistakes on objects it has not seen differ from
+    seed to seed (BENCHMARKS.md, issue 16 round 11); the mean keeps what they agree on. Members
+    must share options, features and machine settings (``ENSEMBLE_SHARED``) and be fp32 (an int8
+    ensemble is made by quantizing the result)."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise PolicyFileError(f"an ensemble needs at least 2 policy files, got {len(paths)}")
+    if len(set(map(str, paths))) != len(paths):
+        raise PolicyFileError("an ensemble member is listed twice: " + ", ".join(map(str, paths)))
+    members = [HierPolicy.load(p) for p in paths]
+    first = members[0]
+    for path, m in zip(paths[1:], members[1:], strict=True):
+        for key in ENSEMBLE_SHARED:
+            if getattr(m, key) != getattr(first, key):
+                raise PolicyFileError(f"{path}: {key} is {getattr(m, key)!r}, {paths[0]} has {getattr(first, key)!r}; "
+                                      "ensemble members must share it")
+    if first.quantization != "fp32":
+        raise PolicyFileError("ensemble members must be fp32 files: quantize the ensemble afterwards")
+    meta = dict(first.meta)
+    meta["ensemble"] = {"rule": "planner: mean of the members' option values; skills: the first member's",
+                        "members": [{"file": str(p), "seed": m.meta.get("config", {}).get("seed"),
+                                     "steps": m.meta.get("steps")} for p, m in zip(paths, members, strict=True)]}
+    return HierPolicy(planner=mean_mlp([m.planner for m in members]), skills=first.skills, options=first.options,
+                      torque_features=first.torque_features, residual_scale=first.residual_scale,
+                      gripper_scale=first.gripper_scale, variant=first.variant, meta=meta,
+                      probe_in_hand=first.probe_in_hand, probe_residual=first.probe_residual,
+                      palm_clearance_m=first.palm_clearance_m)
 
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:

@@ -58,7 +58,7 @@ from ds_robot.hier.features import (
     skill_of,
 )
 from ds_robot.hier.options import DEFAULT_OPTIONS, MAX_OPTIONS, options_from_list, options_to_list
-from ds_robot.hier.policy import HierPolicy, NumpyMLP
+from ds_robot.hier.policy import HierPolicy, NumpyMLP, mean_mlp
 from ds_robot.rl.amp import DynamicLossScaler, optimize_step
 from ds_robot.rl.checkpoint import load_checkpoint, save_checkpoint
 from ds_robot.rl.common import RunDir, log_scalars, seed_everything, train_in_run
@@ -227,29 +227,9 @@ def _numpy_mlp(seq: nn.Sequential, input_scale: np.ndarray | None = None, output
 
 
 def _ensemble_numpy_mlp(heads, input_scale: np.ndarray, output_scale: float = 1.0) -> NumpyMLP:
-    """The mean of ``heads`` (same-shaped ``nn.Sequential`` MLPs) as one wider MLP: the first layers
-    side by side, the hidden ones block-diagonal, the last ones stacked and averaged. One head
-    gives that head's MLP exactly."""
-    parts = [_numpy_mlp(h, input_scale, output_scale) for h in heads]
-    k, n = len(parts), len(parts[0].weights)
-    weights, biases = [], []
-    for i in range(n):
-        ws, bs = [p.weights[i] for p in parts], [p.biases[i] for p in parts]
-        if i == n - 1:
-            weights.append(np.vstack(ws) / k)
-            biases.append(np.mean(bs, axis=0))
-        elif i == 0:
-            weights.append(np.hstack(ws))
-            biases.append(np.concatenate(bs))
-        else:
-            block = np.zeros((sum(w.shape[0] for w in ws), sum(w.shape[1] for w in ws)))
-            r = c = 0
-            for w in ws:
-                block[r:r + w.shape[0], c:c + w.shape[1]] = w
-                r, c = r + w.shape[0], c + w.shape[1]
-            weights.append(block)
-            biases.append(np.concatenate(bs))
-    return NumpyMLP(weights, biases)
+    """The mean of ``heads`` (same-shaped ``nn.Sequential`` MLPs) as one wider MLP
+    (:func:`ds_robot.hier.policy.mean_mlp`). One head gives that head's MLP exactly."""
+    return mean_mlp([_numpy_mlp(h, input_scale, output_scale) for h in heads])
 
 
 class HierTrainer:
