@@ -12,7 +12,8 @@ task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` epi
   full grip for every re-plan (a slip or a missed grasp);
 - ``rule_probe``: a hand-written planner with the probe option: weigh the object with a 4 N
   grip first, then the grip its weight needs by a friction rule (``PROBE_RULE_KG``);
-- ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``);
+- ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``, an ensemble
+  of 6 training seeds' planners since round 11; ``TRAINING_SEEDS`` runs each member alone too);
   ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
   lifted hand off; ``hier_no_torque``: the policy trained without torque features;
 - ``flat``: the flat PPO policy of the first releases (``grasp_flat.pt``: raw torques, no
@@ -62,7 +63,9 @@ POLICY_FILES = {"flat": "grasp_flat.pt", "hier_no_torque": "grasp_hier_no_torque
 # More training seeds of a learned variant (files in models/policies/ matching the pattern, used
 # when present; ``_sK`` names the training seed, models/policies/README.md the shipped file's own):
 # the variant is run with each of them on the same episodes too, and its rows report the success
-# of every training seed and their mean with a 95% CI across the training seeds
+# of every training seed and their mean with a 95% CI across the training seeds. When the shipped
+# file is an ensemble of them (ds-robot ensemble; since round 11), the seeds are its members and
+# the mean is over them alone
 TRAINING_SEEDS = {"hier": "seeds/grasp_hier_s*.npz", "hier_no_torque": "seeds/grasp_hier_no_torque_s*.npz"}
 NON_LEARNED = ("scripted", "best_fixed", "rule_gentle_first", "rule_probe")
 SETS = ("train", "test")
@@ -415,8 +418,9 @@ def verdict(results: list[dict]) -> list[str]:
         seeds = row.get("training_seeds")
         if seeds:
             lo, hi = seeds["ci95"]
-            what = "its ensemble's members alone" if seeds.get("ensemble") else "training seeds"
-            lines.append(f"{row['name']} on the {row['object_set']} set over {len(seeds['success_rate'])} {what}: "
+            n = len(seeds["success_rate"])
+            what = f"its ensemble's {n} members alone" if seeds.get("ensemble") else f"{n} training seeds"
+            lines.append(f"{row['name']} on the {row['object_set']} set over {what}: "
                          f"{seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
                          + ", ".join(f"{r:.3f}" for r in seeds["success_rate"]) + ")")
     non_learned = [by[("test", n)] for n in NON_LEARNED if ("test", n) in by]
