@@ -23,8 +23,7 @@ OPTIONAL_MODULES = {"torch": "train", "tensorboard": "train", "gymnasium": "sim"
                     "imageio": "sim", "stable_baselines3": "bench", "cpprb": "bench", "pybullet": "bench",
                     "envpool": "bench", "ale_py": "bench", "ray": "dist", "rclpy": "ros"}
 BENCHMARKS = ("sim", "cartpole", "per", "humanoid", "amp", "atari", "grasp", "grasp-curve", "grasp-select", "node",
-              "sim2real",
-              "supervisor", "robot-install")
+              "sim2real", "supervisor", "robot-install")
 
 
 def grasp_env_from_args(args, **kwargs):
