@@ -348,7 +348,7 @@ def test_grasp_select_chooses_on_the_validation_set_and_groups_by_feature_set(tm
 
 
 def test_an_ensemble_chooses_by_the_mean_of_its_members_values_and_refuses_mismatched_members(tmp_path):
-    from ds_robot.bench.grasp import _ensembles
+    from ds_robot.bench.grasp import _ensembles, _policy_metas
     from ds_robot.hier.policy import ensemble
 
     seeds = sorted((policies_dir() / "seeds").glob("grasp_hier_s*.npz"))[:3]
@@ -375,7 +375,7 @@ def test_an_ensemble_chooses_by_the_mean_of_its_members_values_and_refuses_misma
     loaded = HierPolicy.load(path)
     assert (loaded.choose(x) == ens.choose(x)).all()
     assert [m["file"] for m in loaded.meta["ensemble"]["members"]] == list(map(str, seeds))
-    assert _ensembles({"hier": path, "hier_no_torque": seeds[0]}, ["hier", "hier_no_torque"]) == {"hier": 3}
+    assert _ensembles(_policy_metas({"hier": path, "hier_no_torque": seeds[0]}, ["hier", "hier_no_torque"])) == {"hier": 3}
     ens.save(tmp_path / "ens_int8.npz", quantization="int8_channel")
     assert (HierPolicy.load(tmp_path / "ens_int8.npz").choose(x) == ens.choose(x)).mean() > 0.9
     with pytest.raises(PolicyFileError, match="at least 2"):
@@ -386,6 +386,8 @@ def test_an_ensemble_chooses_by_the_mean_of_its_members_values_and_refuses_misma
         ensemble([seeds[0], policies_dir() / "seeds" / "grasp_hier_no_torque_s1.npz"])
     with pytest.raises(PolicyFileError, match="quantization"):
         ensemble([path, tmp_path / "ens_int8.npz"])
+    with pytest.raises(PolicyFileError, match="must be fp32"):
+        ensemble([tmp_path / "ens_int8.npz", path])
 
 
 def test_the_exported_planner_folds_the_input_scales_and_ranks_options_by_their_values():

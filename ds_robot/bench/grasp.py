@@ -233,31 +233,23 @@ def _run(jobs: list[tuple], workers: int, desc: str) -> list[dict]:
     return done
 
 
-def _trained_on(policies: dict[str, Path], variants) -> dict[str, str]:
-    """The task each hierarchical variant's policy was trained on (its file's metadata; files from
-    before task presets trained the nominal task)."""
+def _policy_metas(policies: dict[str, Path], variants) -> dict[str, dict]:
+    """Each hierarchical variant's policy file metadata (how it was trained), read once."""
     from ds_robot.hier.policy import HierPolicy
 
-    out = {}
-    for variant in variants:
-        path = policies.get(variant)
-        if path is not None and str(path).endswith(".npz"):
-            out[variant] = str(HierPolicy.load(path).meta.get("config", {}).get("task", "nominal"))
-    return out
+    return {v: HierPolicy.load(policies[v]).meta for v in variants
+            if policies.get(v) is not None and str(policies[v]).endswith(".npz")}
 
 
-def _ensembles(policies: dict[str, Path], variants) -> dict[str, int]:
+def _trained_on(metas: dict[str, dict]) -> dict[str, str]:
+    """The task each hierarchical variant's policy was trained on (files from before task presets
+    trained the nominal task)."""
+    return {v: str(meta.get("config", {}).get("task", "nominal")) for v, meta in metas.items()}
+
+
+def _ensembles(metas: dict[str, dict]) -> dict[str, int]:
     """The hierarchical variants whose policy is an ensemble (``ds-robot ensemble``): its member count."""
-    from ds_robot.hier.policy import HierPolicy
-
-    out = {}
-    for variant in variants:
-        path = policies.get(variant)
-        if path is not None and str(path).endswith(".npz") and Path(path).is_file():
-            members = HierPolicy.load(path).meta.get("ensemble", {}).get("members")
-            if members:
-                out[variant] = len(members)
-    return out
+    return {v: len(meta["ensemble"]["members"]) for v, meta in metas.items() if meta.get("ensemble")}
 
 
 def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: str | Path | None = None,
@@ -310,8 +302,8 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
             job["variant"] = "best_fixed"
     results = [summarise_jobs(v, s, [j for j in done if j["variant"] == v and j["set"] == s])
                for s in sets for v in runnable]
-    trained_on = _trained_on(policies, runnable)
-    ensembles = _ensembles(policies, runnable)
+    metas = _policy_metas(policies, runnable)
+    trained_on, ensembles = _trained_on(metas), _ensembles(metas)
     for row in results:
         if row["name"] in trained_on:
             row["policy_trained_on"] = trained_on[row["name"]]

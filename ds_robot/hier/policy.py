@@ -14,6 +14,7 @@ load; the runtime is the same.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -271,22 +272,19 @@ def ensemble(paths) -> HierPolicy:
         raise PolicyFileError("an ensemble member is listed twice: " + ", ".join(map(str, paths)))
     members = [HierPolicy.load(p) for p in paths]
     first = members[0]
+    if first.quantization != "fp32":
+        raise PolicyFileError(f"{paths[0]} is {first.quantization}: ensemble members must be fp32 files "
+                              "(quantize the ensemble afterwards)")
     for path, m in zip(paths[1:], members[1:], strict=True):
         for key in ENSEMBLE_SHARED:
             if getattr(m, key) != getattr(first, key):
                 raise PolicyFileError(f"{path}: {key} is {getattr(m, key)!r}, {paths[0]} has {getattr(first, key)!r}; "
                                       "ensemble members must share it")
-    if first.quantization != "fp32":
-        raise PolicyFileError("ensemble members must be fp32 files: quantize the ensemble afterwards")
     meta = dict(first.meta)
     meta["ensemble"] = {"rule": "planner: mean of the members' option values; skills: the first member's",
                         "members": [{"file": str(p), "seed": m.meta.get("config", {}).get("seed"),
                                      "steps": m.meta.get("steps")} for p, m in zip(paths, members, strict=True)]}
-    return HierPolicy(planner=mean_mlp([m.planner for m in members]), skills=first.skills, options=first.options,
-                      torque_features=first.torque_features, residual_scale=first.residual_scale,
-                      gripper_scale=first.gripper_scale, variant=first.variant, meta=meta,
-                      probe_in_hand=first.probe_in_hand, probe_residual=first.probe_residual,
-                      palm_clearance_m=first.palm_clearance_m)
+    return dataclasses.replace(first, planner=mean_mlp([m.planner for m in members]), meta=meta)
 
 
 def _unpack(arrays: dict[str, np.ndarray], table: list) -> dict[str, np.ndarray]:
