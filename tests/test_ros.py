@@ -451,6 +451,26 @@ def test_parameter_sets_take_effect_or_are_refused_in_process():
         rclpy.try_shutdown(context=context)
 
 
+def test_the_skill_machine_trusts_the_object_pose_in_the_hand_only_when_told():
+    """in_hand_vision reaches the skill machine under the node's controller (default off: a
+    camera over the table cannot see between the fingers), through the correction wrapper too."""
+    from rclpy.parameter import Parameter
+
+    from ds_robot.deploy.controllers import skill_machine
+    from ds_robot.deploy.policy_node import PolicyNode
+
+    for overrides, expected in (([], False), ([Parameter("in_hand_vision", value=True)], True),
+                                ([Parameter("correction", value=True)], False)):
+        context = rclpy.Context()
+        rclpy.init(args=[], context=context, domain_id=99)
+        node = PolicyNode(context=context, parameter_overrides=overrides)
+        try:
+            assert skill_machine(node.controller).in_hand_vision is expected, overrides
+        finally:
+            node.destroy_node()
+            rclpy.try_shutdown(context=context)
+
+
 def test_ros2_param_set_over_dds_takes_effect_or_is_refused(ros):
     """What `ros2 param set` does: the SetParameters service of the running node process."""
     from rcl_interfaces.msg import Parameter as ParameterMsg

@@ -10,7 +10,8 @@ Phases: plan -> pre-grasp (above the object, jaws across its narrower side) -> d
 close -> lift -> hold. A grasp that closes on nothing (jaws shut) re-opens, backs off and
 re-plans with the object's new pose, up to ``max_attempts`` times; so does a lift that ends
 with an empty hand (``replan_on_empty``): 0.2 s into the hold, the jaws are shut or the
-perceived object rose less than half the lift (it slipped, or was never held). Over that
+perceived object rose less than half the lift (it slipped, or was never held; the second test
+only where the camera sees the object in the hand, ``in_hand_vision``). Over that
 window the measured joint torques are compared with the model's gravity torques, and the
 difference, projected on the TCP's vertical Jacobian row (weighted by 1 / torque limit^2, the
 sensor noise scale), is the payload ``m = (j W dtau) / (g j W j)``, averaged: what the object
@@ -196,6 +197,10 @@ class ScriptedGraspController(Controller):
         self.phase = "idle"
         self.option = self.config.option
         self.torque_available = True  # False: the observation's torque slice is zeroed (no payload check)
+        # False: the object's perceived pose does not follow it in the hand (a camera over the table
+        # is occluded by the gripper): the empty-hand check reads the jaws alone, and a probe's
+        # outcome the jaws and, with torque features, the weighed payload (the planner's to read)
+        self.in_hand_vision = True
         self.grip_gain_n_m = desc.gripper.actuator_kp_n_m / 2.0  # pad force per metre of finger lag
         self.finger_travel_m = desc.gripper.finger_travel_m
         self.payload_kg = float("nan")  # the last payload estimate (kg), for diagnostics
@@ -207,7 +212,9 @@ class ScriptedGraspController(Controller):
     @classmethod
     def for_env(cls, env, config: ScriptedConfig | None = None) -> ScriptedGraspController:
         env = env.unwrapped
-        return cls(env.control_dt_s, env.backend.variant, config)
+        machine = cls(env.control_dt_s, env.backend.variant, config)
+        machine.in_hand_vision = getattr(env, "in_hand_vision", True)
+        return machine
 
     @property
     def robot_model(self) -> RobotModel:
@@ -275,14 +282,16 @@ class ScriptedGraspController(Controller):
     def _continue_in_hand(self, obs: np.ndarray, t: float) -> None:
         """After a probe: the next decision's option takes over with the object in the hand. Held,
         its lift goes on from the probe height with its grip; slipped (the object stayed down),
-        the hand goes back down to the grasp pose and squeezes again with its grip first. Not a new
+        the hand goes back down to the grasp pose and squeezes again with its grip first. Without
+        ``in_hand_vision`` nothing tells a held probe from one that slid down between the pads
+        (the jaws stay on it either way), so the hand always goes back down first. Not a new
         attempt. Without re-planning (``replan_on_empty`` off) the probe goes on as its own grip."""
         start = time.perf_counter()
         cfg = self.config
         if self.option_chooser and cfg.replan_on_empty:
             self.option = self.option_chooser(obs, self.attempt)
         self.probing = False
-        if self.last_outcome == "probed":
+        if self.last_outcome == "probed" and self.in_hand_vision:
             self._start_lift(t)
         else:
             self.segments["descend"] = Segment(t, cfg.regrip_descend_s, self.ref_pos, self.grasp_pos,
@@ -358,7 +367,7 @@ class ScriptedGraspController(Controller):
             obj_pos, _ = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)
             # the perceived object rose less than half as far as the hand: it slipped (or was never held)
             lifted = PROBE_LIFT_M if self.probing else self.option.lift_height_m
-            behind = obj_pos[2] - self.object_z_m < 0.5 * lifted
+            behind = self.in_hand_vision and obj_pos[2] - self.object_z_m < 0.5 * lifted
             shut = self.opening < cfg.missed_opening_m
             empty = shut or behind
             if self.probing and not (shut and self.attempt < cfg.max_attempts):

@@ -97,4 +97,23 @@ def build_controller(kind: str, *, variant: str = "ur5e", control_dt_s: float = 
 def controller_for_env(kind: str, env, **options) -> Controller:
     """:func:`build_controller` for the arm variant and control period of ``env``."""
     env = env.unwrapped
-    return build_controller(kind, variant=env.backend.variant, control_dt_s=env.control_dt_s, **options)
+    controller = build_controller(kind, variant=env.backend.variant, control_dt_s=env.control_dt_s, **options)
+    machine = skill_machine(controller)
+    if machine is not None:  # the env's detector may not see the object in the hand
+        machine.in_hand_vision = getattr(env, "in_hand_vision", True)
+    return controller
+
+
+def skill_machine(controller):
+    """The ``ScriptedGraspController`` that runs ``controller``'s phases (itself, the hierarchical
+    controller's skill machine, or the one inside a correction wrapper); None for a flat policy."""
+    from ds_robot.control.scripted import ScriptedGraspController
+
+    for _ in range(4):
+        if isinstance(controller, ScriptedGraspController):
+            return controller
+        inner = getattr(controller, "machine", None) or getattr(controller, "inner", None)
+        if inner is None:
+            return None
+        controller = inner
+    return None

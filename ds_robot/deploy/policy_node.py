@@ -19,6 +19,11 @@ noise-free velocities only (a simulated arm). ``correction_latency_evidence`` (d
 how much better the identified command latency must explain the data than no latency before it
 is compensated (1.0: always; sim2real/correction.py).
 
+``in_hand_vision`` (default false): whether the object pose topic keeps tracking an object
+between the fingers. A camera over the table does not (the gripper hides it), so by default the
+skill machine judges a lifted hand from the jaws and the joint torques alone, as the realistic
+task trains it to; a stale pose trusted in the hand would read every lifted object as left behind.
+
 Parameters are checked when set: a ``ros2 param set`` of a safety limit or timeout
 (``max_torque_fraction``, ``max_velocity_rad_s``, ``joint_limit_margin_rad``,
 ``state_timeout_s``, ``object_timeout_s``) or of ``object_half_extents_m`` takes effect at the
@@ -52,7 +57,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from ds_robot.control.contract import Controller
-from ds_robot.deploy.controllers import build_controller
+from ds_robot.deploy.controllers import build_controller, skill_machine
 from ds_robot.deploy.core import LIVE_FIELDS, UR_TYPES, ControlCore, MessageError, NodeConfig, checked_object_extents
 from ds_robot.deploy.loop_stats import LoopTimer, RunRecorder
 from ds_robot.deploy.ros_common import DEFAULT_TOPICS, node_main, stamp_s
@@ -138,6 +143,10 @@ class PolicyNode(Node):
         stats_file = p("stats_file", "").value
         self.topics = {k: p(k, v).value for k, v in DEFAULT_TOPICS.items()}
         correction = bool(p("correction", False).value)
+        # whether the object's pose topic follows an object in the hand; false (a camera over the
+        # table, which the gripper occludes): the skill machine reads a lifted hand's contents from
+        # the jaws and the joint torques only (ScriptedGraspController.in_hand_vision)
+        in_hand_vision = bool(p("in_hand_vision", False).value)
         # The estimator's low-pass (Hz; 0: finite differences, only for velocities with well under
         # 1e-3 rad/s of noise: see sim2real/estimator.py).
         from ds_robot.sim2real.estimator import EstimatorConfig
@@ -164,6 +173,9 @@ class PolicyNode(Node):
         self.controller = self._controller(kind, policy, runtime, correction, estimator if correction else None,
                                            latency_evidence)
         self.corrected = self.controller if correction else None
+        machine = skill_machine(self.controller)
+        if machine is not None:
+            machine.in_hand_vision = in_hand_vision
         self.idle = kind == "none"
         self.core = ControlCore(self.config, self.controller)
         if self.corrected is not None:  # accelerations over the joint states' measured intervals

@@ -185,7 +185,13 @@ class UR5GraspEnv(gym.Env):
         s, rng = self.state, self.np_random
         if reset:
             return self.perception.reset(s.time_s, s.object_pos_m, s.object_quat, self.setup.obj.half_extents_m, rng)
-        return self.perception(s.time_s, s.object_pos_m, s.object_quat, rng)
+        return self.perception(s.time_s, s.object_pos_m, s.object_quat, rng, tcp_pos=s.tcp_pos_m)
+
+    @property
+    def in_hand_vision(self) -> bool:
+        """Whether the observed object pose follows an object in the hand (False: the detector's
+        view of it is occluded by the gripper, ``PerceptionConfig.occludes``)."""
+        return self.perception is None or not self.perception.config.occludes
 
     def _check_action(self, action) -> np.ndarray:
         action = checked_action(action, ACTION_SIZE, "6 normalised joint torques and a gripper command")

@@ -15,6 +15,13 @@ Between deliveries the last delivered detection is held (the controller sees not
 The episode starts with one detection already delivered (the scene was seen before the arm
 moved).
 
+In-hand occlusion (``occlusion_radius_m`` > 0): a camera over the table does not see an object
+under the gripper. A frame captured while the TCP is within ``occlusion_radius_m`` of the
+object horizontally and within ``occlusion_height_m`` of it vertically is lost (counted in
+``occluded_frames``), so from the end of the descent until the hand has risen clear (or left),
+the controller holds the last detection from before: whether a lifted object is still in the
+hand must come from the gripper and the joint torques (``ScriptedGraspController.in_hand_vision``).
+
 A frame is captured from the physics state at the first control step at or after its capture
 time (at most one control period, 10 ms, late: the physics is not stepped for the camera).
 """
@@ -41,12 +48,21 @@ class PerceptionConfig:
     noise_position_m: float = 0.0015
     noise_yaw_deg: float = 1.0
     size_error_fraction: float = 0.03
+    occlusion_radius_m: float = 0.0  # 0: the detector sees the object in the hand too
+    occlusion_height_m: float = 0.0
+
+    @property
+    def occludes(self) -> bool:
+        """Whether the gripper hides the object it holds (then no frame shows a lifted object)."""
+        return self.occlusion_radius_m > 0 and self.occlusion_height_m > 0
 
     def __post_init__(self):
         bad = {k: v for k, v in (("rate_hz", self.rate_hz), ("latency_s", self.latency_s),
                                  ("bias_yaw_deg", self.bias_yaw_deg), ("noise_position_m", self.noise_position_m),
                                  ("noise_yaw_deg", self.noise_yaw_deg),
-                                 ("size_error_fraction", self.size_error_fraction))
+                                 ("size_error_fraction", self.size_error_fraction),
+                                 ("occlusion_radius_m", self.occlusion_radius_m),
+                                 ("occlusion_height_m", self.occlusion_height_m))
                if not (math.isfinite(v) and v >= 0)}
         if self.rate_hz <= 0 or not 0 <= self.dropout_probability < 1 or len(self.bias_position_m) != 3 \
                 or not all(math.isfinite(b) and b >= 0 for b in self.bias_position_m) \
@@ -66,7 +82,9 @@ class PerceptionConfig:
                    bias_yaw_deg=f.number("bias_yaw_deg", low=0.0, high=30.0),
                    noise_position_m=f.number("noise_position_m", low=0.0, high=0.05),
                    noise_yaw_deg=f.number("noise_yaw_deg", low=0.0, high=30.0),
-                   size_error_fraction=f.number("size_error_fraction", low=0.0, high=0.3))
+                   size_error_fraction=f.number("size_error_fraction", low=0.0, high=0.3),
+                   occlusion_radius_m=f.number("occlusion_radius_m", low=0.0, high=0.5, default=0.0),
+                   occlusion_height_m=f.number("occlusion_height_m", low=0.0, high=0.5, default=0.0))
 
 
 def _yaw_quat(angle_rad: float) -> np.ndarray:
@@ -91,6 +109,7 @@ class Perception:
         self.period_s = 1.0 / config.rate_hz
         self.delivered_frames = 0
         self.dropped_frames = 0
+        self.occluded_frames = 0
 
     def _detect(self, pos: np.ndarray, quat: np.ndarray, rng: np.random.Generator) -> Detection:
         c = self.config
@@ -111,10 +130,22 @@ class Perception:
         self.current_capture_s = time_s
         return self.current
 
-    def __call__(self, time_s: float, pos: np.ndarray, quat: np.ndarray, rng: np.random.Generator) -> Detection:
+    def occluded(self, pos: np.ndarray, tcp_pos: np.ndarray | None) -> bool:
+        """Whether the gripper at ``tcp_pos`` hides an object at ``pos`` from the camera."""
         c = self.config
+        if tcp_pos is None or not c.occludes:
+            return False
+        d = np.asarray(tcp_pos, float) - np.asarray(pos, float)
+        return math.hypot(d[0], d[1]) <= c.occlusion_radius_m and abs(d[2]) <= c.occlusion_height_m
+
+    def __call__(self, time_s: float, pos: np.ndarray, quat: np.ndarray, rng: np.random.Generator,
+                 tcp_pos: np.ndarray | None = None) -> Detection:
+        c = self.config
+        hidden = self.occluded(pos, tcp_pos)
         while self.next_capture_s <= time_s + 1e-12:
-            if rng.random() >= c.dropout_probability:
+            if hidden:
+                self.occluded_frames += 1
+            elif rng.random() >= c.dropout_probability:
                 self.in_flight.append((self.next_capture_s, self._detect(pos, quat, rng)))
             else:
                 self.dropped_frames += 1
