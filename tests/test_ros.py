@@ -452,15 +452,16 @@ def test_parameter_sets_take_effect_or_are_refused_in_process():
 
 
 def test_the_skill_machine_trusts_the_object_pose_in_the_hand_only_when_told():
-    """in_hand_vision reaches the skill machine under the node's controller (default off: a
-    camera over the table cannot see between the fingers), through the correction wrapper too."""
+    """in_hand_vision reaches the skill machine under the node's controller (default on, as the
+    shipped policies were trained; off for a camera over the table), through the correction
+    wrapper too."""
     from rclpy.parameter import Parameter
 
     from ds_robot.deploy.controllers import skill_machine
     from ds_robot.deploy.policy_node import PolicyNode
 
-    for overrides, expected in (([], False), ([Parameter("in_hand_vision", value=True)], True),
-                                ([Parameter("correction", value=True)], False)):
+    for overrides, expected in (([], True), ([Parameter("in_hand_vision", value=False)], False),
+                                ([Parameter("correction", value=True), Parameter("in_hand_vision", value=False)], False)):
         context = rclpy.Context()
         rclpy.init(args=[], context=context, domain_id=99)
         node = PolicyNode(context=context, parameter_overrides=overrides)

@@ -19,10 +19,12 @@ noise-free velocities only (a simulated arm). ``correction_latency_evidence`` (d
 how much better the identified command latency must explain the data than no latency before it
 is compensated (1.0: always; sim2real/correction.py).
 
-``in_hand_vision`` (default false): whether the object pose topic keeps tracking an object
-between the fingers. A camera over the table does not (the gripper hides it), so by default the
-skill machine judges a lifted hand from the jaws and the joint torques alone, as the realistic
-task trains it to; a stale pose trusted in the hand would read every lifted object as left behind.
+``in_hand_vision`` (default true, as the shipped policies were trained and as the sim node
+publishes the object): whether the object pose topic keeps tracking an object between the
+fingers. A camera over the table does not (the gripper hides it): there set it false, and the
+skill machine judges a lifted hand from the jaws and the joint torques alone (a stale pose
+trusted in the hand reads every lifted object as left behind, and the machine lets go of it to
+grasp again). A policy for such a cell is trained with ``--task occluded``.
 
 Parameters are checked when set: a ``ros2 param set`` of a safety limit or timeout
 (``max_torque_fraction``, ``max_velocity_rad_s``, ``joint_limit_margin_rad``,
@@ -146,7 +148,7 @@ class PolicyNode(Node):
         # whether the object's pose topic follows an object in the hand; false (a camera over the
         # table, which the gripper occludes): the skill machine reads a lifted hand's contents from
         # the jaws and the joint torques only (ScriptedGraspController.in_hand_vision)
-        in_hand_vision = bool(p("in_hand_vision", False).value)
+        in_hand_vision = bool(p("in_hand_vision", True).value)
         # The estimator's low-pass (Hz; 0: finite differences, only for velocities with well under
         # 1e-3 rad/s of noise: see sim2real/estimator.py).
         from ds_robot.sim2real.estimator import EstimatorConfig

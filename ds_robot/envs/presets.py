@@ -2,7 +2,8 @@
 
 A preset is one YAML in ``sim/tasks/`` (``realistic.yaml``, the default of every benchmark,
 of ``train grasp`` and of ``make demo``; ``nominal.yaml``, the ground-truth setting of the
-first releases, kept for regression). Format::
+first releases, kept for regression; ``occluded.yaml``, the realistic task with a camera that
+cannot see what the gripper holds, round 12's experiment). Format::
 
     name: realistic
     objects: {train: train.yaml, val: val.yaml, test: test.yaml}  # files in sim/objects/; val optional
@@ -11,6 +12,7 @@ first releases, kept for regression). Format::
     joint_sensors: {q_rad: 1.0e-4, qd_rad_s: 0.01, tau_fraction_of_limit: 0.01, delay_steps: 0}
     perception: {...}                                # ds_robot.envs.perception; null = ground truth
     training_variation: {mass_scale: [lo, hi], ...}  # ds_robot.sim.objects.ObjectVariation; training only
+    base: realistic                                  # optional: another preset's keys, these over them
 
 ``env_kwargs(split)`` gives the ``UR5GraspEnv`` keyword arguments of the preset for the
 ``train``, ``val`` or ``test`` object set (plain, picklable values: rollout workers build their own envs);
@@ -34,7 +36,7 @@ from ds_robot.paths import sim_dir
 from ds_robot.sim.objects import ObjectVariation
 from ds_robot.yamlio import Fields, load_yaml
 
-TASKS = ("realistic", "nominal")
+TASKS = ("realistic", "occluded", "nominal")
 SPLITS = ("train", "val", "test")
 OPTIONAL_SPLITS = ("val",)
 DEFAULT_TASK = "realistic"
@@ -69,14 +71,45 @@ class TaskPreset:
         return kwargs
 
 
-def load_task(name: str | Path) -> TaskPreset:
-    """A preset by name (``sim/tasks/<name>.yaml``) or from a YAML path."""
+def _preset_path(name: str | Path) -> Path:
     path = Path(name)
     if path.suffix not in (".yaml", ".yml"):
         path = sim_dir() / "tasks" / f"{name}.yaml"
         if not path.is_file():
             raise ConfigError(f"task preset {name!r}: no {path}; presets: {', '.join(TASKS)}")
-    f = Fields(load_yaml(path, "task preset"), str(path))
+    return path
+
+
+def _preset_data(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The preset's YAML mapping; with ``base: NAME`` the base preset's, with this file's keys
+    over it (a mapping such as ``perception`` merged key by key, anything else replaced)."""
+    data = load_yaml(path, "task preset")
+    if not isinstance(data, dict):
+        raise ConfigError(f"task preset {path}: expected a mapping, got {type(data).__name__}")
+    base = data.get("base")
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"task preset {path}: base must be a preset name, got {base!r}")
+    base_path = _preset_path(base)
+    if base_path.resolve() in chain + (path.resolve(),):
+        raise ConfigError(f"task preset {path}: base {base!r} leads back to itself")
+    merged = dict(_preset_data(base_path, chain + (path.resolve(),)))
+    merged.pop("name", None)
+    for key, value in data.items():
+        if key == "base":
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_task(name: str | Path) -> TaskPreset:
+    """A preset by name (``sim/tasks/<name>.yaml``) or from a YAML path."""
+    path = _preset_path(name)
+    f = Fields(_preset_data(path, ()), str(path))
     objects = f.sub("objects")
     sets = {}
     for split in SPLITS:
