@@ -12,9 +12,9 @@ task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` epi
   full grip for every re-plan (a slip or a missed grasp);
 - ``rule_probe``: a hand-written planner with the probe option: weigh the object with a 4 N
   grip first, then the grip its weight needs by a friction rule (``PROBE_RULE_KG``). On the
-  realistic task since round 12 the camera cannot see the object in the hand, so a probe whose
-  object slid down between the pads reads like a held one, with the friction the pads carried
-  as its weight: the rule then takes that reading for the weight;
+  ``occluded`` task the camera cannot see the object in the hand, so a probe whose object slid
+  down between the pads reads like a held one, with the friction the pads carried as its
+  weight: the rule then takes that reading for the weight;
 - ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``, an ensemble
   of 6 training seeds' planners since round 11; ``TRAINING_SEEDS`` runs each member alone too);
   ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
