@@ -87,8 +87,9 @@ def test_the_gripper_over_the_object_hides_it_from_the_camera_and_the_last_detec
     # the hand rises clear of an object left on the table: it is seen again, where it is
     assert perception(1.5, obj, QUAT, rng, tcp_pos=obj + [0, 0, 0.12])[0][2] == pytest.approx(0.03, abs=0.01)
     assert not PerceptionConfig().occludes and cfg.occludes
-    with pytest.raises(ConfigError, match="perception"):
-        PerceptionConfig(occlusion_radius_m=-0.01)
+    for bad in ({"occlusion_radius_m": -0.01, "occlusion_height_m": 0.1}, {"occlusion_radius_m": 0.06}):
+        with pytest.raises(ConfigError, match="perception"):
+            PerceptionConfig(**bad)
 
 
 def test_on_the_occluded_task_the_skill_machine_does_not_trust_the_camera_in_the_hand():

@@ -69,9 +69,12 @@ class PerceptionConfig:
                 or self.size_error_fraction >= 0.5:
             bad["rate_hz / dropout_probability / bias_position_m / size_error_fraction"] = (
                 self.rate_hz, self.dropout_probability, self.bias_position_m, self.size_error_fraction)
+        if (self.occlusion_radius_m > 0) != (self.occlusion_height_m > 0):
+            bad["occlusion_radius_m / occlusion_height_m"] = (self.occlusion_radius_m, self.occlusion_height_m)
         if bad:
             raise ConfigError(f"perception: impossible values {bad} (rates > 0, standard deviations >= 0, "
-                              "dropout probability in [0, 1), size error < 0.5)")
+                              "dropout probability in [0, 1), size error < 0.5, occlusion radius and height "
+                              "both 0 or both > 0)")
 
     @classmethod
     def from_fields(cls, f: Fields) -> PerceptionConfig:
