@@ -165,10 +165,12 @@ def test_online_correction_identifies_a_shifted_arm_through_ros(ros):
     params = ["--params-file", str(REPO / "ros2_ws/src/ds_robot/config/ur5e.yaml")]
     status = ros.listen(String, "/ds_robot/sim/status", latched=True)
     diagnostics = ros.listen(DiagnosticArray, "/diagnostics")
-    # A quarter speed (not half): identification needs commands that land when the world expects
-    # them, and under the suite's load a half-speed world often applies them a step late.
+    # An eighth of real time: identification needs commands that land when the world expects
+    # them, and under the suite's load a half-speed world often applies them a step late; at a
+    # quarter speed the payload estimate stayed at its prior in 3 full-suite runs of 2026-12-07
+    # (0.025 kg against 0.306), while it passed alone.
     ros.start("sim_node", *params, "-p", "seed:=0", "-p", "world:=shifted", "-p", f"world_seed:={WORLD_SEED}",
-              "-p", "real_time_factor:=0.25", "-p", "max_catch_up_steps:=2")
+              "-p", "real_time_factor:=0.125", "-p", "max_catch_up_steps:=2")
     # the nominal-task policy, as the in-process correction test (on the realistic policy's motion the
     # gain estimate over ROS was no better than the nominal model's: issue 15)
     nominal = str(REPO / "models/policies/grasp_hier_nominal.npz")
