@@ -144,8 +144,10 @@ class Perception:
     def __call__(self, time_s: float, pos: np.ndarray, quat: np.ndarray, rng: np.random.Generator,
                  tcp_pos: np.ndarray | None = None) -> Detection:
         c = self.config
-        hidden = self.occluded(pos, tcp_pos)
+        hidden = None  # decided once, and only on a step where a frame is due (30 of 100 steps a second)
         while self.next_capture_s <= time_s + 1e-12:
+            if hidden is None:
+                hidden = self.occluded(pos, tcp_pos)
             if hidden:
                 self.occluded_frames += 1
             elif rng.random() >= c.dropout_probability:
