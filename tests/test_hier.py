@@ -617,3 +617,61 @@ def test_the_skill_residual_is_off_during_a_probe():
                 in_probe.append(controller._residual_abs - before)
         assert len(in_probe) > 100
         assert (max(in_probe) == 0.0) != probe_residual, (probe_residual, max(in_probe))
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped policy yet")
+def test_a_frozen_planner_chooses_greedily_and_only_the_skills_learn(tmp_path):
+    import torch
+
+    source = HierPolicy.load(SHIPPED)
+    small = {"workers": 0, "envs_per_worker": 2, "n_steps": 16, "skill_minibatch": 16, "planner_from": str(SHIPPED)}
+    trainer = HierTrainer(HierTrainConfig(**small))
+    try:
+        obs = trainer.obs
+        assert (obs[:, H["decision"]] > 0.5).all(), "an episode starts with a decision"
+        actions = trainer._act(obs)[0]
+        values = np.where(available_options(obs, trainer.options), source.planner(obs), -np.inf)
+        assert np.array_equal(actions[:, 0], np.argmax(values, axis=1)), "the frozen planner chooses greedily"
+        planner_before = [p.detach().clone() for p in trainer.planner.parameters()]
+        skills_before = [p.detach().clone() for p in trainer.skills.parameters()]
+        trainer.train(budget_s=2.0, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(planner_before, trainer.planner.parameters(), strict=True))
+        assert not all(torch.equal(a, b) for a, b in zip(skills_before, trainer.skills.parameters(), strict=True))
+        exported = trainer.export()
+        assert all(np.array_equal(a, b) for a, b in zip(exported.planner.weights, source.planner.weights, strict=True))
+    finally:
+        trainer.close()
+    no_torque = policies_dir() / "grasp_hier_no_torque.npz"
+    if no_torque.is_file():  # a planner trained on other features is refused
+        with pytest.raises(ConfigError, match="torque_features"):
+            HierTrainer(HierTrainConfig(**{**small, "planner_from": str(no_torque)}))
+
+
+def test_the_tracking_term_charges_the_arm_for_leaving_its_targets():
+    """With the same episode, option and residual, the reward differs by exactly the reported
+    tracking cost; a residual that pushes the shoulder off its target costs more than none."""
+    def episode(weight, push):
+        env = HierGraspEnv(tracking_weight=weight)
+        env.reset(seed=3)
+        rewards, costs = [], []
+        for _ in range(120):
+            action = np.zeros(8, np.float32)
+            action[2] = push  # shoulder residual
+            _, reward, terminated, truncated, info = env.step(action)
+            rewards.append(reward)
+            costs.append(info["tracking_cost"])
+            if terminated or truncated:
+                break
+        return np.array(rewards), np.array(costs)
+
+    free, none = episode(0.0, 0.0)
+    charged, costs = episode(2.0, 0.0)
+    assert np.all(none == 0.0) and costs.sum() > 0
+    np.testing.assert_allclose(free - charged, costs, atol=1e-9)
+    _, pushed = episode(2.0, 1.0)
+    assert pushed.sum() > 3 * costs.sum()
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="tracking_weight"):
+            HierGraspEnv(tracking_weight=bad)
+        with pytest.raises(ConfigError, match="tracking_weight"):
+            HierTrainConfig(tracking_weight=bad)

@@ -154,6 +154,7 @@ def test_presets_load_and_bad_presets_are_refused(tmp_path):
     assert occluded.name == "occluded" and occluded.objects == realistic.objects
     assert occluded.perception == replace(realistic.perception, occlusion_radius_m=0.06, occlusion_height_m=0.10)
     assert occluded.training_variation == realistic.training_variation
+    assert load_task("miscalibrated").perception == replace(realistic.perception, bias_position_m=(0.012, 0.012, 0.002))
     child, loop = tmp_path / "child.yaml", tmp_path / "loop.yaml"
     child.write_text("base: realistic\nperception: {rate_hz: 15.0}\nepisode_s: 9.0\n")
     merged = load_task(child)

@@ -409,8 +409,9 @@ def test_cli_worlds_and_correction(tmp_path):
     from ds_robot.paths import policies_dir
 
     modes = MODES if (policies_dir() / DR_POLICY).is_file() else ("none", "correction")
-    # both controllers on every world; domain randomisation is a hier policy
-    assert set(rows) == ({f"hier_{w}_{m}" for w in WORLDS for m in modes}
+    # every controller on every world; domain randomisation is a hier policy, with its residual
+    # skills (hier) and without them (hier_planner_only)
+    assert set(rows) == ({f"{k}_{w}_{m}" for k in ("hier", "hier_planner_only") for w in WORLDS for m in modes}
                          | {f"scripted_{w}_{m}" for w in WORLDS for m in ("none", "correction")}
                          | {"hier_shifted_correction_alone"})  # the costs, nothing else running
     alone = rows["hier_shifted_correction_alone"]

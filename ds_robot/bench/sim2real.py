@@ -1,5 +1,7 @@
 """``ds-robot bench sim2real``: the shipped hierarchical controller with and without online
-physics correction, on the nominal world and on physics-shifted MuJoCo.
+physics correction, on the nominal world and on physics-shifted MuJoCo; the same with its
+residual skills off (``hier_planner_only``: the residual's contribution where the model under
+the computed torque is wrong), and the scripted controller.
 
 Per world (``nominal``, ``shifted``, ``unmodelled``: physics outside the estimator's model class,
 ``pybullet``) and mode (``none``: the shipped policy;
@@ -44,7 +46,11 @@ from ds_robot.sim2real import WORLDS
 from ds_robot.stats import mean_ci95, wilson_ci95
 
 MODES = ("none", "correction", "randomisation", "both")
-BENCH_CONTROLLERS = ("hier", "scripted")  # randomisation is a hier policy: the scripted controller has none and correction
+# hier_planner_only: the same policy files with the skills' residual off, in every mode: where the
+# model under the computed torque is wrong is where a residual should earn its place (issue 16).
+# Randomisation is a hier policy: the scripted controller has none and correction.
+BENCH_CONTROLLERS = ("hier", "hier_planner_only", "scripted")
+HIER_KINDS = ("hier", "hier_planner_only")
 
 DR_POLICY = "grasp_hier_dr.npz"  # trained with --randomize-physics
 WINDOW = slice(150, 200)  # control steps 1.5-2.0 s at 100 Hz
@@ -84,8 +90,8 @@ def _job(world: str, mode: str, seed: int, episodes: int, kind: str = "hier",
         env = UR5GraspEnv(backend=build_world(world, seed=0), **load_task(task).env_kwargs("test"))
     policy_file = DR_POLICY if mode in ("randomisation", "both") else "grasp_hier.npz"
     corrected = mode in ("correction", "both")
-    policy = {"policy": policies_dir() / policy_file} if kind == "hier" else {}
-    controller = controller_for_env(kind, env, correction=corrected, **policy,
+    policy = ({"policy": policies_dir() / policy_file, "residual": kind == "hier"} if kind in HIER_KINDS else {})
+    controller = controller_for_env("hier" if kind in HIER_KINDS else kind, env, correction=corrected, **policy,
                                     **({"track_prediction": True, "compensate_latency": compensate_latency}
                                        if corrected else {}))
     rows = []
@@ -211,7 +217,7 @@ def run_sim2real_benchmark(quick: bool, json_path: str | Path | None, plot_path:
     if len(modes) < len(MODES):
         print(f"bench sim2real: {policies_dir() / DR_POLICY} not found: randomisation rows skipped")
     cells = [(k, w, m) for k in BENCH_CONTROLLERS for w in WORLDS for m in modes
-             if k == "hier" or m in ("none", "correction")]
+             if k in HIER_KINDS or m in ("none", "correction")]
     jobs = [(k, w, m, s) for k, w, m in cells for s in range(seeds)]
     print(f"bench sim2real: {len(BENCH_CONTROLLERS)} controllers x {len(WORLDS)} worlds x {len(modes)} modes (the scripted "
           f"controller: none and correction) x {seeds} seeds x {episodes} episodes, "
@@ -302,6 +308,13 @@ def verdict(results: list[dict], alone: dict | None = None) -> list[str]:
                          f"{GOALS['success_gap'] * 100:g}: {'met' if gap <= GOALS['success_gap'] else 'not met'}); energy "
                          f"{off['energy_j']:.1f} -> {on['energy_j']:.1f} J; prediction error ratio true {ratio:.2f}x, "
                          f"measured {on['pred_error_ratio_2s']:.2f}x (goal >= {goal:g}x: {'met' if ratio >= goal else 'not met'})")
+    for world in WORLDS:
+        for mode in MODES:
+            full, bare = by.get(f"hier_{world}_{mode}"), by.get(f"hier_planner_only_{world}_{mode}")
+            if full and bare:
+                lines.append(f"residual skills on {world} ({mode}): hier {full['success_rate']:.3f} / "
+                             f"{full['energy_j']:.1f} J, hier_planner_only {bare['success_rate']:.3f} / "
+                             f"{bare['energy_j']:.1f} J ({(full['success_rate'] - bare['success_rate']) * 100:+.1f} points)")
     for world in WORLDS:
         dr, both = by.get(f"hier_{world}_randomisation"), by.get(f"hier_{world}_both")
         on = by.get(f"hier_{world}_correction")

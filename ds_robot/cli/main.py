@@ -206,7 +206,9 @@ def cmd_train_grasp(args) -> int:
                              object_variation=False if args.no_object_variation else None,
                              planner_fields=tuple(args.planner_fields.split(",")) if args.planner_fields else None,
                              attempt_penalty=args.attempt_penalty, planner_heads=args.planner_heads,
-                             energy_weight=args.energy_weight)
+                             energy_weight=args.energy_weight,
+                             planner_from=str(args.planner_from) if args.planner_from else None,
+                             tracking_weight=args.tracking_weight)
     print(f"trained grasp: {summary['steps']:,} steps, {summary['episodes']:,} episodes in "
           f"{summary['seconds'] / 60:.1f} min; policy {args.out / 'policy.npz'}, checkpoint "
           f"{args.out / 'checkpoint.pt'}, progress {args.out / 'progress.csv'}, TensorBoard {args.out / 'tb'}")
@@ -243,10 +245,10 @@ def cmd_train(args) -> int:
         raise ConfigError(f"ds-robot train {args.algo} needs --env ENV_ID")
     if (args.no_torque_features or args.randomize_physics or args.no_object_variation or args.objects is not None
             or args.planner_fields is not None or args.attempt_penalty is not None or args.planner_heads is not None
-            or args.energy_weight is not None):
+            or args.energy_weight is not None or args.planner_from is not None or args.tracking_weight is not None):
         raise ConfigError("--no-torque-features, --randomize-physics, --no-object-variation, --objects, "
-                          "--planner-fields, --attempt-penalty, --energy-weight and --planner-heads apply to "
-                          "train grasp")
+                          "--planner-fields, --attempt-penalty, --energy-weight, --planner-heads, --planner-from "
+                          "and --tracking-weight apply to train grasp")
     overrides = {"env_id": args.env, "total_steps": args.steps, "seed": args.seed, "amp": args.amp,
                  "checkpoint_every_steps": args.checkpoint_every}
     if args.ent_coef is not None:
@@ -476,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grasp: reward per joule of arm work (default 0.005; rounds 1-8 trained at 0.02)")
     p.add_argument("--planner-heads", type=int, default=None, metavar="K",
                    help="grasp: independently initialised option-value networks the planner averages (default 1)")
+    p.add_argument("--planner-from", type=Path, default=None, metavar="POLICY",
+                   help="grasp: a policy file (e.g. models/policies/grasp_hier.npz) whose planner chooses, greedy "
+                        "and frozen; only the skills train")
+    p.add_argument("--tracking-weight", type=float, default=None, metavar="W",
+                   help="grasp: reward per step of -W x mean((joint target - joint position)^2 x 100), the "
+                        "skills' tracking term (default 0)")
     _add_task_arg(p, "realistic")
     p.add_argument("--objects", type=Path, default=None,
                    help="grasp: object-set YAML (default: the --task preset's training set)")

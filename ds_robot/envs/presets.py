@@ -36,7 +36,7 @@ from ds_robot.paths import sim_dir
 from ds_robot.sim.objects import ObjectVariation
 from ds_robot.yamlio import Fields, load_yaml
 
-TASKS = ("realistic", "occluded", "nominal")
+TASKS = ("realistic", "occluded", "miscalibrated", "nominal")
 SPLITS = ("train", "val", "test")
 OPTIONAL_SPLITS = ("val",)
 DEFAULT_TASK = "realistic"

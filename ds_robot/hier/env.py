@@ -16,7 +16,9 @@ object falls off the table, ``-attempt_penalty`` each time a failed grasp starts
 attempt), ``-energy_weight * step energy (J)``, ``-time_weight * dt`` and
 ``-residual_weight * mean(residual^2)`` on the policy's raw (unclipped) residual action, as in
 residual RL: without it the Gaussian means drift past the clipping bound, where nothing
-pulls them back, and the residual takes over the torque.
+pulls them back, and the residual takes over the torque. With ``tracking_weight`` > 0 also
+``-tracking_weight * mean(tracking^2)``, the features' joint target minus joint position (rad
+x 10), reported as ``info["tracking_cost"]`` so that the planner's return can leave it out.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ds_robot.hier.features import (
     HIER_ACTION_SIZE,
     HIER_OBS_SIZE,
     RESIDUAL_SCALE,
+    H,
     compose_action,
     hier_observation,
     residual_acts,
@@ -56,9 +59,12 @@ class HierGraspEnv(gym.Env):
                  gripper_scale: float = GRIPPER_SCALE, success_reward: float = 1.0, drop_penalty: float = 1.0,
                  energy_weight: float = ENERGY_WEIGHT, time_weight: float = 0.02, residual_weight: float = RESIDUAL_WEIGHT,
                  attempt_penalty: float = 0.0, probe_residual: bool = False,
-                 palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m, **env_kwargs):
-        if not (np.isfinite(attempt_penalty) and attempt_penalty >= 0):
-            raise ValueError(f"attempt_penalty must be a finite value >= 0, got {attempt_penalty!r}")
+                 palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m, tracking_weight: float = 0.0,
+                 **env_kwargs):
+        for name, value in (("attempt_penalty", attempt_penalty), ("tracking_weight", tracking_weight)):
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
+        self.tracking_weight = float(tracking_weight)
         self.env = UR5GraspEnv(**env_kwargs)
         self.options = validate_options(options if options is not None else DEFAULT_OPTIONS)
         self.torque_features = torque_features
@@ -114,8 +120,12 @@ class HierGraspEnv(gym.Env):
             reward += self.success_reward
         elif terminated:
             reward -= self.drop_penalty
-        info = {**info, "attempts": self.machine.attempt, "option": self.options.index(self.machine.option)}
-        return self._observe(obs), reward, terminated, truncated, info
+        features = self._observe(obs)
+        tracking_cost = self.tracking_weight * float(np.mean(features[H["tracking"]].astype(np.float64) ** 2))
+        reward -= tracking_cost
+        info = {**info, "attempts": self.machine.attempt, "option": self.options.index(self.machine.option),
+                "tracking_cost": tracking_cost}
+        return features, reward, terminated, truncated, info
 
     def render(self):
         return self.env.render()

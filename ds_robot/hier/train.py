@@ -133,6 +133,14 @@ class HierTrainConfig:
     palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m
     # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
     energy_weight: float = ENERGY_WEIGHT
+    # a policy file whose planner chooses every option, greedily and frozen: only the skills learn,
+    # on top of a planner that is already trained (the shipped one, say), so that what they learn
+    # is not confounded by options that change under them; None: both learn (rounds 1-12)
+    planner_from: str | None = None
+    # reward per step of -mean(tracking^2) (hier.env): a dense signal for the skills' job of making
+    # the arm follow the machine's joint targets when the model under the computed torque is
+    # wrong; the planner's return leaves it out, as the residual regulariser; 0: none (rounds 1-12)
+    tracking_weight: float = 0.0
     total_steps: int = 50_000_000
     checkpoint_every_s: float = 120.0
     snapshot_every_s: float = 300.0
@@ -144,6 +152,7 @@ class HierTrainConfig:
                   "planner_weight_decay": self.planner_weight_decay >= 0,
                   "attempt_penalty": math.isfinite(self.attempt_penalty) and self.attempt_penalty >= 0,
                   "energy_weight": math.isfinite(self.energy_weight) and self.energy_weight >= 0,
+                  "tracking_weight": math.isfinite(self.tracking_weight) and self.tracking_weight >= 0,
                   "palm_clearance_m": valid_palm_clearance(self.palm_clearance_m),
                   "skill_epochs": self.skill_epochs >= 1, "skill_minibatch": self.skill_minibatch >= 1,
                   "clip_range": 0 < self.clip_range < 1, "planner_batch": self.planner_batch >= 1,
@@ -244,7 +253,7 @@ class HierTrainer:
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
                       "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty,
                       "energy_weight": cfg.energy_weight, "probe_residual": cfg.probe_residual,
-                      "palm_clearance_m": cfg.palm_clearance_m}
+                      "palm_clearance_m": cfg.palm_clearance_m, "tracking_weight": cfg.tracking_weight}
         if cfg.randomize_physics:
             if randomized_world is None:
                 raise ConfigError("randomize_physics needs the world to randomise over: pass randomized_world "
@@ -265,6 +274,7 @@ class HierTrainer:
         else:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
                                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.frozen_planner = _frozen_planner(cfg) if cfg.planner_from is not None else None
         box = gym.spaces.Box(-1.0, 1.0, shape=(RESIDUAL_SIZE,), dtype=np.float32)
         self.planner = Planner(HIER_OBS_SIZE, len(self.options), cfg.planner_fields, cfg.planner_heads)
         self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
@@ -309,9 +319,12 @@ class HierTrainer:
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
                 cfg = self.config
-                available = torch.as_tensor(available_options(obs[due], self.options, cfg.probe_in_hand))
-                chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon,
-                                                available).sample().numpy()
+                available = available_options(obs[due], self.options, cfg.probe_in_hand)
+                if self.frozen_planner is not None:  # greedy, as at run time
+                    chosen = np.argmax(np.where(available, self.frozen_planner(obs[due]), -np.inf), axis=1)
+                else:
+                    chosen = self.planner.behaviour(obs_t[due], cfg.planner_temperature, cfg.planner_epsilon,
+                                                    torch.as_tensor(available)).sample().numpy()
                 actions[due, 0] = chosen
                 for i, option in zip(due, chosen, strict=True):
                     if self._open[i]:  # the previous decision's next one
@@ -349,8 +362,10 @@ class HierTrainer:
             next_obs, reward, terminated, truncated, infos = self.envs.step(actions)
             done = terminated | truncated
             # the planner's return: the task's reward without the skills' residual regulariser, whose
-            # exploration noise (~1.6 over an episode) would swamp the options' differences
-            self._return += reward + RESIDUAL_WEIGHT * np.mean(actions[:, 1:].astype(np.float64) ** 2, axis=1)
+            # exploration noise (~1.6 over an episode) would swamp the options' differences, and
+            # without their tracking term
+            self._return += (reward + RESIDUAL_WEIGHT * np.mean(actions[:, 1:].astype(np.float64) ** 2, axis=1)
+                             + _info_array(infos, "tracking_cost", n))
             batch["obs"][t], batch["actions"][t], batch["skills"][t] = self.obs, actions[:, 1:], skills
             batch["log_probs"][t], batch["values"][t], batch["rewards"][t], batch["dones"][t] = (
                 log_probs, values, reward, done)
@@ -453,6 +468,9 @@ class HierTrainer:
         (the round-7 planner valued a gentle grip after weighing a 40 g box at -5.9, where no
         return is below about -1.5), and the max over options would carry it back."""
         cfg = self.config
+        if self.frozen_planner is not None:  # planner_from: it does not learn
+            self.finished_decisions = []
+            return {}
         if len(self.finished_decisions) < cfg.planner_batch:
             return {}
         self.decision_buffer.extend(_decision(d) for d in self.finished_decisions)
@@ -560,8 +578,9 @@ class HierTrainer:
 
     def export(self, meta: dict | None = None) -> HierPolicy:
         # logits Q / T: the run time's argmax picks the highest-valued option
-        return HierPolicy(planner=_ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
-                                                      1.0 / self.config.planner_temperature), skills=[_numpy_mlp(s.actor) for s in self.skills],
+        planner = self.frozen_planner or _ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
+                                                             1.0 / self.config.planner_temperature)
+        return HierPolicy(planner=planner, skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           probe_in_hand=self.config.probe_in_hand, probe_residual=self.config.probe_residual,
                           palm_clearance_m=self.config.palm_clearance_m,
@@ -613,6 +632,31 @@ class _HierCheckpoints(TimeCheckpoints):
         super().finish()
         if self.agent.run is not None:
             self.agent.export().save(self.agent.run.root / "policy.npz")
+
+
+def _frozen_planner(cfg: HierTrainConfig) -> NumpyMLP:
+    """The planner of the policy file ``cfg.planner_from``, which must have been trained for the
+    same options, features and machine as this run (else its choices mean something else)."""
+    policy = HierPolicy.load(cfg.planner_from)
+    ours = {"options": options_from_list(cfg.options), "torque_features": cfg.torque_features,
+            "probe_in_hand": cfg.probe_in_hand, "probe_residual": cfg.probe_residual,
+            "palm_clearance_m": cfg.palm_clearance_m}
+    differ = {k: (getattr(policy, k), v) for k, v in ours.items() if getattr(policy, k) != v}
+    if differ:
+        raise ConfigError(f"planner_from {cfg.planner_from}: its planner was trained with "
+                          + ", ".join(f"{k}={a!r}" for k, (a, _) in differ.items()) + "; this run has "
+                          + ", ".join(f"{k}={b!r}" for k, (_, b) in differ.items()))
+    return policy.planner
+
+
+def _info_array(infos: dict, key: str, n: int) -> np.ndarray:
+    """A per-env float info entry of a vector step (0 where an env did not report it)."""
+    values = infos.get(key)
+    if values is None:
+        return np.zeros(n)
+    mask = infos.get(f"_{key}")
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(mask, values, 0.0) if mask is not None else values
 
 
 def _final_info(infos: dict, i: int) -> dict:
