@@ -279,6 +279,17 @@ def test_bench_grasp_small_run(tmp_path):
     for row in rows.values():
         assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0
     assert "residual_share" in rows["hier"] and "options_chosen" in rows["hier"]
+    assert rows["scripted"]["tracking_rms_mrad"] > 0
+    # the joint tracking error: a residual that pushes the shoulder off the machine's targets raises
+    # it; the same file with the residual off (hier_planner_only) is not charged for it
+    pushing = _untrained_policy()
+    for skill in pushing.skills:
+        skill.biases[-1][1] = 1.0  # the shoulder's residual, at its bound
+    pushing.save(policy)
+    run_grasp_benchmark(quick=True, json_path=out, seeds=1, episodes=1, workers=1, variants=("hier", "hier_planner_only"),
+                        sets=("train",), policies={"hier": policy, "hier_planner_only": policy}, task="nominal")
+    rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["hier"]["tracking_rms_mrad"] > 2 * rows["hier_planner_only"]["tracking_rms_mrad"] > 0
 
 
 def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_peers(tmp_path):

@@ -30,7 +30,9 @@ task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` epi
 Per variant and set: success rate (Wilson 95% CI), time to lift (successful episodes), energy,
 crushed episodes, re-plans, ``planning_latency_ms`` (one high-level decision, timed around the
 machine's ``_plan_attempt``), ``control_step_us`` (one full controller call), the residual
-share of the torque, and the options chosen per object. Episodes run in ``workers`` processes,
+share of the torque, ``tracking_rms_mrad`` (the model-based machines: per episode the RMS over
+its steps of the machine's joint target minus the true joint position, mean over episodes; a
+residual that fights the PD loop underneath raises it), and the options chosen per object. Episodes run in ``workers`` processes,
 one (variant, set, seed) job each, one thread per process, so the latencies are one-core numbers.
 """
 
@@ -164,6 +166,7 @@ def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[s
     import torch
 
     torch.set_num_threads(1)
+    from ds_robot.deploy.controllers import skill_machine
     from ds_robot.envs.grasp_env import UR5GraspEnv
     from ds_robot.envs.presets import load_task
     from ds_robot.evaluate import episode_seeds, run_episode
@@ -174,16 +177,23 @@ def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[s
     hier = isinstance(controller, HierarchicalController)
     machine = controller.machine if hier else controller
     episodes_out = []
+    skills = skill_machine(controller)  # the model-based machine with the joint targets; None for a flat policy
     for episode_seed in episode_seeds(seed, episodes):
         before = len(controller.chosen) if hier else 0
-        result = run_episode(env, controller, episode_seed)
+        squared: list[float] = []
+
+        def track(env, squared=squared):  # the true joint position against the machine's target
+            squared.append(float(np.mean((skills.q_des - env.state.q_rad) ** 2)))
+
+        result = run_episode(env, controller, episode_seed, on_step=track if skills is not None else None)
         fixed = [int(variant.split("_")[1])] if variant.startswith("fixed_") else []
         episodes_out.append({"object": result.object, "rest": env.setup.obj.rest, "success": result.success,
                              "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
                              "control_step_us": result.control_step_us, "crushed": bool(env.task.crushed),
                              "replans": int(getattr(machine, "replans", 0)),
                              "options": list(controller.chosen[before:]) if hier else fixed,
-                             "residual_share": controller.residual_share if hier else None})
+                             "residual_share": controller.residual_share if hier else None,
+                             "tracking_rms_mrad": 1e3 * math.sqrt(np.mean(squared)) if squared else None})
     env.close()
     return {"variant": variant, "set": split, "seed": seed, "episodes": episodes_out,
             "planning_s": list(controller.planning_s),
@@ -212,6 +222,9 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
     shares = [e["residual_share"] for e in episodes if e["residual_share"] is not None]
     if shares:
         row["residual_share"] = float(np.mean(shares))
+    tracking = [e["tracking_rms_mrad"] for e in episodes if e.get("tracking_rms_mrad") is not None]
+    if tracking:  # RMS over each episode's steps of the joint target minus the true joint position
+        row["tracking_rms_mrad"], row["tracking_rms_mrad_ci95"] = mean_ci95(tracking)
     row["crushed"] = int(sum(e["crushed"] for e in episodes))
     if jobs and jobs[0].get("option_names"):
         row["option_names"] = jobs[0]["option_names"]
@@ -359,10 +372,11 @@ def _print_table(results: list[dict]) -> None:
              ci_text(r["time_to_lift_s"], r["time_to_lift_s_ci95"]), ci_text(r["energy_j"], r["energy_j_ci95"], digits=1),
              r["crushed"], r["replans"],
              "-" if math.isnan(r["planning_latency_ms"]) else f"{r['planning_latency_ms']:.3f}",
-             f"{r['control_step_us']:.0f}", f"{r['residual_share']:.3f}" if "residual_share" in r else "-"]
+             f"{r['control_step_us']:.0f}", f"{r['residual_share']:.3f}" if "residual_share" in r else "-",
+             f"{r['tracking_rms_mrad']:.1f}" if "tracking_rms_mrad" in r else "-"]
             for r in results]
     print(format_table(["set", "variant", "episodes", "success [95% CI]", "time to lift s", "energy J", "crushed",
-                        "re-plans", "plan ms", "step us", "residual share"], rows))
+                        "re-plans", "plan ms", "step us", "residual share", "tracking mrad"], rows))
 
 
 def _print_choices(row: dict) -> None:
