@@ -331,7 +331,7 @@ def plot(results: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(2, 2, figsize=(15, 10))
+    fig, grid = plt.subplots(2, 2, figsize=(18, 11))
     axes = grid.ravel()
     names = [r["name"] for r in results]
     palette = {"none": "#888888", "correction": "#4c72b0", "randomisation": "#dd8452", "both": "#55a868"}
@@ -345,8 +345,8 @@ def plot(results: list[dict], path: str | Path) -> None:
                 yerr=np.array([[r["energy_j"] - r["energy_j_ci95"][0], r["energy_j_ci95"][1] - r["energy_j"]]
                                for r in results]).T)
     axes[1].set_ylabel("energy per episode, J (95% CI)")
-    for ax in axes[:2]:
-        ax.set_xticks(range(len(names)), names, rotation=35, ha="right")
+    for ax in axes[:2]:  # up to 40 rows: vertical names
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     by = {r["name"]: r for r in results}
     t = (np.arange(CURVE_STEPS) + 1) * 0.01
     for world, color in (("shifted", "#c44e52"), ("unmodelled", "#937860"), ("pybullet", "#8172b3"),
@@ -376,7 +376,8 @@ def plot(results: list[dict], path: str | Path) -> None:
     axes[3].set_title("shifted MuJoCo, correction on (from ~2.2 s the fingers close on the object:\n"
                       "contact and the object's load enter the estimate)", fontsize=10)
     axes[3].legend(fontsize=8)
-    fig.suptitle("bench sim2real: hierarchical and scripted controllers; online correction, domain randomisation "
+    fig.suptitle("bench sim2real: hierarchical (hier, and hier_planner_only without its residual skills) and scripted "
+                 "controllers; online correction, domain randomisation "
                  "(hier), both; curves: hier")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -250,6 +250,8 @@ class HierTrainer:
         self.config = cfg = config
         self.rng = seed_everything(cfg.seed)
         self.options = options_from_list(cfg.options)
+        # before the envs start: a refused file leaves no worker processes behind
+        self.frozen_planner = _frozen_planner(cfg) if cfg.planner_from is not None else None
         env_kwargs = {**load_task(cfg.task).env_kwargs("train", training=cfg.object_variation), "options": self.options,
                       "torque_features": cfg.torque_features, "attempt_penalty": cfg.attempt_penalty,
                       "energy_weight": cfg.energy_weight, "probe_residual": cfg.probe_residual,
@@ -274,7 +276,6 @@ class HierTrainer:
         else:
             self.envs = gym.vector.SyncVectorEnv([factory] * cfg.n_envs,
                                                  autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-        self.frozen_planner = _frozen_planner(cfg) if cfg.planner_from is not None else None
         box = gym.spaces.Box(-1.0, 1.0, shape=(RESIDUAL_SIZE,), dtype=np.float32)
         self.planner = Planner(HIER_OBS_SIZE, len(self.options), cfg.planner_fields, cfg.planner_heads)
         self.skills = nn.ModuleList(MLPActorCritic(HIER_OBS_SIZE, box) for _ in SKILLS)
