@@ -630,7 +630,6 @@ def test_the_skill_residual_is_off_during_a_probe():
         assert (max(in_probe) == 0.0) != probe_residual, (probe_residual, max(in_probe))
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped policy yet")
 def test_a_frozen_planner_chooses_greedily_and_only_the_skills_learn(tmp_path):
     import torch
 
@@ -652,10 +651,9 @@ def test_a_frozen_planner_chooses_greedily_and_only_the_skills_learn(tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(exported.planner.weights, source.planner.weights, strict=True))
     finally:
         trainer.close()
-    no_torque = policies_dir() / "grasp_hier_no_torque.npz"
-    if no_torque.is_file():  # a planner trained on other features is refused
-        with pytest.raises(ConfigError, match="torque_features"):
-            HierTrainer(HierTrainConfig(**{**small, "planner_from": str(no_torque)}))
+    # a planner trained on other features is refused (both files ship in models/policies)
+    with pytest.raises(ConfigError, match="torque_features"):
+        HierTrainer(HierTrainConfig(**{**small, "planner_from": str(policies_dir() / "grasp_hier_no_torque.npz")}))
 
 
 def test_the_tracking_term_charges_the_arm_for_leaving_its_targets():

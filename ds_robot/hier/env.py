@@ -121,7 +121,8 @@ class HierGraspEnv(gym.Env):
         elif terminated:
             reward -= self.drop_penalty
         features = self._observe(obs)
-        tracking_cost = self.tracking_weight * float(np.mean(features[H["tracking"]].astype(np.float64) ** 2))
+        tracking_cost = (self.tracking_weight * float(np.mean(features[H["tracking"]].astype(np.float64) ** 2))
+                         if self.tracking_weight > 0 else 0.0)
         reward -= tracking_cost
         info = {**info, "attempts": self.machine.attempt, "option": self.options.index(self.machine.option),
                 "tracking_cost": tracking_cost}

@@ -579,8 +579,8 @@ class HierTrainer:
 
     def export(self, meta: dict | None = None) -> HierPolicy:
         # logits Q / T: the run time's argmax picks the highest-valued option
-        planner = self.frozen_planner or _ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(),
-                                                             1.0 / self.config.planner_temperature)
+        planner = (self.frozen_planner if self.frozen_planner is not None else
+                   _ensemble_numpy_mlp(self.planner.heads, self.planner.scale.numpy(), 1.0 / self.config.planner_temperature))
         return HierPolicy(planner=planner, skills=[_numpy_mlp(s.actor) for s in self.skills],
                           options=self.options, torque_features=self.config.torque_features,
                           probe_in_hand=self.config.probe_in_hand, probe_residual=self.config.probe_residual,
