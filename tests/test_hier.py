@@ -314,7 +314,8 @@ def test_bench_grasp_finds_best_fixed_on_the_training_set_and_reports_missing_pe
 
 
 def _constant_planner(policy: HierPolicy, option: int) -> HierPolicy:
-    """``policy`` with a planner that picks ``option`` in every state (the trivial planner)."""
+    """``policy`` with a planner that picks ``option`` in every state (the trivial planner), and
+    without the initiation sets that would take the option away after a slip."""
     import dataclasses
 
     from ds_robot.hier.policy import NumpyMLP
@@ -324,7 +325,7 @@ def _constant_planner(policy: HierPolicy, option: int) -> HierPolicy:
     weights[-1][:] = 0.0
     biases[-1][:] = 0.0
     biases[-1][option] = 1.0
-    return dataclasses.replace(policy, planner=NumpyMLP(weights, biases))
+    return dataclasses.replace(policy, planner=NumpyMLP(weights, biases), escalate_after_slip=False, jaw_fit=False)
 
 
 def test_grasp_select_chooses_on_the_validation_set_and_groups_by_feature_set(tmp_path):
@@ -549,6 +550,17 @@ def _probe_loving_policy(probe_in_hand: bool) -> HierPolicy:
                       probe_in_hand=probe_in_hand)
 
 
+def _without_header_key(path, key: str) -> HierPolicy:
+    """The policy file at ``path`` as a file written before ``key`` existed (saved beside it, loaded)."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(str(arrays.pop("header")))
+    del header[key]
+    before = path.with_name(f"before_{key}.npz")
+    np.savez(before, header=np.array(json.dumps(header)), **arrays)
+    return HierPolicy.load(before)
+
+
 def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
     """The probes' initiation set (hier.features.available_options): at the decision after a probe
     the planner's best available option is taken, not a second probe, at run time, in the saved
@@ -572,12 +584,7 @@ def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
 
     masked.save(tmp_path / "masked.npz")
     assert HierPolicy.load(tmp_path / "masked.npz").probe_in_hand is False
-    with np.load(tmp_path / "masked.npz") as data:
-        arrays = {k: data[k] for k in data.files}
-    header = json.loads(str(arrays.pop("header")))
-    del header["probe_in_hand"]
-    np.savez(tmp_path / "before.npz", header=np.array(json.dumps(header)), **arrays)
-    assert HierPolicy.load(tmp_path / "before.npz").probe_in_hand is True
+    assert _without_header_key(tmp_path / "masked.npz", "probe_in_hand").probe_in_hand is True
 
     import torch
 
@@ -589,6 +596,74 @@ def test_a_probe_starts_only_with_an_empty_hand(tmp_path):
     assert probs[0, probes].min() > 0.01 and probs[1, probes].max() == 0.0
     assert np.allclose(probs.sum(axis=1), 1.0)
     assert available_options(obs, DEFAULT_OPTIONS, probe_in_hand=True).all()
+
+
+def test_after_a_slip_only_a_stronger_grip_may_follow(tmp_path):
+    """The escalation initiation set (hier.features.available_options, ``escalate``): after an
+    attempt that slipped, no option whose grip is no stronger than the one that slipped, and no
+    probe; a full grip that slipped may be tried again (the pose may have been the cause); after a
+    miss, or without the switch, every option. The switch is in the policy file (old files: off)."""
+    def state(end: str, grip_n: float) -> np.ndarray:
+        obs = np.zeros(HIER_OBS_SIZE)
+        obs[H["last_grip"]] = grip_n / 24.0
+        obs[H["last_end"].start + (1 if end == "slipped" else 0)] = 1.0
+        return obs
+
+    grips = np.array([o.grip_force_n or 24.0 for o in DEFAULT_OPTIONS])
+    probes = np.array([o.probe for o in DEFAULT_OPTIONS])
+    rows = np.stack([state("slipped", 4.0), state("slipped", 5.0), state("slipped", 12.0), state("slipped", 24.0),
+                     state("missed", 12.0)])
+    on, off = available_options(rows, DEFAULT_OPTIONS, escalate=True), available_options(rows, DEFAULT_OPTIONS)
+    assert off.all()
+    assert not on[0, probes].any() and on[0, ~probes].all()  # after the probe slipped: 5 N, 12 N, full
+    assert list(np.unique(grips[on[1]])) == [12.0, 24.0] and list(np.unique(grips[on[2]])) == [24.0]
+    assert list(np.unique(grips[on[3]])) == [24.0] and on[3].sum() == (grips == 24.0).sum()
+    assert on[4].all()  # a miss says nothing about the grip
+
+    # a planner that loves the 5 N grip takes it again after it slipped, unless the switch is on
+    policy = _probe_loving_policy(False)
+    gentle = DEFAULT_OPTIONS.index(GraspOption(grip_force_n=5.0))
+    policy.planner.biases[-1][:] = -np.arange(len(DEFAULT_OPTIONS), dtype=float)
+    policy.planner.biases[-1][gentle] = 10.0
+    assert int(policy.choose(state("slipped", 5.0))) == gentle
+    policy.escalate_after_slip = True
+    choice = int(policy.choose(state("slipped", 5.0)))
+    assert choice != gentle and grips[choice] > 5.0
+    policy.save(tmp_path / "esc.npz")
+    assert HierPolicy.load(tmp_path / "esc.npz").escalate_after_slip is True
+    assert _without_header_key(tmp_path / "esc.npz", "escalate_after_slip").escalate_after_slip is False
+
+
+def test_the_jaws_never_close_across_a_side_wider_than_they_open(tmp_path):
+    """The jaw-fit initiation set (``jaw_fit``): with the 10 cm jaws, a 3 x 13.6 cm box may be
+    gripped across its narrow side only; a box too wide both ways masks nothing; ``ds-robot
+    ensemble --jaw-fit --escalate-after-slip`` writes both switches into a file."""
+    from ds_robot.cli.main import main
+
+    def box(hx: float, hy: float) -> np.ndarray:
+        obs = np.zeros(HIER_OBS_SIZE)
+        obs[H["object_size"]] = (hx, hy, 0.03)
+        return obs
+
+    wide = np.array([o.axis == "wide" for o in DEFAULT_OPTIONS])
+    rows = np.stack([box(0.015, 0.068), box(0.03, 0.03), box(0.06, 0.07)])
+    fit = available_options(rows, DEFAULT_OPTIONS, max_opening_m=0.1)
+    assert not fit[0, wide].any() and fit[0, ~wide].all()
+    assert fit[1].all() and fit[2].all()
+    assert available_options(rows, DEFAULT_OPTIONS).all()
+
+    policy = _untrained_policy()  # a planner whose values are its last bias: the wide full grip first
+    policy.planner.weights[-1][:] = 0.0
+    policy.planner.biases[-1][:] = 0.0
+    policy.planner.biases[-1][DEFAULT_OPTIONS.index(GraspOption(axis="wide"))] = 5.0
+    assert DEFAULT_OPTIONS[int(policy.choose(rows[0]))].axis == "wide"
+    policy.save(tmp_path / "a.npz")
+    policy.save(tmp_path / "a2.npz")
+    assert main(["ensemble", str(tmp_path / "a.npz"), str(tmp_path / "a2.npz"), "--jaw-fit", "--escalate-after-slip",
+                 "--out", str(tmp_path / "b.npz")]) == 0
+    loaded = HierPolicy.load(tmp_path / "b.npz")
+    assert loaded.jaw_fit and loaded.escalate_after_slip
+    assert DEFAULT_OPTIONS[int(loaded.choose(rows[0]))].axis == "narrow"
 
 
 def test_the_skill_residual_is_off_during_a_probe():

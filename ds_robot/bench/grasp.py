@@ -1,8 +1,10 @@
 """``ds-robot bench grasp``: the hierarchical controller against the best non-learned alternatives.
 
 In one run, on the ``--task`` preset's training and test object sets (default: the realistic
-task, ``sim/tasks/realistic.yaml``), for ``seeds`` base seeds x ``episodes`` episodes each
-(defaults 3 x 200; episode seeds derive from the base seed, identical for every variant):
+task, ``sim/tasks/realistic.yaml``; ``--sets`` picks others, e.g. ``stress``, the 48 generated
+objects of ``sim/objects/stress.yaml``, on which the goals are judged too), for ``seeds`` base
+seeds x ``episodes`` episodes each (defaults 3 x 200; episode seeds derive from the base seed,
+identical for every variant; ``--variants`` picks rows):
 
 - ``scripted``: the model-based computed-torque controller with its default option;
 - ``best_fixed``: the single planner option (``DEFAULT_OPTIONS``) with the highest success on
@@ -394,35 +396,15 @@ def _rate(row: dict) -> str:
     return f"{row['success_rate']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+UNSEEN_SETS = ("test", "stress")  # the sets the goals are judged on (stress: generated, sim/objects/stress.yaml)
+
+
 def verdict(results: list[dict]) -> list[str]:
-    """The goals of issue 16 and the seed's claims, on the test set."""
+    """The goals of issue 16 and the seed's claims, on each unseen set that ran (test, stress)."""
     by = {(r["object_set"], r["name"]): r for r in results if "missing" not in r}
     lines = []
-    hier, scripted, best = by.get(("test", "hier")), by.get(("test", "scripted")), by.get(("test", "best_fixed"))
-    if best:
-        too_easy = best["success_rate"] > GOALS["best_fixed_ceiling"]
-        lines.append(f"best_fixed (option {best['option']['describe']}, chosen on the training set) on the test set "
-                     f"{_rate(best)}: the task is {'still too easy' if too_easy else 'hard enough'} for a fixed "
-                     f"option (ceiling {GOALS['best_fixed_ceiling']})")
-    if hier:
-        ok = hier["success_rate"] >= GOALS["hier_success"]
-        lines.append(f"hier success on the test set {_rate(hier)} (goal >= {GOALS['hier_success']}: "
-                     f"{'met' if ok else 'not met'})")
-        if best:
-            margin = hier["success_rate"] - best["success_rate"]
-            lines.append(f"hier - best_fixed on the test set {100 * margin:+.1f} points (goal >= "
-                         f"+{100 * GOALS['margin_over_best_fixed']:.0f}: "
-                         f"{'met' if margin >= GOALS['margin_over_best_fixed'] else 'not met'})")
-        used = {k for k, v in hier.get("options_chosen", {}).items() if v}
-        lines.append(f"hier uses {len(used)} options on the test set (goal >= 3: {'met' if len(used) >= 3 else 'not met'})")
-        lines.append(f"planning latency {hier['planning_latency_ms']:.3f} ms mean, "
-                     f"{hier['planning_latency_p99_ms']:.3f} ms P99 (goal <= {GOALS['planning_ms']} ms); control "
-                     f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us)")
-    if hier and scripted:
-        ratio = hier["energy_j"] / scripted["energy_j"]
-        equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
-        lines.append(f"energy hier / scripted = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
-                     f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
+    for unseen in UNSEEN_SETS:
+        lines += _set_verdict(by, unseen)
     for row in results:
         seeds = row.get("training_seeds")
         if seeds:
@@ -432,15 +414,46 @@ def verdict(results: list[dict]) -> list[str]:
             lines.append(f"{row['name']} on the {row['object_set']} set over {what}: "
                          f"{seeds['mean']:.3f} [{lo:.3f}, {hi:.3f}] (95% CI across seeds; per seed "
                          + ", ".join(f"{r:.3f}" for r in seeds["success_rate"]) + ")")
-    non_learned = [by[("test", n)] for n in NON_LEARNED if ("test", n) in by]
+    return lines
+
+
+def _set_verdict(by: dict, unseen: str) -> list[str]:
+    lines = []
+    on = f"on the {unseen} set"
+    hier, scripted, best = by.get((unseen, "hier")), by.get((unseen, "scripted")), by.get((unseen, "best_fixed"))
+    if best:
+        too_easy = best["success_rate"] > GOALS["best_fixed_ceiling"]
+        lines.append(f"best_fixed (option {best['option']['describe']}, chosen on the training set) {on} "
+                     f"{_rate(best)}: the task is {'still too easy' if too_easy else 'hard enough'} for a fixed "
+                     f"option (ceiling {GOALS['best_fixed_ceiling']})")
+    if hier:
+        ok = hier["success_rate"] >= GOALS["hier_success"]
+        lines.append(f"hier success {on} {_rate(hier)} (goal >= {GOALS['hier_success']}: "
+                     f"{'met' if ok else 'not met'})")
+        if best:
+            margin = hier["success_rate"] - best["success_rate"]
+            lines.append(f"hier - best_fixed {on} {100 * margin:+.1f} points (goal >= "
+                         f"+{100 * GOALS['margin_over_best_fixed']:.0f}: "
+                         f"{'met' if margin >= GOALS['margin_over_best_fixed'] else 'not met'})")
+        used = {k for k, v in hier.get("options_chosen", {}).items() if v}
+        lines.append(f"hier uses {len(used)} options {on} (goal >= 3: {'met' if len(used) >= 3 else 'not met'})")
+        lines.append(f"planning latency {hier['planning_latency_ms']:.3f} ms mean, "
+                     f"{hier['planning_latency_p99_ms']:.3f} ms P99 (goal <= {GOALS['planning_ms']} ms); control "
+                     f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us)")
+    if hier and scripted:
+        ratio = hier["energy_j"] / scripted["energy_j"]
+        equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
+        lines.append(f"energy hier / scripted {on} = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
+                     f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
+    non_learned = [by[(unseen, n)] for n in NON_LEARNED if (unseen, n) in by]
     if hier and non_learned:
         top = max(non_learned, key=lambda r: r["success_rate"])
-        lines.append(f"best non-learned controller on the test set: {top['name']} {_rate(top)}; hier "
+        lines.append(f"best non-learned controller {on}: {top['name']} {_rate(top)}; hier "
                      f"{100 * (hier['success_rate'] - top['success_rate']):+.1f} points against it")
     for ablation in ("rule_gentle_first", "rule_probe", "hier_planner_only", "hier_no_replan", "hier_no_torque"):
-        row = by.get(("test", ablation))
+        row = by.get((unseen, ablation))
         if hier and row:
-            lines.append(f"{ablation} on the test set {_rate(row)} vs hier {_rate(hier)} "
+            lines.append(f"{ablation} {on} {_rate(row)} vs hier {_rate(hier)} "
                          f"({100 * (row['success_rate'] - hier['success_rate']):+.1f} points)")
     return lines
 

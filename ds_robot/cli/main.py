@@ -319,11 +319,17 @@ def cmd_bench(args) -> int:
         return run_atari_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                    repeats=min(args.repeats, 5), game=args.game)
     if args.name == "grasp":
-        from ds_robot.bench.grasp import run_grasp_benchmark
+        from ds_robot.bench.grasp import SETS, VARIANTS, run_grasp_benchmark
 
+        for name, given, known in (("--sets", args.sets, SPLITS), ("--variants", args.variants, VARIANTS)):
+            unknown = [v for v in given or () if v not in known]
+            if unknown:
+                raise ConfigError(f"bench grasp {name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
         return run_grasp_benchmark(quick=args.quick, json_path=args.json, plot_path=args.plot,
                                    seeds=args.seeds if args.seeds != 5 else 3, episodes=args.episodes,
-                                   workers=args.workers, task=args.task_preset)
+                                   workers=args.workers, task=args.task_preset,
+                                   variants=tuple(args.variants or VARIANTS), sets=tuple(args.sets or SETS),
+                                   training_seeds=None if args.members else {})
     if args.name == "grasp-curve":
         from ds_robot.bench.grasp import run_grasp_curve
 
@@ -381,9 +387,14 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_ensemble(args) -> int:
+    import dataclasses
+
     from ds_robot.hier.policy import ensemble
 
     policy = ensemble(args.policies)
+    if args.escalate_after_slip or args.jaw_fit:
+        policy = dataclasses.replace(policy, escalate_after_slip=policy.escalate_after_slip or args.escalate_after_slip,
+                                     jaw_fit=policy.jaw_fit or args.jaw_fit)
     policy.save(args.out)
     members = policy.meta["ensemble"]["members"]
     print(f"wrote {args.out}: the planner is the mean of {len(members)} planners ("
@@ -395,6 +406,26 @@ def cmd_model(args) -> int:
     from ds_robot.model import generate
 
     return generate.main(["--check"] if args.check else [])
+
+
+def cmd_objects(args) -> int:
+    from ds_robot.paths import sim_dir
+    from ds_robot.sim import stress_objects
+
+    try:
+        out = args.out or sim_dir() / "objects" / f"{args.name}.yaml"
+        path = stress_objects.write_set(out, seed=args.seed, count=args.count, name=args.name)
+    except ValueError as exc:
+        raise ConfigError(f"objects generate: {exc}") from exc
+    print(f"wrote {args.count} objects (set {args.name}, seed {args.seed}) to {path}")
+    return 0
+
+
+def comma_list(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or len(set(items)) != len(items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of distinct names, got {text!r}")
+    return items
 
 
 # ----------------------------------------------------------------------------- parser
@@ -452,6 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--game", default="Pong", help="atari: the game (default: Pong)")
     p.add_argument("--plot", type=Path, default=None, help="write a PNG where the benchmark has one")
     p.add_argument("--robot", choices=("ur5", "ur5e"), default="ur5e", help="sim: arm variant")
+    p.add_argument("--sets", type=comma_list, default=None, metavar="SET,...",
+                   help=f"grasp: the task's object sets to run, of {', '.join(SPLITS)} (default: train,test; "
+                        "best_fixed always chooses its option on train)")
+    p.add_argument("--variants", type=comma_list, default=None, metavar="NAME,...",
+                   help="grasp: the controllers to run (default: all; see ds_robot/bench/grasp.py)")
+    p.add_argument("--members", action=argparse.BooleanOptionalAction, default=True,
+                   help="grasp: also run each member of the shipped ensembles alone, for a CI across training "
+                        "seeds (default: on; --no-members halves a long run)")
     p.add_argument("--no-latency-compensation", action="store_true",
                    help="sim2real: corrected rows without the identified latency's compensation (the ablation)")
     _add_task_arg(p, "realistic")
@@ -530,7 +569,22 @@ def build_parser() -> argparse.ArgumentParser:
                                         "planner chooses by the mean of their option values")
     p.add_argument("policies", type=Path, nargs="+", help="fp32 policy files with the same options and features")
     p.add_argument("--out", type=Path, required=True, help="the policy file to write")
+    p.add_argument("--escalate-after-slip", action="store_true",
+                   help="the written file's planner may follow a slip only with a stronger grip (no probe, no grip "
+                        "as weak as the one that slipped; hier.features.available_options)")
+    p.add_argument("--jaw-fit", action="store_true",
+                   help="the written file's planner never closes the jaws across a perceived side wider than they open")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("objects", help="generate the stress object set (objects drawn over what the gripper "
+                                        "can grasp; ds_robot/sim/stress_objects.py)")
+    p.add_argument("action", choices=("generate",))
+    p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0, the committed set's)")
+    p.add_argument("--count", type=positive_int, default=48, help="objects (default: 48, the committed set's)")
+    p.add_argument("--name", default="stress", help="the set's name and its objects' name prefix (default: stress)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="the object-set YAML to write (default: the project's sim/objects/NAME.yaml)")
+    p.set_defaults(func=cmd_objects)
 
     p = sub.add_parser("model", help="regenerate the URDF/MJCF files from models/ur5/ur5.yaml")
     p.add_argument("action", choices=("generate",))

@@ -3,10 +3,12 @@
 A preset is one YAML in ``sim/tasks/`` (``realistic.yaml``, the default of every benchmark,
 of ``train grasp`` and of ``make demo``; ``nominal.yaml``, the ground-truth setting of the
 first releases, kept for regression; ``occluded.yaml``, the realistic task with a camera that
-cannot see what the gripper holds, round 12's experiment). Format::
+cannot see what the gripper holds, round 12's experiment; ``miscalibrated.yaml``, a
+centimetre-level detector bias, round 13's; ``broad.yaml``, the realistic task trained on 96
+generated objects, round 14's). Format::
 
     name: realistic
-    objects: {train: train.yaml, val: val.yaml, test: test.yaml}  # files in sim/objects/; val optional
+    objects: {train: train.yaml, val: val.yaml, test: test.yaml, stress: stress.yaml}  # in sim/objects/; val, stress optional
     episode_s: 12.0                                  # default 8
     start_qpos_noise_rad: 0.12                       # each joint uniform +- around home
     joint_sensors: {q_rad: 1.0e-4, qd_rad_s: 0.01, tau_fraction_of_limit: 0.01, delay_steps: 0}
@@ -15,13 +17,17 @@ cannot see what the gripper holds, round 12's experiment). Format::
     base: realistic                                  # optional: another preset's keys, these over them
 
 ``env_kwargs(split)`` gives the ``UR5GraspEnv`` keyword arguments of the preset for the
-``train``, ``val`` or ``test`` object set (plain, picklable values: rollout workers build their own envs);
+``train``, ``val``, ``test`` or ``stress`` object set (plain, picklable values: rollout workers build their own envs);
 ``env_kwargs("train", training=True)`` adds the training variation of the objects (what
 ``train grasp`` runs on; every benchmark and evaluation uses the sets as listed).
 
 The ``val`` set (optional; the realistic preset has one) holds objects in neither of the
 others. It is for choosing among trained policies (``ds-robot bench grasp-select``: training
 seeds, feature sets), so that the test set is never used to choose what it then measures.
+The ``stress`` set (optional; the realistic preset has one) is generated, not chosen
+(``ds_robot.sim.stress_objects``): 48 objects drawn over what the gripper can grasp, for an
+estimate of how a controller does on a further unseen set with a narrower interval than 12
+hand-picked objects give.
 """
 
 from __future__ import annotations
@@ -36,9 +42,9 @@ from ds_robot.paths import sim_dir
 from ds_robot.sim.objects import ObjectVariation
 from ds_robot.yamlio import Fields, load_yaml
 
-TASKS = ("realistic", "occluded", "miscalibrated", "nominal")
-SPLITS = ("train", "val", "test")
-OPTIONAL_SPLITS = ("val",)
+TASKS = ("realistic", "occluded", "miscalibrated", "broad", "nominal")
+SPLITS = ("train", "val", "test", "stress")
+OPTIONAL_SPLITS = ("val", "stress")
 DEFAULT_TASK = "realistic"
 
 

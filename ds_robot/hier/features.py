@@ -39,13 +39,13 @@ import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
 from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
+from ds_robot.model.params import FULL_GRIP_N  # last_grip's unit
 
 SKILLS = ("reach", "grasp", "lift")
 PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2,
                "decide": 2}
 EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1),
                 ("last_grip", 1), ("last_load", 1), ("last_end", 2), ("in_hand", 1))
-FULL_GRIP_N = 24.0  # about the full grip's force per pad (GraspOption.grip_force_n 0): last_grip's unit
 HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
 HIER_SLICES: dict[str, slice] = field_slices(HIER_FIELDS)
 HIER_OBS_SIZE = sum(size for _, size in HIER_FIELDS)
@@ -119,7 +119,11 @@ def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_f
     return out
 
 
-def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False) -> np.ndarray:
+FIT_MARGIN_M = 0.01  # room left in the open jaws for the perceived size's error (3%) and the pose error
+
+
+def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False,
+                      escalate: bool = False, max_opening_m: float | None = None) -> np.ndarray:
     """Which of ``options`` may start where ``hier_obs`` (one row or a batch) was taken: each
     option's initiation set (the options framework, Sutton, Precup & Singh 1999), ``(..., k)``
     booleans. A probe starts only with an empty hand (every option anywhere with
@@ -127,10 +131,38 @@ def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False
     it would continue as its own 4 N grip, the grip that just weighed the object: after a slip
     that slips again and wastes the attempt; held, the 5 N gentle options lift as gently. The
     round-8 planner valued that choice at 1.05 after a slipped probe of a 1.7 kg box (no return
-    is above about 0.9: an extrapolated value for a rarely tried option) and took it."""
-    in_hand = np.asarray(hier_obs)[..., H["in_hand"]] > 0.5  # (..., 1)
+    is above about 0.9: an extrapolated value for a rarely tried option) and took it.
+
+    ``escalate`` (``HierPolicy.escalate_after_slip``): after a slip, only a stronger grip may
+    follow. Friction grows with the pads' normal force, so a grip no stronger than one that just
+    slipped off the object slips again (a full grip that slipped may be tried again: the pose
+    may have been the cause); a probe weighs with 4 N, the weakest grip, so none follows a slip.
+    On the stress set the shipped planner, after a slipped probe of a 0.94 kg capsule (friction
+    0.36), chose 5 N, slipped, probed again and chose 5 N again, in every episode (BENCHMARKS.md,
+    issue 16 round 14).
+
+    ``max_opening_m`` (``HierPolicy.jaw_fit``): an option whose jaws close across a side of the
+    perceived object wider than the open jaws less ``FIT_MARGIN_M`` is unavailable (if no option
+    fits, none is masked for it). On the stress set the shipped planner opened its attempts on a
+    3 x 13.6 cm box with a probe across the 13.6 cm side, which 10 cm jaws cannot close on."""
+    hier_obs = np.asarray(hier_obs)
+    in_hand = hier_obs[..., H["in_hand"]] > 0.5  # (..., 1)
     probe = np.array([bool(getattr(o, "probe", False)) and not probe_in_hand for o in options])
-    return ~(in_hand & probe)
+    available = ~(in_hand & probe)
+    if escalate:
+        slipped = hier_obs[..., H["last_end"].start + 1 : H["last_end"].start + 2] > 0.5  # (..., 1)
+        last = hier_obs[..., H["last_grip"]] * FULL_GRIP_N  # (..., 1), N per pad
+        grip = np.array([o.grip_force_n or FULL_GRIP_N for o in options])
+        weaker = (grip <= last + 1e-3) & (grip < FULL_GRIP_N)
+        available &= ~(slipped & weaker)
+    if max_opening_m is not None:
+        half = hier_obs[..., H["object_size"]]
+        sides = {"narrow": 2.0 * half[..., :2].min(axis=-1), "wide": 2.0 * half[..., :2].max(axis=-1)}
+        across = np.stack([sides[o.axis] for o in options], axis=-1)  # (..., k)
+        fits = across <= max_opening_m - FIT_MARGIN_M
+        fits |= ~fits.any(axis=-1, keepdims=True)
+        available &= fits
+    return available
 
 
 def residual_acts(machine: ScriptedGraspController, probe_residual: bool) -> bool:

@@ -28,6 +28,7 @@ from ds_robot.errors import ConfigError
 from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS, available_options, best_available
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
 from ds_robot.hier.quantize import dequantize, quantize
+from ds_robot.model.params import default_description
 
 POLICY_FORMAT = "ds-robot-hier-policy"
 POLICY_VERSION = 1
@@ -115,6 +116,12 @@ class HierPolicy:
     # The machine's palm clearance over the object's top (ScriptedConfig.palm_clearance_m); None:
     # the grasp at the object's centre, as the policies trained before round 10 (files without the key)
     palm_clearance_m: float | None = None
+    # True: after a slip only a stronger grip may follow (hier.features.available_options); False:
+    # any option, as the policies before round 14 (files without the key)
+    escalate_after_slip: bool = False
+    # True: no option whose jaws close across a side of the perceived object wider than the open
+    # jaws (hier.features.available_options); False: any, as the policies before round 14
+    jaw_fit: bool = False
 
     def __post_init__(self):
         self.options = validate_options(self.options)
@@ -134,7 +141,9 @@ class HierPolicy:
     def choose(self, features: np.ndarray) -> np.ndarray:
         """The planner's option for each row of ``features`` (or one row): the highest logit
         among the options available there."""
-        return best_available(self.planner(features), available_options(features, self.options, self.probe_in_hand))
+        opening = default_description().gripper.max_opening_m if self.jaw_fit else None
+        return best_available(self.planner(features), available_options(features, self.options, self.probe_in_hand,
+                                                                        self.escalate_after_slip, opening))
 
     # -- file io --------------------------------------------------------------------------------
 
@@ -180,6 +189,7 @@ class HierPolicy:
                 "variant": self.variant, "options": options_to_list(self.options),
                 "torque_features": self.torque_features, "probe_in_hand": self.probe_in_hand,
                 "probe_residual": self.probe_residual, "palm_clearance_m": self.palm_clearance_m,
+                "escalate_after_slip": self.escalate_after_slip, "jaw_fit": self.jaw_fit,
                 "residual_scale": self.residual_scale,
                 "gripper_scale": self.gripper_scale, "weights": quantization, "tensors": table or [],
                 "obs_normalization": "none: hier_observation scales every feature to about unit range",
@@ -249,13 +259,15 @@ class HierPolicy:
                    variant=str(header.get("variant", "ur5e")), meta=dict(header.get("meta", {})),
                    quantization=quantization, probe_in_hand=bool(header.get("probe_in_hand", True)),
                    probe_residual=bool(header.get("probe_residual", True)),
-                   palm_clearance_m=header.get("palm_clearance_m"))
+                   palm_clearance_m=header.get("palm_clearance_m"),
+                   escalate_after_slip=bool(header.get("escalate_after_slip", False)),
+                   jaw_fit=bool(header.get("jaw_fit", False)))
 
 
 # what every member of an ensemble must share: the planner's choices mean the same thing only
 # over the same options, features and machine
 ENSEMBLE_SHARED = ("options", "torque_features", "residual_scale", "gripper_scale", "variant", "probe_in_hand",
-                   "probe_residual", "palm_clearance_m", "quantization")
+                   "probe_residual", "palm_clearance_m", "escalate_after_slip", "jaw_fit", "quantization")
 
 
 def ensemble(paths) -> HierPolicy:

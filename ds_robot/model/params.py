@@ -152,6 +152,12 @@ def load_description(path: str | Path | None = None) -> RobotDescription:
     )
 
 
+# About the force each pad presses with at the gripper's full grip (the coupled actuator's
+# grip_force_limit_n shared by two pads, less what the finger joints take; GraspOption's 0): the
+# unit of the planner's last_grip feature and the full grip of the stress objects' envelope.
+FULL_GRIP_N = 24.0
+
+
 @lru_cache(maxsize=4)
 def default_description() -> RobotDescription:
     return load_description()
