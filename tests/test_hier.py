@@ -647,7 +647,7 @@ def test_the_jaws_never_close_across_a_side_wider_than_they_open(tmp_path):
 
     wide = np.array([o.axis == "wide" for o in DEFAULT_OPTIONS])
     rows = np.stack([box(0.015, 0.068), box(0.03, 0.03), box(0.06, 0.07)])
-    fit = available_options(rows, DEFAULT_OPTIONS, max_opening_m=0.1)
+    fit = available_options(rows, DEFAULT_OPTIONS, jaw_fit=True)  # the 10 cm jaws
     assert not fit[0, wide].any() and fit[0, ~wide].all()
     assert fit[1].all() and fit[2].all()
     assert available_options(rows, DEFAULT_OPTIONS).all()
@@ -709,13 +709,16 @@ def test_a_frozen_planner_chooses_greedily_and_only_the_skills_learn(tmp_path):
     import torch
 
     source = HierPolicy.load(SHIPPED)
-    small = {"workers": 0, "envs_per_worker": 2, "n_steps": 16, "skill_minibatch": 16, "planner_from": str(SHIPPED)}
+    # the shipped file's initiation sets come with its planner (round 14)
+    small = {"workers": 0, "envs_per_worker": 2, "n_steps": 16, "skill_minibatch": 16, "planner_from": str(SHIPPED),
+             "escalate_after_slip": True, "jaw_fit": True}
     trainer = HierTrainer(HierTrainConfig(**small))
     try:
         obs = trainer.obs
         assert (obs[:, H["decision"]] > 0.5).all(), "an episode starts with a decision"
         actions = trainer._act(obs)[0]
-        values = np.where(available_options(obs, trainer.options), source.planner(obs), -np.inf)
+        values = np.where(available_options(obs, trainer.options, escalate=True, jaw_fit=True), source.planner(obs),
+                          -np.inf)
         assert np.array_equal(actions[:, 0], np.argmax(values, axis=1)), "the frozen planner chooses greedily"
         planner_before = [p.detach().clone() for p in trainer.planner.parameters()]
         skills_before = [p.detach().clone() for p in trainer.skills.parameters()]
@@ -724,11 +727,20 @@ def test_a_frozen_planner_chooses_greedily_and_only_the_skills_learn(tmp_path):
         assert not all(torch.equal(a, b) for a, b in zip(skills_before, trainer.skills.parameters(), strict=True))
         exported = trainer.export()
         assert all(np.array_equal(a, b) for a, b in zip(exported.planner.weights, source.planner.weights, strict=True))
+        assert exported.escalate_after_slip and exported.jaw_fit
+        # the trainer's own initiation sets: after a 5 N slip, nothing as weak
+        slipped = obs[:1].copy()
+        slipped[0, H["last_grip"]] = 5.0 / 24.0
+        slipped[0, H["last_end"].start + 1] = 1.0
+        grips = np.array([o.grip_force_n or 24.0 for o in trainer.options])
+        assert (grips[trainer._available(slipped)[0]] > 5.0).all()
     finally:
         trainer.close()
-    # a planner trained on other features is refused (both files ship in models/policies)
+    # a planner trained on other features, or used with other initiation sets, is refused
     with pytest.raises(ConfigError, match="torque_features"):
         HierTrainer(HierTrainConfig(**{**small, "planner_from": str(policies_dir() / "grasp_hier_no_torque.npz")}))
+    with pytest.raises(ConfigError, match="escalate_after_slip"):
+        HierTrainer(HierTrainConfig(**{**small, "escalate_after_slip": False}))
 
 
 def test_the_tracking_term_charges_the_arm_for_leaving_its_targets():

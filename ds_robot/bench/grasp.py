@@ -279,6 +279,8 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
     from ds_robot.paths import policies_dir
 
     preset = load_task(task)
+    for split in sets:
+        preset.object_set(split)  # an unknown split, or one this preset lacks: a ConfigError before any work
     episodes = episodes or (10 if quick else 200)
     seeds = min(seeds, 2) if quick else seeds
     workers = workers or os.cpu_count() or 1

@@ -39,7 +39,7 @@ import numpy as np
 
 from ds_robot.control.scripted import ScriptedGraspController
 from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, field_slices
-from ds_robot.model.params import FULL_GRIP_N  # last_grip's unit
+from ds_robot.model.params import FULL_GRIP_N, default_description  # FULL_GRIP_N: last_grip's unit
 
 SKILLS = ("reach", "grasp", "lift")
 PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2,
@@ -123,7 +123,7 @@ FIT_MARGIN_M = 0.01  # room left in the open jaws for the perceived size's error
 
 
 def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False,
-                      escalate: bool = False, max_opening_m: float | None = None) -> np.ndarray:
+                      escalate: bool = False, jaw_fit: bool = False) -> np.ndarray:
     """Which of ``options`` may start where ``hier_obs`` (one row or a batch) was taken: each
     option's initiation set (the options framework, Sutton, Precup & Singh 1999), ``(..., k)``
     booleans. A probe starts only with an empty hand (every option anywhere with
@@ -141,9 +141,12 @@ def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False
     0.36), chose 5 N, slipped, probed again and chose 5 N again, in every episode (BENCHMARKS.md,
     issue 16 round 14).
 
-    ``max_opening_m`` (``HierPolicy.jaw_fit``): an option whose jaws close across a side of the
-    perceived object wider than the open jaws less ``FIT_MARGIN_M`` is unavailable (if no option
-    fits, none is masked for it). On the stress set the shipped planner opened its attempts on a
+    ``jaw_fit`` (``HierPolicy.jaw_fit``): an option whose jaws close across a side of the
+    perceived object wider than the open jaws (the gripper's ``max_opening_m``) less
+    ``FIT_MARGIN_M`` is unavailable (if no option fits, none is masked for it).
+
+    The trainer applies the same sets (``HierTrainConfig``: in exploration and in the value
+    target's max) as the run time (``HierPolicy.choose``). On the stress set the shipped planner opened its attempts on a
     3 x 13.6 cm box with a probe across the 13.6 cm side, which 10 cm jaws cannot close on."""
     hier_obs = np.asarray(hier_obs)
     in_hand = hier_obs[..., H["in_hand"]] > 0.5  # (..., 1)
@@ -155,7 +158,8 @@ def available_options(hier_obs: np.ndarray, options, probe_in_hand: bool = False
         grip = np.array([o.grip_force_n or FULL_GRIP_N for o in options])
         weaker = (grip <= last + 1e-3) & (grip < FULL_GRIP_N)
         available &= ~(slipped & weaker)
-    if max_opening_m is not None:
+    if jaw_fit:
+        max_opening_m = default_description().gripper.max_opening_m
         half = hier_obs[..., H["object_size"]]
         sides = {"narrow": 2.0 * half[..., :2].min(axis=-1), "wide": 2.0 * half[..., :2].max(axis=-1)}
         across = np.stack([sides[o.axis] for o in options], axis=-1)  # (..., k)

@@ -28,7 +28,6 @@ from ds_robot.errors import ConfigError
 from ds_robot.hier.features import HIER_FIELDS, HIER_OBS_SIZE, SKILLS, available_options, best_available
 from ds_robot.hier.options import options_from_list, options_to_list, validate_options
 from ds_robot.hier.quantize import dequantize, quantize
-from ds_robot.model.params import default_description
 
 POLICY_FORMAT = "ds-robot-hier-policy"
 POLICY_VERSION = 1
@@ -141,9 +140,8 @@ class HierPolicy:
     def choose(self, features: np.ndarray) -> np.ndarray:
         """The planner's option for each row of ``features`` (or one row): the highest logit
         among the options available there."""
-        opening = default_description().gripper.max_opening_m if self.jaw_fit else None
         return best_available(self.planner(features), available_options(features, self.options, self.probe_in_hand,
-                                                                        self.escalate_after_slip, opening))
+                                                                        self.escalate_after_slip, self.jaw_fit))
 
     # -- file io --------------------------------------------------------------------------------
 

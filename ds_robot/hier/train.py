@@ -131,6 +131,11 @@ class HierTrainConfig:
     # the machine's palm clearance over the object's top (control.scripted.ScriptedConfig), in
     # training and at run time; None: the grasp at the object's centre, the runs before round 10
     palm_clearance_m: float | None = ScriptedConfig.palm_clearance_m
+    # the planner's initiation sets after a slip and for the jaws' opening
+    # (hier.features.available_options), in exploration, in the value target's max and at run
+    # time (the exported file's keys); False: the runs before round 14
+    escalate_after_slip: bool = False
+    jaw_fit: bool = False
     # reward per joule of arm work (hier.env.ENERGY_WEIGHT says why it is not larger)
     energy_weight: float = ENERGY_WEIGHT
     # a policy file whose planner chooses every option, greedily and frozen: only the skills learn,
@@ -320,7 +325,7 @@ class HierTrainer:
             due = np.flatnonzero(obs[:, H["decision"]] > 0.5)
             if len(due):
                 cfg = self.config
-                available = available_options(obs[due], self.options, cfg.probe_in_hand)
+                available = self._available(obs[due])
                 if self.frozen_planner is not None:  # greedy, as at run time
                     chosen = np.argmax(np.where(available, self.frozen_planner(obs[due]), -np.inf), axis=1)
                 else:
@@ -491,7 +496,7 @@ class HierTrainer:
                     nxt = np.stack([buffer[k][4] for k in later])
                     after = self.planner.all_heads(torch.as_tensor(nxt))
                     mean = after.mean(dim=1)
-                    available = torch.as_tensor(available_options(nxt, self.options, cfg.probe_in_hand))
+                    available = torch.as_tensor(self._available(nxt))
                     greedy = mean.masked_fill(~available, -math.inf).argmax(dim=1)
                     best = after.gather(2, greedy[:, None, None].expand(-1, heads, 1)).squeeze(2)
                     # no value beyond the returns seen: unvisited options' extrapolated values
@@ -516,7 +521,7 @@ class HierTrainer:
                                   cfg.max_grad_norm * math.sqrt(heads), cfg.amp)
         with torch.no_grad():
             recent = features[-cfg.planner_batch:]
-            available = torch.as_tensor(available_options(recent.numpy(), self.options, cfg.probe_in_hand))
+            available = torch.as_tensor(self._available(recent.numpy()))
             entropy = self.planner.behaviour(recent, cfg.planner_temperature, cfg.planner_epsilon,
                                              available).entropy().mean()
         return {"planner_entropy": float(entropy), "planner_return": returns[-cfg.planner_batch:].mean().item(),
@@ -577,6 +582,11 @@ class HierTrainer:
 
     # -- export and checkpoints ----------------------------------------------------------------
 
+    def _available(self, features: np.ndarray) -> np.ndarray:
+        """The options each row may start (hier.features.available_options), with this run's sets."""
+        cfg = self.config
+        return available_options(features, self.options, cfg.probe_in_hand, cfg.escalate_after_slip, cfg.jaw_fit)
+
     def export(self, meta: dict | None = None) -> HierPolicy:
         # logits Q / T: the run time's argmax picks the highest-valued option
         planner = (self.frozen_planner if self.frozen_planner is not None else
@@ -585,6 +595,7 @@ class HierTrainer:
                           options=self.options, torque_features=self.config.torque_features,
                           probe_in_hand=self.config.probe_in_hand, probe_residual=self.config.probe_residual,
                           palm_clearance_m=self.config.palm_clearance_m,
+                          escalate_after_slip=self.config.escalate_after_slip, jaw_fit=self.config.jaw_fit,
                           residual_scale=RESIDUAL_SCALE, gripper_scale=GRIPPER_SCALE, variant="ur5e",
                           meta={"steps": self.steps, "wall_seconds": round(self.wall_seconds, 1),
                                 "episodes": self.episodes, "config": _jsonable(asdict(self.config)), **(meta or {})})
@@ -641,7 +652,8 @@ def _frozen_planner(cfg: HierTrainConfig) -> NumpyMLP:
     policy = HierPolicy.load(cfg.planner_from)
     ours = {"options": options_from_list(cfg.options), "torque_features": cfg.torque_features,
             "probe_in_hand": cfg.probe_in_hand, "probe_residual": cfg.probe_residual,
-            "palm_clearance_m": cfg.palm_clearance_m}
+            "palm_clearance_m": cfg.palm_clearance_m, "escalate_after_slip": cfg.escalate_after_slip,
+            "jaw_fit": cfg.jaw_fit}
     differ = {k: (getattr(policy, k), v) for k, v in ours.items() if getattr(policy, k) != v}
     if differ:
         raise ConfigError(f"planner_from {cfg.planner_from}: its planner was trained with "
