@@ -204,6 +204,37 @@ def _run(env, option: GraspOption | None, seed: int, chooser=None, **config):
     return result, controller
 
 
+def _held_grip_force(env, option: GraspOption, seed: int = 0, steps: int = 20) -> float:
+    """The median pad force over the first ``steps`` control steps of the hold (the object lifted)."""
+    controller = ScriptedGraspController.for_env(env, ScriptedConfig(option=option))
+    obs, _ = env.reset(seed=seed)
+    controller.reset(obs)
+    forces: list[float] = []
+    while len(forces) < steps:
+        obs, _, terminated, truncated, _ = env.step(controller.act(obs))
+        assert not (terminated or truncated), f"no hold reached with {option.describe()}"
+        if controller.phase == "hold":
+            forces.append(env.state.grip_force_n)
+    return float(np.median(forces))
+
+
+@pytest.mark.parametrize("width_m", [0.016, 0.08])
+def test_each_grip_presses_its_force_at_the_narrowest_and_the_widest_object(width_m):
+    """A force-limited gripper presses with its force setting whatever the object's width (e.g.
+    the Robotiq 2F-85's grip force is a command, 20-235 N). Until round 15 the simulated one was a
+    2000 N/m position servo: its full grip pressed ~480 N/m x the width per pad, 7.5 N on a 1.6 cm
+    object (12 N on the 12 N option: 7.5 too), and a 0.84 kg, 1.8 cm plate of the stress set
+    slipped from every controller."""
+    task = load_task("realistic")
+    train = load_object_set(task.object_set("train"))
+    obj = ObjectSpec("plate", "box", (width_m / 2, 0.03, 0.04), 0.2, 0.8, train.objects[0].placement)
+    env = UR5GraspEnv(**{**task.env_kwargs("train"), "objects": replace(train, objects=(obj,))})
+    assert _held_grip_force(env, GraspOption()) >= FULL_GRIP_N
+    for grip in (12.0, 5.0):
+        assert _held_grip_force(env, GraspOption(grip_force_n=grip)) == pytest.approx(grip, abs=1.0)
+    env.close()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_full_grip_crushes_a_fragile_object_that_a_gentle_grip_lifts(seed):
     env = _realistic_env(["peach"])

@@ -152,7 +152,7 @@ def gripper_mjcf(desc: RobotDescription) -> str:
     ET.SubElement(ET.SubElement(root, "equality"), "joint", name="finger_coupling", joint1="right_finger_joint",
                   joint2="left_finger_joint", polycoef="0 1 0 0 0", solref="0.005 1")
     ET.SubElement(ET.SubElement(root, "actuator"), "position", name="gripper", tendon="grip",
-                  kp=fmt(g.actuator_kp_n_m), ctrlrange=fmt(0, g.finger_travel_m),
+                  kp=fmt(g.actuator_kp_n_m), kv=fmt(g.actuator_kv_n_s_m), ctrlrange=fmt(0, g.finger_travel_m),
                   forcerange=fmt(-g.grip_force_limit_n, g.grip_force_limit_n))
     return to_text(root)
 
