@@ -108,7 +108,14 @@ class ScriptedConfig:
     approach_s: float = 1.4
     descend_s: float = 0.9
     settle_s: float = 0.15
+    # The jaws close for at least close_s and then until the fingers stop (opening speed under
+    # closed_speed_m_s: on the object, or shut), at most close_max_s: a gentle grip closes slower
+    # than the full one (its force, not the servo's limit, drives the fingers), and a fixed 0.5 s
+    # lifted before a 4 N probe had reached a 2.2 cm sphere (BENCHMARKS.md, issue 16 round 15).
+    # Grippers report the same (e.g. the Robotiq 2F-85's "object detected" status).
     close_s: float = 0.5
+    close_max_s: float = 1.5
+    closed_speed_m_s: float = 0.005
     lift_s: float = 1.0
     retreat_s: float = 0.6
     natural_frequency_rad_s: float = 25.0
@@ -126,6 +133,9 @@ class ScriptedConfig:
     regrip_descend_s: float = 0.4  # after a probe that slipped: back down to the grasp pose to squeeze again
 
     def __post_init__(self):
+        if not (0.0 < self.close_s <= self.close_max_s and self.closed_speed_m_s > 0.0):
+            raise ConfigError(f"close_s={self.close_s}, close_max_s={self.close_max_s}, closed_speed_m_s="
+                              f"{self.closed_speed_m_s}: need 0 < close_s <= close_max_s and a positive speed")
         if not valid_palm_clearance(self.palm_clearance_m):
             raise ConfigError(f"palm_clearance_m must be None or a distance of 0-0.1 m, got {self.palm_clearance_m!r}")
 
@@ -346,7 +356,7 @@ class ScriptedGraspController(Controller):
         elif self.phase == "descend" and self.segments["descend"].done(t + cfg.settle_s):
             self.phase, self.phase_start = "close", t
             self.gripper_command = 1.0
-        elif self.phase == "close" and t - self.phase_start >= cfg.close_s:
+        elif self.phase == "close" and self._jaws_closed(obs, t - self.phase_start):
             if self.opening < cfg.missed_opening_m and self.attempt < cfg.max_attempts:
                 self._retreat(t, "missed")
             else:
@@ -386,6 +396,12 @@ class ScriptedGraspController(Controller):
             elif empty and self.attempt < cfg.max_attempts:
                 self.replans += 1
                 self._retreat(t, "slipped")
+
+    def _jaws_closed(self, obs: np.ndarray, elapsed_s: float) -> bool:
+        cfg = self.config
+        if elapsed_s < cfg.close_s - 1e-9:
+            return False
+        return elapsed_s >= cfg.close_max_s - 1e-9 or abs(self.layout.gripper(obs)[1]) < cfg.closed_speed_m_s
 
     def _retreat(self, t: float, outcome: str) -> None:
         """Open, back off to above the last grasp pose; the next attempt is planned when there."""
