@@ -216,6 +216,7 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
         "success_rate": rate, "success_rate_ci95": list(rate_ci), "success_rate_per_seed": per_seed,
         "time_to_lift_s": lift, "time_to_lift_s_ci95": list(lift_ci),
         "energy_j": energy, "energy_j_ci95": list(energy_ci),
+        "energy_j_median": float(np.median([e["energy_j"] for e in episodes])),
         "control_step_us": step, "control_step_us_ci95": list(step_ci),
         "planning_latency_ms": float(plans.mean()) if len(plans) else math.nan,
         "planning_latency_p99_ms": float(np.percentile(plans, 99)) if len(plans) else math.nan,
@@ -443,10 +444,15 @@ def _set_verdict(by: dict, unseen: str) -> list[str]:
                      f"{hier['planning_latency_p99_ms']:.3f} ms P99 (goal <= {GOALS['planning_ms']} ms); control "
                      f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us)")
     if hier and scripted:
+        # judged on the medians: one episode whose physics ran away (kJ) moves a mean of 120 by
+        # tens of J; scripted's on round 15's stress set was 100.9 J [11, 190], its median ~40 J
         ratio = hier["energy_j"] / scripted["energy_j"]
+        median = (hier.get("energy_j_median", hier["energy_j"])
+                  / scripted.get("energy_j_median", scripted["energy_j"]))
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
-        lines.append(f"energy hier / scripted {on} = {ratio:.3f} (goal <= {GOALS['energy_ratio']} at equal or better "
-                     f"success: {'met' if ratio <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
+        lines.append(f"energy hier / scripted {on} = {median:.3f} by the medians, {ratio:.3f} by the means (goal <= "
+                     f"{GOALS['energy_ratio']} at equal or better success, by the medians: "
+                     f"{'met' if median <= GOALS['energy_ratio'] and equal_or_better else 'not met'})")
     non_learned = [by[(unseen, n)] for n in NON_LEARNED if (unseen, n) in by]
     if hier and non_learned:
         top = max(non_learned, key=lambda r: r["success_rate"])

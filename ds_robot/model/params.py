@@ -154,10 +154,10 @@ def load_description(path: str | Path | None = None) -> RobotDescription:
     )
 
 
-# At most the force each pad presses with at the gripper's full grip (GraspOption's 0; the coupled
-# actuator's grip_force_limit_n shared by two pads: 30 N measured at every width from 1.6 to 8 cm,
-# tests/test_realistic.py): the unit of the planner's last_grip feature (policy files depend on
-# it) and the full grip the stress objects' envelope assumes.
+# A lower bound on the force each pad presses with at the gripper's full grip (GraspOption's 0;
+# the coupled actuator's grip_force_limit_n shared by two pads: 30 N measured at every width from
+# 1.6 to 8 cm, tests/test_realistic.py): the unit of the planner's last_grip feature (policy
+# files depend on it) and the full grip the stress objects' envelope assumes.
 FULL_GRIP_N = 24.0
 
 
