@@ -235,6 +235,25 @@ def test_each_grip_presses_its_force_at_the_narrowest_and_the_widest_object(widt
     env.close()
 
 
+def test_a_gentle_probe_has_closed_on_a_small_sphere_before_the_lift_begins():
+    """A 4 N probe closes at its own force, slower than the full grip. With a fixed 0.5 s close
+    the lift began with neither pad on a 2.2 cm sphere (the pads caught its top on the way up and
+    it fell; stress_sphere_34, issue 16 round 15); now the jaws close until the fingers stop."""
+    task = load_task("realistic")
+    train = load_object_set(task.object_set("train"))
+    obj = ObjectSpec("marble", "sphere", (0.011,), 0.03, 0.6, train.objects[0].placement)
+    env = UR5GraspEnv(**{**task.env_kwargs("train"), "objects": replace(train, objects=(obj,))})
+    for seed in (0, 1):
+        controller = ScriptedGraspController.for_env(env, ScriptedConfig(option=GraspOption(grip_force_n=4.0, probe=True)))
+        obs, _ = env.reset(seed=seed)
+        controller.reset(obs)
+        while controller.phase != "lift":
+            obs, _, terminated, truncated, _ = env.step(controller.act(obs))
+            assert not (terminated or truncated)
+        assert env.state.pad_contact == (True, True), f"seed {seed}: the lift began before the pads closed"
+    env.close()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_full_grip_crushes_a_fragile_object_that_a_gentle_grip_lifts(seed):
     env = _realistic_env(["peach"])

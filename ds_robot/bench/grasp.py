@@ -447,8 +447,7 @@ def _set_verdict(by: dict, unseen: str) -> list[str]:
         # judged on the medians: one episode whose physics ran away (kJ) moves a mean of 120 by
         # tens of J; scripted's on round 15's stress set was 100.9 J [11, 190], its median ~40 J
         ratio = hier["energy_j"] / scripted["energy_j"]
-        median = (hier.get("energy_j_median", hier["energy_j"])
-                  / scripted.get("energy_j_median", scripted["energy_j"]))
+        median = hier["energy_j_median"] / scripted["energy_j_median"]
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
         lines.append(f"energy hier / scripted {on} = {median:.3f} by the medians, {ratio:.3f} by the means (goal <= "
                      f"{GOALS['energy_ratio']} at equal or better success, by the medians: "

@@ -372,7 +372,8 @@ class ScriptedGraspController(Controller):
         elif self.phase == "hold" and (cfg.replan_on_empty or self.probing) and not self._checked:
             if self.torque_available:
                 self._payloads.append(self.payload_estimate(obs))
-            self._object_zs.append(float(self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)[0][2]))
+            if self.in_hand_vision:
+                self._object_zs.append(float(self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)[0][2]))
             if t - self.phase_start < cfg.payload_check_s:
                 return
             self._checked = True
