@@ -186,6 +186,29 @@ def running():
     return core, arm
 
 
+def test_an_object_pose_near_the_base_axis_holds_the_arm_still():
+    """A detection 8 cm from the base axis (the arm's own base, say) is a finite, well-formed pose
+    that the core passes on; the skill machine refuses to go there (a straight TCP path into the
+    shoulder singularity: in simulation the base joint spun at 30-50 rad/s) and holds the arm."""
+    from ds_robot.deploy.controllers import skill_machine
+
+    arm = SimArm()
+    arm.reset(0)
+    core = ControlCore(NodeConfig(object_half_extents_m=tuple(arm.env.setup.obj.half_extents_m)),
+                       HierarchicalController(HierPolicy.load(SHIPPED_INT8)))
+    fastest = 0.0
+    for _ in range(1000):  # 2 s at 500 Hz
+        _feed(core, arm, arm.time_s)
+        core.on_object_pose(np.array([0.08, 0.0, 0.03]), np.array([1.0, 0.0, 0.0, 0.0]), arm.time_s)
+        command = core.tick(arm.time_s)
+        arm.set_command(command.values, command.gripper)
+        arm.step()
+        fastest = max(fastest, float(np.abs(arm.env.state.qd_rad_s).max()))
+    assert not command.stop and core.stats.policy_steps >= 199
+    assert skill_machine(core.controller).phase == "out_of_reach"
+    assert fastest < 0.5, fastest
+
+
 def test_watchdog_stops_on_stale_or_missing_inputs(running):
     core, arm = running
     t = core.state.stamp_s

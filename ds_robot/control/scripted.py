@@ -131,11 +131,26 @@ class ScriptedConfig:
     replan_on_empty: bool = True
     payload_check_s: float = 0.2
     regrip_descend_s: float = 0.4  # after a probe that slipped: back down to the grasp pose to squeeze again
+    # Where the machine goes. The TCP moves in straight lines, and near the base's z axis the
+    # shoulder is singular: measured with this machine (a cube placed at 8-20 cm from the axis,
+    # ``BENCHMARKS.md``, issue 16 round 16), every grasp at 13 cm or less ran away (the base
+    # joint at 30-50 rad/s, 2-12 kJ), at 16-20 cm it lifted the cube, except from behind the base,
+    # where the straight approach from the front crosses the axis. So an attempt is planned only
+    # where the perceived object lies ``reach_m`` (inner, outer) from the axis, horizontally, and
+    # the straight line there from the hand keeps the inner distance; otherwise (or for a pose
+    # that is not a number) the arm holds where it is, jaws open (phase ``out_of_reach``), and
+    # plans once the object is seen in reach. A lying capsule that rolled to 10 cm from the axis
+    # had cost one scripted stress episode 4 kJ. Outer: a cube at 90 cm was lifted (the UR5e's
+    # reach is 850 mm from the shoulder, UR5e datasheet).
+    reach_m: tuple[float, float] = (0.18, 0.9)
 
     def __post_init__(self):
         if not (0.0 < self.close_s <= self.close_max_s and self.closed_speed_m_s > 0.0):
             raise ConfigError(f"close_s={self.close_s}, close_max_s={self.close_max_s}, closed_speed_m_s="
                               f"{self.closed_speed_m_s}: need 0 < close_s <= close_max_s and a positive speed")
+        lo, hi = self.reach_m
+        if not (0.0 <= lo < hi <= 1.0):
+            raise ConfigError(f"reach_m={self.reach_m}: need 0 <= inner < outer <= 1 m")
         if not valid_palm_clearance(self.palm_clearance_m):
             raise ConfigError(f"palm_clearance_m must be None or a distance of 0-0.1 m, got {self.palm_clearance_m!r}")
 
@@ -273,8 +288,25 @@ class ScriptedGraspController(Controller):
         self._plan(obs, t)
         self._planning_s.append(time.perf_counter() - start)
 
+    def reachable(self, obs: np.ndarray) -> bool:
+        """Whether the perceived object lies where the machine goes (``ScriptedConfig.reach_m``):
+        inside the annulus, with the straight line from the hand's reference there clear of
+        the inner cylinder. False for a pose that is not a number."""
+        goal = self.layout.object_pose(obs, self.tcp_pos, self.tcp_rot)[0][:2]
+        inner, outer = self.config.reach_m
+        if not inner <= math.hypot(goal[0], goal[1]) <= outer:
+            return False
+        start = np.asarray(self.ref_pos[:2], dtype=float)
+        path = goal - start
+        along = min(max(-float(start @ path) / float(path @ path), 0.0), 1.0) if path @ path > 0 else 0.0
+        return bool(np.linalg.norm(start + along * path) >= inner)
+
     def _plan(self, obs: np.ndarray, t: float) -> None:
         cfg = self.config
+        if not self.reachable(obs):
+            self.phase = "out_of_reach"  # hold here, jaws open; planned again once it is seen in reach
+            self.gripper_command = -1.0
+            return
         self.option = self.option_chooser(obs, self.attempt) if self.option_chooser else cfg.option
         self.grasp_pos, self.grasp_rot = self._grasp_pose(obs)
         above = self.grasp_pos + np.array([0.0, 0.0, self.option.pregrasp_height_m])
@@ -338,16 +370,18 @@ class ScriptedGraspController(Controller):
         self.last_option: GraspOption | None = None
         self.last_payload_kg = float("nan")
 
-    def decision_due(self) -> bool:
-        """True when the next ``act`` plans an attempt (calls ``option_chooser``)."""
+    def decision_due(self, obs: np.ndarray | None = None) -> bool:
+        """True when the next ``act`` plans an attempt (calls ``option_chooser``); out of reach,
+        only when ``obs`` is given and shows the object back in reach."""
         return (self.phase in ("plan", "decide")
+                or (self.phase == "out_of_reach" and obs is not None and self.reachable(obs))
                 or (self.phase == "retreat" and self.segments["retreat"].done(self.t)))
 
     # -- control ----------------------------------------------------------------------------
 
     def _advance(self, obs: np.ndarray) -> None:
         cfg, t = self.config, self.t
-        if self.phase == "plan":
+        if self.phase == "plan" or (self.phase == "out_of_reach" and self.reachable(obs)):
             self._plan_attempt(obs, t)
         elif self.phase == "decide":
             self._continue_in_hand(obs, t)

@@ -178,6 +178,7 @@ class PolicyNode(Node):
         machine = skill_machine(self.controller)
         if machine is not None:
             machine.in_hand_vision = in_hand_vision
+        self.machine = machine
         self.idle = kind == "none"
         self.core = ControlCore(self.config, self.controller)
         if self.corrected is not None:  # accelerations over the joint states' measured intervals
@@ -544,6 +545,9 @@ class PolicyNode(Node):
                 "stops": self.core.stats.stops, "braking_stops": self.core.stats.braking_stops,
                 "stop_reasons": self.core.stats.stop_reasons,
                 "rejected": self.core.stats.rejected,
+                # "out_of_reach": the perceived object is where the machine does not go (near the
+                # base axis, beyond reach, or not a number); the arm holds until it is seen in reach
+                "grasp_phase": self.machine.phase if self.machine is not None else None,
                 "limits": {name: getattr(self.core.config, name) for name in LIVE_FIELDS},
                 **self.estimate_summary()}
 

@@ -42,8 +42,8 @@ from ds_robot.envs.layout import ACTION_SIZE, OBS_FIELDS, OBS_SIZE, OBS_SLICES, 
 from ds_robot.model.params import FULL_GRIP_N, default_description  # FULL_GRIP_N: last_grip's unit
 
 SKILLS = ("reach", "grasp", "lift")
-PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "close": 1, "lift": 2, "hold": 2,
-               "decide": 2}
+PHASE_SKILL = {"idle": 0, "plan": 0, "approach": 0, "descend": 0, "retreat": 0, "out_of_reach": 0, "close": 1,
+               "lift": 2, "hold": 2, "decide": 2}
 EXTRA_FIELDS = (("skill", 3), ("progress", 1), ("tracking", 6), ("decision", 1), ("attempt", 1),
                 ("last_grip", 1), ("last_load", 1), ("last_end", 2), ("in_hand", 1))
 HIER_FIELDS = OBS_FIELDS + EXTRA_FIELDS
@@ -106,7 +106,7 @@ def hier_observation(obs: np.ndarray, machine: ScriptedGraspController, torque_f
     out[H["skill"].start + PHASE_SKILL[machine.phase]] = 1.0
     out[H["progress"]] = machine.phase_progress() if machine.phase != "plan" else 0.0
     out[H["tracking"]] = (machine.q_des - obs[OBS_SLICES["q"]]) * 10.0
-    out[H["decision"]] = 1.0 if machine.decision_due() else 0.0
+    out[H["decision"]] = 1.0 if machine.decision_due(obs) else 0.0
     out[H["attempt"]] = machine.attempt / machine.config.max_attempts
     last = machine.last_option
     if last is not None:
@@ -177,6 +177,8 @@ def residual_acts(machine: ScriptedGraspController, probe_residual: bool) -> boo
     read "slipped", the planner chose 12 N for a heavy object and crushed them; the same
     episodes with the residual off during the probe read "probed" and succeeded (BENCHMARKS.md,
     issue 16 round 9)."""
+    if machine.phase == "out_of_reach":  # holding still until the object is seen in reach: nothing to correct
+        return False
     return probe_residual or not machine.probing
 
 
