@@ -280,6 +280,7 @@ def test_bench_grasp_small_run(tmp_path):
         assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0
     assert "residual_share" in rows["hier"] and "options_chosen" in rows["hier"]
     assert rows["scripted"]["tracking_rms_mrad"] > 0
+    assert rows["scripted"]["out_of_reach"] == 0 and rows["scripted"]["energy_j_max"] >= rows["scripted"]["energy_j_median"]
     # the joint tracking error: a residual that pushes the shoulder off the machine's targets raises
     # it; the same file with the residual off (hier_planner_only) is not charged for it
     pushing = _untrained_policy()

@@ -29,8 +29,9 @@ identical for every variant; ``--variants`` picks rows):
   ``sb3_sac``: Stable-Baselines3 SAC on the same env (``grasp_sb3_sac.zip``). Each is reported
   as missing while its file is absent.
 
-Per variant and set: success rate (Wilson 95% CI), time to lift (successful episodes), energy,
-crushed episodes, re-plans, ``planning_latency_ms`` (one high-level decision, timed around the
+Per variant and set: success rate (Wilson 95% CI), time to lift (successful episodes), energy
+(mean with CI, median, the worst episode), crushed episodes, re-plans, episodes that ended out of
+reach (the object rolled where the machine does not go), ``planning_latency_ms`` (one high-level decision, timed around the
 machine's ``_plan_attempt``), ``control_step_us`` (one full controller call), the residual
 share of the torque, ``tracking_rms_mrad`` (the model-based machines: per episode the RMS over
 its steps of the machine's joint target minus the true joint position, mean over episodes; a
@@ -193,6 +194,7 @@ def run_job(variant: str, split: str, seed: int, episodes: int, policies: dict[s
                              "time_to_lift_s": result.time_to_lift_s, "energy_j": result.energy_j,
                              "control_step_us": result.control_step_us, "crushed": bool(env.task.crushed),
                              "replans": int(getattr(machine, "replans", 0)),
+                             "out_of_reach": skills is not None and skills.phase == "out_of_reach",
                              "options": list(controller.chosen[before:]) if hier else fixed,
                              "residual_share": controller.residual_share if hier else None,
                              "tracking_rms_mrad": 1e3 * math.sqrt(np.mean(squared)) if squared else None})
@@ -217,6 +219,7 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
         "time_to_lift_s": lift, "time_to_lift_s_ci95": list(lift_ci),
         "energy_j": energy, "energy_j_ci95": list(energy_ci),
         "energy_j_median": float(np.median([e["energy_j"] for e in episodes])),
+        "energy_j_max": float(max(e["energy_j"] for e in episodes)),
         "control_step_us": step, "control_step_us_ci95": list(step_ci),
         "planning_latency_ms": float(plans.mean()) if len(plans) else math.nan,
         "planning_latency_p99_ms": float(np.percentile(plans, 99)) if len(plans) else math.nan,
@@ -232,6 +235,8 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
     if jobs and jobs[0].get("option_names"):
         row["option_names"] = jobs[0]["option_names"]
     row["replans"] = int(sum(e["replans"] for e in episodes))
+    # episodes that ended with the arm holding because the object was seen out of reach (rolled away)
+    row["out_of_reach"] = int(sum(e.get("out_of_reach", False) for e in episodes))
     options = Counter(o for e in episodes for o in e["options"])
     if options:
         row["options_chosen"] = {str(k): v for k, v in sorted(options.items())}
@@ -375,13 +380,13 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
 def _print_table(results: list[dict]) -> None:
     rows = [[r["object_set"], r["name"], r["episodes"], ci_text(r["success_rate"], r["success_rate_ci95"], digits=3),
              ci_text(r["time_to_lift_s"], r["time_to_lift_s_ci95"]), ci_text(r["energy_j"], r["energy_j_ci95"], digits=1),
-             r["crushed"], r["replans"],
+             r["crushed"], r["replans"], r["out_of_reach"],
              "-" if math.isnan(r["planning_latency_ms"]) else f"{r['planning_latency_ms']:.3f}",
              f"{r['control_step_us']:.0f}", f"{r['residual_share']:.3f}" if "residual_share" in r else "-",
              f"{r['tracking_rms_mrad']:.1f}" if "tracking_rms_mrad" in r else "-"]
             for r in results]
     print(format_table(["set", "variant", "episodes", "success [95% CI]", "time to lift s", "energy J", "crushed",
-                        "re-plans", "plan ms", "step us", "residual share", "tracking mrad"], rows))
+                        "re-plans", "out of reach", "plan ms", "step us", "residual share", "tracking mrad"], rows))
 
 
 def _print_choices(row: dict) -> None:
