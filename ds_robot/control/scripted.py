@@ -133,8 +133,8 @@ class ScriptedConfig:
     regrip_descend_s: float = 0.4  # after a probe that slipped: back down to the grasp pose to squeeze again
     # Where the machine goes. The TCP moves in straight lines, and near the base's z axis the
     # shoulder is singular: measured with this machine (a cube placed at 8-20 cm from the axis,
-    # ``BENCHMARKS.md``, issue 16 round 16), every grasp at 13 cm or less ran away (the base
-    # joint at 30-50 rad/s, 2-12 kJ), at 16-20 cm it lifted the cube, except from behind the base,
+    # ``BENCHMARKS.md``, issue 16 round 16), every grasp at 13 cm or less ran away (joints at
+    # 30-50 rad/s, 2-12 kJ), at 16-20 cm it lifted the cube, except from behind the base,
     # where the straight approach from the front crosses the axis. So an attempt is planned only
     # where the perceived object lies ``reach_m`` (inner, outer) from the axis, horizontally, and
     # the straight line there from the hand keeps the inner distance; otherwise (or for a pose
@@ -286,7 +286,8 @@ class ScriptedGraspController(Controller):
     def _plan_attempt(self, obs: np.ndarray, t: float) -> None:
         start = time.perf_counter()
         self._plan(obs, t)
-        self._planning_s.append(time.perf_counter() - start)
+        if self.phase != "out_of_reach":  # a refused plan is no decision
+            self._planning_s.append(time.perf_counter() - start)
 
     def reachable(self, obs: np.ndarray) -> bool:
         """Whether the perceived object lies where the machine goes (``ScriptedConfig.reach_m``):
