@@ -18,7 +18,7 @@ identical for every variant; ``--variants`` picks rows):
   down between the pads reads like a held one, with the friction the pads carried as its
   weight: the rule then takes that reading for the weight;
 - ``hier``: the shipped hierarchical controller (``models/policies/grasp_hier.npz``, an ensemble
-  of 6 training seeds' planners since round 11; ``TRAINING_SEEDS`` runs each member alone too);
+  of training seeds' planners since round 11, 4 since round 16; ``TRAINING_SEEDS`` runs each member alone too);
   ``hier_planner_only``: its residual skills off; ``hier_no_replan``: the re-plan of an empty
   lifted hand off; ``hier_no_torque``: the policy trained without torque features;
 - ``flat``: the flat PPO policy of the first releases (``grasp_flat.pt``: raw torques, no

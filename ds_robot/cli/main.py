@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grasp: the controllers to run (default: all; see ds_robot/bench/grasp.py)")
     p.add_argument("--members", action=argparse.BooleanOptionalAction, default=True,
                    help="grasp: also run each member of the shipped ensembles alone, for a CI across training "
-                        "seeds (default: on: 12 more runs per object set)")
+                        "seeds (default: on: one more run per member and object set)")
     p.add_argument("--no-latency-compensation", action="store_true",
                    help="sim2real: corrected rows without the identified latency's compensation (the ablation)")
     _add_task_arg(p, "realistic")
