@@ -189,7 +189,7 @@ def running():
 def test_an_object_pose_near_the_base_axis_holds_the_arm_still():
     """A detection 8 cm from the base axis (the arm's own base, say) is a finite, well-formed pose
     that the core passes on; the skill machine refuses to go there (a straight TCP path into the
-    shoulder singularity: in simulation the base joint spun at 30-50 rad/s) and holds the arm."""
+    shoulder singularity: in simulation the joints spun at 30-50 rad/s) and holds the arm."""
     from ds_robot.deploy.controllers import skill_machine
 
     arm = SimArm()

@@ -432,6 +432,7 @@ def test_parameter_sets_take_effect_or_are_refused_in_process():
         np.testing.assert_allclose(node.corrected.command_limit, 0.4 * limit)  # the estimator sees the new clip
         assert node.get_parameter("max_torque_fraction").value == 0.4
         assert node.diagnostics()["limits"]["max_torque_fraction"] == 0.4
+        assert node.diagnostics()["grasp_phase"] == "idle"  # the skill machine's phase; no grasp has started
 
         for param, reason in ((Parameter("max_torque_fraction", value=1.5), "max_torque_fraction must be in"),
                               (Parameter("state_timeout_s", value=-1.0), "state_timeout_s must be > 0"),
