@@ -450,7 +450,7 @@ def _set_verdict(by: dict, unseen: str) -> list[str]:
                      f"step {hier['control_step_us']:.0f} us mean (goal <= {GOALS['control_step_us']:.0f} us)")
     if hier and scripted:
         # judged on the medians: one episode whose physics ran away (kJ) moves a mean of 120 by
-        # tens of J; scripted's on round 15's stress set was 100.9 J [11, 190], its median ~40 J
+        # tens of J; scripted's on round 15's stress set was 100.9 J [11, 190], the others' ~39-44 J
         ratio = hier["energy_j"] / scripted["energy_j"]
         median = hier["energy_j_median"] / scripted["energy_j_median"]
         equal_or_better = hier["success_rate_ci95"][1] >= scripted["success_rate"]
