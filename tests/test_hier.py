@@ -275,6 +275,8 @@ def test_bench_grasp_small_run(tmp_path):
     # another training seed's file runs the same episodes (here the same file: the same success)
     seeds = rows["hier"]["training_seeds"]
     assert seeds["success_rate"] == [rows["hier"]["success_rate"]] * 2 and seeds["mean"] == rows["hier"]["success_rate"]
+    # and each seed file's own per-object success (one seed file here)
+    assert seeds["per_object_success"] == [rows["hier"]["per_object_success"]]
     assert rows["scripted"]["success_rate"] == 1.0 and rows["scripted"]["episodes"] == 2
     for row in rows.values():
         assert row["planning_latency_ms"] > 0 and row["control_step_us"] > 0

@@ -240,12 +240,16 @@ def summarise_jobs(variant: str, object_set: str, jobs: list[dict]) -> dict[str,
     options = Counter(o for e in episodes for o in e["options"])
     if options:
         row["options_chosen"] = {str(k): v for k, v in sorted(options.items())}
-    objects = sorted({e["object"] for e in episodes})
-    row["per_object_success"] = {o: float(np.mean([e["success"] for e in episodes if e["object"] == o]))
-                                 for o in objects}
+    row["per_object_success"] = _per_object_success(episodes)
     row["per_object_options"] = {o: {str(k): v for k, v in sorted(Counter(
-        x for e in episodes if e["object"] == o for x in e["options"]).items())} for o in objects}
+        x for e in episodes if e["object"] == o for x in e["options"]).items())} for o in row["per_object_success"]}
     return row
+
+
+def _per_object_success(episodes: list[dict]) -> dict[str, float]:
+    """Each object's success rate over ``episodes``, by object name."""
+    return {o: float(np.mean([e["success"] for e in episodes if e["object"] == o]))
+            for o in sorted({e["object"] for e in episodes})}
 
 
 def _run(jobs: list[tuple], workers: int, desc: str) -> list[dict]:
@@ -340,14 +344,17 @@ def run_grasp_benchmark(quick: bool, json_path: str | Path | None, plot_path: st
         if files:
             # an ensemble of the training seeds (ds-robot ensemble) is not one of them: the spread is over the members
             shipped = [] if row["name"] in ensembles else [row["success_rate"]]
-            rates = shipped + [
-                float(np.mean([e["success"] for (j, job) in zip(seed_done, seed_jobs, strict=True)
-                               if job[0] == row["name"] and job[1] == row["object_set"] and job[4][job[0]] == f
-                               for e in j["episodes"]])) for f in files]
+            member_episodes = [[e for (j, job) in zip(seed_done, seed_jobs, strict=True)
+                                if job[0] == row["name"] and job[1] == row["object_set"] and job[4][job[0]] == f
+                                for e in j["episodes"]] for f in files]
+            rates = shipped + [float(np.mean([e["success"] for e in eps])) for eps in member_episodes]
             mean, ci = mean_ci95(rates)
             row["training_seeds"] = {"ensemble": not shipped,
                                      "policies": [str(policies[row["name"]])] * bool(shipped) + [*map(str, files)],
-                                     "success_rate": rates, "mean": mean, "ci95": list(ci)}
+                                     "success_rate": rates, "mean": mean, "ci95": list(ci),
+                                     # each seed file's own per-object success, in the order of the seed
+                                     # files (the end of "policies", which starts with a shipped non-ensemble file)
+                                     "per_object_success": [_per_object_success(eps) for eps in member_episodes]}
     options_rows = [summarise_jobs(v, "train", [j for j in search if j["variant"] == v])
                     for v in dict.fromkeys(j["variant"] for j in search)]
     results += [{"name": v, "object_set": s, "missing": why} for v, why in missing.items() for s in sets]

@@ -69,8 +69,9 @@ def _add_task_arg(p: argparse.ArgumentParser, default: str) -> None:
 
     p.add_argument("--task", dest="task_preset", default=default, metavar="{" + ",".join(TASKS) + "}|YAML",
                    help="task preset (sim/tasks/): realistic = perceived object pose (bias, noise, 30 Hz, latency, "
-                        "dropouts, the gripper hiding what it holds), varied start and rest poses, fragile and heavy "
-                        "objects, joint sensor noise; "
+                        "dropouts), varied start and rest poses, fragile and heavy "
+                        "objects, joint sensor noise; occluded = realistic, and the camera cannot see what the "
+                        "gripper holds; "
                         f"nominal = ground truth, the first releases' task (default: {default})")
 
 
