@@ -133,3 +133,25 @@ def test_the_energy_goal_is_judged_on_medians_so_a_runaway_episode_saves_nothing
     assert "1.000 by the medians" in line and line.endswith("not met)"), line
     rows = [row("scripted", plain + [4000.0]), row("hier", [20.0] * 20)]
     assert next(v for v in verdict(rows) if v.startswith("energy")).endswith(": met)")
+
+
+def test_the_skills_verdict_says_when_the_planner_alone_leaves_them_no_room():
+    """hier_planner_only >= 5 points below hier: unreachable when the planner alone is surely above
+    95% (its CI), reachable (and judged) otherwise."""
+    from ds_robot.bench.grasp import summarise_jobs, verdict
+
+    def row(variant, successes, n=120):
+        episodes = [{"success": i < successes, "time_to_lift_s": 3.0, "energy_j": 40.0, "control_step_us": 300.0,
+                     "residual_share": None, "crushed": False, "replans": 0, "options": [], "object": "o",
+                     "rest": "upright", "tracking_rms_mrad": None} for i in range(n)]
+        return summarise_jobs(variant, "test", [{"seed": 0, "episodes": episodes, "planning_s": [], "option_names": []}])
+
+    def skills_line(hier, alone):
+        return next(v for v in verdict([row("hier", hier), row("hier_planner_only", alone)]) if v.startswith("the residual"))
+
+    line = skills_line(120, 120)
+    assert "+0.0 points" in line and "not met" in line and "out of reach" in line, line
+    line = skills_line(120, 108)  # 0.900 alone: 10 points of room, and the skills add them
+    assert "+10.0 points" in line and ": met)" in line and "out of reach" not in line, line
+    line = skills_line(110, 108)
+    assert "not met" in line and "out of reach" not in line, line
