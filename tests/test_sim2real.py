@@ -608,3 +608,22 @@ def test_the_object_in_the_hand_is_a_load_of_its_own_and_leaves_the_arm_alone():
     assert len(load_errors) >= 8 and np.median(load_errors) < 0.25, load_errors
     assert np.mean(payload_errors[True]) < 0.6 * np.mean(payload_errors[False]), payload_errors
     assert successes[True] >= successes[False] - 1, successes
+
+
+def test_the_shipped_randomisation_peer_differs_from_the_shipped_policy_only_in_its_training_physics():
+    """bench sim2real's randomisation rows compare domain randomisation with online correction: a
+    fair peer is the shipped policy's recipe trained on randomised physics. Until round 17 it was
+    a round-8 file (one seed, old gripper, no masks), 28-33 points weaker; before 2026-12-06 a
+    nominal-task policy."""
+    from ds_robot.bench.sim2real import DR_POLICY
+    from ds_robot.hier.policy import HierPolicy
+    from ds_robot.paths import policies_dir
+
+    if not (policies_dir() / DR_POLICY).is_file():
+        pytest.skip("no domain-randomised policy shipped (bench sim2real then skips its rows)")
+    dr, shipped = (HierPolicy.load(policies_dir() / name).meta for name in (DR_POLICY, "grasp_hier.npz"))
+    assert dr["config"]["randomize_physics"] and not shipped["config"].get("randomize_physics")
+    recipe = ("task", "options", "planner_fields", "torque_features", "escalate_after_slip", "jaw_fit",
+              "palm_clearance_m", "probe_in_hand", "probe_residual", "attempt_penalty", "energy_weight")
+    assert {k: dr["config"].get(k) for k in recipe} == {k: shipped["config"].get(k) for k in recipe}
+    assert len(dr["ensemble"]["members"]) == len(shipped["ensemble"]["members"])
