@@ -37,6 +37,8 @@ share of the torque, ``tracking_rms_mrad`` (the model-based machines: per episod
 its steps of the machine's joint target minus the true joint position, mean over episodes; a
 residual that fights the PD loop underneath raises it), and the options chosen per object. Episodes run in ``workers`` processes,
 one (variant, set, seed) job each, one thread per process, so the latencies are one-core numbers.
+The verdict (printed, and in the JSON's config) judges issue 16's goals on each unseen set that
+ran (``verdict``), including how many points the planner alone leaves the residual skills to add.
 """
 
 from __future__ import annotations
