@@ -155,3 +155,8 @@ def test_the_skills_verdict_says_when_the_planner_alone_leaves_them_no_room():
     assert "+10.0 points" in line and ": met)" in line and "out of reach" not in line, line
     line = skills_line(110, 108)
     assert "not met" in line and "out of reach" not in line, line
+    assert ": met)" in skills_line(118, 112)  # exactly 5 points (0.983 - 0.933), whatever the rounding
+    # and the same for the margin over best_fixed: exactly 10 points (0.9 - 0.8 = 0.0999...) is met
+    line = next(v for v in verdict([row("hier", 108), {**row("best_fixed", 96), "option": {"describe": "x"}}])
+                if v.startswith("hier - best_fixed"))
+    assert "+10.0 points" in line and ": met)" in line, line

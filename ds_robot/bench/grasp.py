@@ -451,7 +451,7 @@ def _set_verdict(by: dict, unseen: str) -> list[str]:
             margin = hier["success_rate"] - best["success_rate"]
             lines.append(f"hier - best_fixed {on} {100 * margin:+.1f} points (goal >= "
                          f"+{100 * GOALS['margin_over_best_fixed']:.0f}: "
-                         f"{'met' if margin >= GOALS['margin_over_best_fixed'] else 'not met'})")
+                         f"{'met' if margin >= GOALS['margin_over_best_fixed'] - 1e-9 else 'not met'})")
         used = {k for k, v in hier.get("options_chosen", {}).items() if v}
         lines.append(f"hier uses {len(used)} options {on} (goal >= 3: {'met' if len(used) >= 3 else 'not met'})")
         lines.append(f"planning latency {hier['planning_latency_ms']:.3f} ms mean, "
@@ -474,7 +474,7 @@ def _set_verdict(by: dict, unseen: str) -> list[str]:
         margin, room = hier["success_rate"] - alone["success_rate"], 1.0 - alone["success_rate"]
         reach = alone["success_rate_ci95"][0] > 1.0 - GOALS["skills_margin"]
         lines.append(f"the residual skills add {100 * margin:+.1f} points {on} (goal >= "
-                     f"+{100 * GOALS['skills_margin']:.0f}: {'met' if margin >= GOALS['skills_margin'] else 'not met'}); "
+                     f"+{100 * GOALS['skills_margin']:.0f}: {'met' if margin >= GOALS['skills_margin'] - 1e-9 else 'not met'}); "
                      f"the planner alone leaves {100 * room:.1f} points to add"
                      + (f", its 95% CI lies above {1 - GOALS['skills_margin']:.2f}: out of reach on this set" if reach else ""))
     non_learned = [by[(unseen, n)] for n in NON_LEARNED if (unseen, n) in by]
